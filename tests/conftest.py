@@ -1,0 +1,155 @@
+"""Fixtures: the app in-process (`app` -> `client`), the fake upstream, and the
+app served for real by gunicorn with gevent workers (`serve`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.fake_upstream import FakeUpstream
+from webapp import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Small bounds so failure scenarios end quickly; heartbeats later than the
+# first-token bound so pre-stream failures still get their status code.
+TEST_SETTINGS = {
+    "OPENAI_API_KEY": "sk-test-secret-key",
+    "MODEL": "gpt-4o-mini",
+    "ALLOWED_MODELS": "gpt-4o-mini,gpt-4o",
+    "FIRST_TOKEN_TIMEOUT": "2",
+    "IDLE_TIMEOUT": "1",
+    "TOTAL_TIMEOUT": "6",
+    "HEARTBEAT_INTERVAL": "5",
+    "RETRY_MAX_ATTEMPTS": "3",
+    "RETRY_BASE_DELAY": "0.05",
+    "RETRY_MAX_DELAY": "0.2",
+    "RETRY_AFTER_MAX": "1.5",
+    "MAX_PROMPT_TOKENS": "200",
+    "MAX_OUTPUT_TOKENS": "512",
+    "SECRET_KEY": "test-secret",
+    "LOG_LEVEL": "INFO",
+}
+
+
+def require_binary(name: str) -> str:
+    """A system binary the test needs: skip with a reason locally, fail in CI."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (make test installs it with apt)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture()
+def fake(upstream: FakeUpstream) -> FakeUpstream:
+    upstream.reset()
+    return upstream
+
+
+@pytest.fixture()
+def app(upstream: FakeUpstream) -> Flask:
+    return create_app({**TEST_SETTINGS, "OPENAI_BASE_URL": upstream.url})
+
+
+@pytest.fixture()
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+class Server:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = ROOT / "tests" / "artifacts" / f"gunicorn-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("OPENAI_", "PROVIDER", "LOCAL_", "MODEL"))
+        }
+        full_env.update(env)
+        full_env.update({"PORT": str(self.port), "PYTHONUNBUFFERED": "1"})
+        self.log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise RuntimeError("gunicorn did not start in 60 s")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def serve(upstream: FakeUpstream) -> Iterator[Callable[..., Server]]:
+    """Start (once per distinct settings) the app under gunicorn + gevent."""
+    servers: dict[tuple[tuple[str, str], ...], Server] = {}
+
+    def start(**overrides: str) -> Server:
+        env = {
+            **TEST_SETTINGS,
+            "OPENAI_BASE_URL": upstream.url,
+            "WEB_CONCURRENCY": "1",
+            **overrides,
+        }
+        key = tuple(sorted(env.items()))
+        if key not in servers:
+            servers[key] = Server(env)
+        return servers[key]
+
+    yield start
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture()
+def server(serve: Callable[..., Server], fake: FakeUpstream) -> Server:
+    return serve()

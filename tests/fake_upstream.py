@@ -1,0 +1,300 @@
+"""A fault-injecting OpenAI-compatible server, over real sockets.
+
+Each request's last user message may carry a directive that scripts it:
+
+    [[fake tokens=20 delay=0.01 drop_after=5 id=abc]]
+
+Tokens are `t0 `, `t1 `, ... unless `answer=` names a canned text. Options:
+    tokens, delay, first_delay       shape of a normal stream
+    fail=429,500 id=X                the first attempts of id X answer these statuses
+    retry_after, retry_after_ms      headers on those failures
+    status=N                         always answer status N (401, 400, ...)
+    stall_after=N, drop_after=N      after N tokens: go silent / cut the connection
+    malformed_after=N, error_after=N after N tokens: a bad `data:` line / an in-band error
+    keepalive=S                      while stalled, send an SSE comment every S seconds
+    forever=1                        never finish (a token every `delay`)
+    no_usage=1, no_done=1            omit the usage chunk / the [DONE] line
+    faults_once=1                    faults apply only to requests without a partial answer
+
+A continuation request (one that carries an assistant message) resumes at
+the token after the ones that message already holds.
+
+The server counts streams that are open and records when each one closed,
+so tests can assert that the app closed every upstream it opened.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+DIRECTIVE = re.compile(r"\[\[fake([^\]]*)\]\]")
+
+ANSWERS = {
+    "code": (
+        "Here is a function that checks for palindromes:\n\n"
+        "```python\ndef is_palindrome(text: str) -> bool:\n"
+        "    cleaned = ''.join(c.lower() for c in text if c.isalnum())\n"
+        "    return cleaned == cleaned[::-1]\n```\n\n"
+        "It **normalises** the string, then compares it with `cleaned[::-1]`:\n\n"
+        "- letters are lower-cased\n- punctuation is dropped\n"
+    ),
+    "xss": (
+        "Careful: <script>window.__pwned = 1</script> and "
+        '<img src=x onerror="window.__pwned = 2"> are just text.\n\n'
+        "```html\n<script>window.__pwned = 3</script>\n```\n"
+    ),
+}
+
+
+def split_tokens(text: str) -> list[str]:
+    return re.findall(r"\s*\S+|\s+", text)
+
+
+@dataclass
+class Closed:
+    request_id: int
+    at: float
+    how: str  # completed | client_closed | dropped
+
+
+@dataclass
+class Record:
+    number: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+    directive: dict[str, str]
+    started: float
+    tokens_sent: list[str] = field(default_factory=list)
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.records: list[Record] = []
+        self.closed: list[Closed] = []
+        self.open_streams = 0
+        self.attempts: dict[str, int] = {}
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.server.request_queue_size = 1024
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def start(self) -> FakeUpstream:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.records.clear()
+            self.closed.clear()
+            self.attempts.clear()
+
+    def wait_closed(self, count: int, timeout: float = 5.0) -> list[Closed]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.closed) >= count and self.open_streams == 0:
+                    return list(self.closed)
+            time.sleep(0.01)
+        with self.lock:
+            return list(self.closed)
+
+    def records_for(self, marker: str) -> list[Record]:
+        with self.lock:
+            return [r for r in self.records if marker in json.dumps(r.body)]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                fake.handle(self, body)
+
+        return Handler
+
+    # -- the scripted answer --------------------------------------------------
+
+    def handle(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        messages = body.get("messages", [])
+        user = next(
+            (
+                m["content"]
+                for m in reversed(messages)
+                if m["role"] == "user" and DIRECTIVE.search(m["content"])
+            ),
+            "",
+        )
+        match = DIRECTIVE.search(user)
+        opts = dict(p.split("=", 1) for p in match.group(1).split()) if match else {}
+        partial = next((m["content"] for m in messages if m["role"] == "assistant"), None)
+        with self.lock:
+            headers = {k.lower(): v for k, v in h.headers.items()}
+            record = Record(len(self.records) + 1, body, headers, opts, time.monotonic())
+            self.records.append(record)
+            key = opts.get("id", "")
+            attempt = self.attempts[key] = self.attempts.get(key, 0) + 1
+
+        fails = [int(s) for s in opts.get("fail", "").split(",") if s]
+        status = (
+            int(opts["status"])
+            if "status" in opts
+            else (fails[attempt - 1] if attempt <= len(fails) else 200)
+        )
+        if status != 200:
+            payload = json.dumps({"error": {"message": f"scripted {status}", "type": "fake"}})
+            h.send_response(status)
+            h.send_header("Content-Type", "application/json")
+            if "retry_after" in opts:
+                h.send_header("Retry-After", opts["retry_after"])
+            if "retry_after_ms" in opts:
+                h.send_header("retry-after-ms", opts["retry_after_ms"])
+            h.send_header("Content-Length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload.encode())
+            return
+
+        text = ANSWERS.get(opts.get("answer", ""), "")
+        tokens = (
+            split_tokens(text) if text else [f"t{i} " for i in range(int(opts.get("tokens", 8)))]
+        )
+        faults = not (partial is not None and opts.get("faults_once") == "1")
+        start = 0
+        if partial is not None:
+            start = len(split_tokens(partial)) if text else len(partial.split())
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        with self.lock:
+            self.open_streams += 1
+        how = "completed"
+        try:
+            how = self._stream(h, opts, tokens, start, faults, record)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            how = "client_closed"
+        finally:
+            with self.lock:
+                self.open_streams -= 1
+                self.closed.append(Closed(record.number, time.monotonic(), how))
+            if how != "completed":
+                h.close_connection = True
+
+    def _stream(
+        self,
+        h: BaseHTTPRequestHandler,
+        opts: dict[str, str],
+        tokens: list[str],
+        start: int,
+        faults: bool,
+        record: Record,
+    ) -> str:
+        sock = h.connection
+        delay = float(opts.get("delay", 0))
+
+        def chunk(data: bytes) -> None:
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            h.wfile.flush()
+
+        def event(obj: dict[str, Any]) -> None:
+            chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+        def delta(content: str | None, finish: str | None = None) -> dict[str, Any]:
+            d = {} if content is None else {"content": content}
+            return {
+                "id": "fake",
+                "object": "chat.completion.chunk",
+                "model": "fake",
+                "choices": [{"index": 0, "delta": d, "finish_reason": finish}],
+            }
+
+        def wait(seconds: float, keepalive: float | None = None) -> bool:
+            """Sleep, but notice the client going away; False if it did."""
+            deadline = time.monotonic() + seconds
+            next_ping = time.monotonic() + keepalive if keepalive else None
+            while (now := time.monotonic()) < deadline:
+                ready, _, _ = select.select([sock], [], [], min(0.02, deadline - now))
+                if ready and sock.recv(1, socket.MSG_PEEK) == b"":
+                    return False
+                if next_ping is not None and now >= next_ping:
+                    chunk(b": keep-alive\n\n")
+                    next_ping = now + keepalive  # type: ignore[operator]
+            return True
+
+        event(
+            {
+                **delta(None),
+                "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}],
+            }
+        )
+        if not wait(float(opts.get("first_delay", 0))):
+            return "client_closed"
+        keepalive = float(opts["keepalive"]) if "keepalive" in opts else None
+        i = start
+        while True:
+            sent = i - start
+            if faults and "stall_after" in opts and sent == int(opts["stall_after"]):
+                wait(3600, keepalive)
+                return "client_closed"
+            if faults and "drop_after" in opts and sent == int(opts["drop_after"]):
+                sock.shutdown(socket.SHUT_RDWR)
+                return "dropped"
+            if faults and "malformed_after" in opts and sent == int(opts["malformed_after"]):
+                chunk(b"data: {this is not json\n\n")
+                wait(3600)
+                return "client_closed"
+            if faults and "error_after" in opts and sent == int(opts["error_after"]):
+                event({"error": {"message": "scripted in-band failure", "type": "server_error"}})
+                wait(3600)
+                return "client_closed"
+            if opts.get("forever") == "1":
+                token = f"t{i} "
+            elif i >= len(tokens):
+                break
+            else:
+                token = tokens[i]
+            event(delta(token))
+            record.tokens_sent.append(token)
+            i += 1
+            if delay and not wait(delay):
+                return "client_closed"
+        event(delta(None, "stop"))
+        if opts.get("no_usage") != "1":
+            event(
+                {
+                    "id": "fake",
+                    "object": "chat.completion.chunk",
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": 11,
+                        "completion_tokens": i - start,
+                        "total_tokens": 11 + i - start,
+                    },
+                }
+            )
+        if opts.get("no_done") != "1":
+            chunk(b"data: [DONE]\n\n")
+        chunk(b"")
+        return "completed"

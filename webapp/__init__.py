@@ -1,0 +1,135 @@
+"""Streaming Code Generator: the app factory."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+from flask import Flask, Response, g, request
+from flask_wtf.csrf import CSRFProtect
+
+from webapp.config import Config
+from webapp.errors import register_error_handlers
+from webapp.generation import CodeGen, Relay
+from webapp.providers import build_provider
+from webapp.tokens import count_tokens
+
+ROOT = Path(__file__).resolve().parent.parent
+csrf = CSRFProtect()
+log = logging.getLogger("webapp")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+# No inline script or style, nothing from another origin.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+        "form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra={"fields": {...}}` adds structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(level: str) -> None:
+    root = logging.getLogger("webapp")
+    if not any(getattr(h, "_webapp", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        handler._webapp = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.propagate = False
+    root.setLevel(level.upper())
+
+
+def log_relay(relay: Relay) -> None:
+    """The one log line per answer: never the prompt, never a secret."""
+    timing = relay.timing()
+    log.info(
+        "answer",
+        extra={
+            "fields": {
+                "request_id": relay.request_id,
+                "model": relay.request.model,
+                "outcome": relay.outcome,
+                "attempts": relay.attempts,
+                "resumes": relay.resumes,
+                "chars": sum(map(len, relay.parts)),
+                **timing,
+            }
+        },
+    )
+
+
+def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
+    """Build the app from a Config, a mapping of settings (tests), or the environment."""
+    if config is None:
+        config = Config.from_env()
+    elif not isinstance(config, Config):
+        config = Config.from_env(config)
+    configure_logging(config.log_level)
+
+    app = Flask(
+        __name__,
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+    )
+    app.config.update(
+        APP_CONFIG=config,
+        SECRET_KEY=config.secret_key or secrets.token_hex(32),
+        MAX_CONTENT_LENGTH=config.max_body_bytes,
+        WTF_CSRF_TIME_LIMIT=None,
+        JSON_SORT_KEYS=False,
+    )
+    provider = build_provider(config)
+    app.extensions["codegen"] = CodeGen(config, provider, count_tokens, on_finish=log_relay)
+    csrf.init_app(app)
+
+    from webapp import api, ui
+
+    app.register_blueprint(api.bp)
+    csrf.exempt(api.bp)
+    app.register_blueprint(ui.bp)
+    register_error_handlers(app)
+
+    @app.before_request
+    def assign_request_id() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        g.started = time.monotonic()
+
+    @app.after_request
+    def add_headers(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    info = provider.info()
+    log.info("started", extra={"fields": {"provider": info.name, "model": info.model}})
+    return app

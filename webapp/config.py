@@ -1,0 +1,205 @@
+"""Every setting, read once from the environment and an optional `.env`.
+
+Only this module reads `os.environ`. Each field's metadata carries its
+environment name and its meaning; `settings_table()` renders the README table
+from the same source, so the docs cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+PROVIDERS = ("auto", "openai", "local")
+LOCAL_MODELS = ("qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b", "smollm2-135m")
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are an expert programmer. Answer with the code first, in fenced "
+    "markdown code blocks tagged with their language (```python ... ```), "
+    "then a concise explanation of how it works. Keep the code complete and "
+    "runnable; do not repeat the question."
+)
+
+
+class ConfigError(ValueError):
+    """A setting has a value the app cannot start with; the message names it."""
+
+
+def _setting(default: Any, doc: str, *, env: str | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "env": env})
+
+
+@dataclass(frozen=True)
+class Config:
+    provider: str = _setting(
+        "auto",
+        "`openai`, `local` (embedded llama.cpp model) or `auto`: OpenAI-compatible "
+        "when `OPENAI_API_KEY` or `OPENAI_BASE_URL` is set, local otherwise.",
+    )
+    openai_api_key: str = _setting("", "Key for the OpenAI-compatible upstream. Never logged.")
+    openai_base_url: str = _setting(
+        "",
+        "Base URL of any OpenAI-compatible server (OpenAI, vLLM, Ollama `/v1`, "
+        "llama.cpp server). Empty means OpenAI's own.",
+    )
+    model: str = _setting("gpt-4o-mini", "Default model for the OpenAI-compatible provider.")
+    allowed_models: tuple[str, ...] = _setting(
+        (), "Comma-separated models a request may choose. Empty means only `MODEL`."
+    )
+    system_prompt: str = _setting(DEFAULT_SYSTEM_PROMPT, "System prompt override.")
+    port: int = _setting(8000, "Port gunicorn listens on (Heroku sets it).")
+    web_concurrency: int = _setting(0, "gunicorn workers; 0 means one per core.")
+    max_output_tokens: int = _setting(2048, "Upper bound for a request's `max_tokens`.")
+    max_prompt_tokens: int = _setting(4000, "Longest prompt accepted, counted with tiktoken.")
+    max_body_bytes: int = _setting(65536, "Largest request body accepted (413 above).")
+    connect_timeout: float = _setting(5.0, "Seconds to open a connection to the upstream.")
+    first_token_timeout: float = _setting(
+        30.0, "Seconds from the request to the first token, retries and queueing included."
+    )
+    idle_timeout: float = _setting(30.0, "Seconds allowed between two upstream chunks.")
+    total_timeout: float = _setting(300.0, "Hard deadline for a whole answer, in seconds.")
+    heartbeat_interval: float = _setting(
+        10.0,
+        "Seconds of silence after which SSE/NDJSON streams get a keep-alive "
+        "(and the response starts, to stay under Heroku's 30 s first-byte limit).",
+    )
+    retry_max_attempts: int = _setting(
+        3, "Upstream attempts before the first token (1 = no retry)."
+    )
+    retry_base_delay: float = _setting(0.5, "First backoff step in seconds; doubles per attempt.")
+    retry_max_delay: float = _setting(8.0, "Cap of one backoff wait, in seconds.")
+    retry_after_max: float = _setting(
+        30.0, "Longest upstream `Retry-After` honoured; longer ones end the retries at once."
+    )
+    resume_on_failure: bool = _setting(
+        False,
+        "Resume a stream that breaks mid-way by asking the upstream to continue "
+        "the partial answer, within the same deadline.",
+    )
+    resume_max: int = _setting(2, "Resumptions allowed per answer when `RESUME_ON_FAILURE` is on.")
+    local_model: str = _setting(
+        "qwen2.5-coder-1.5b", "Embedded model: " + ", ".join(f"`{m}`" for m in LOCAL_MODELS) + "."
+    )
+    local_model_path: str = _setting("", "Path of any GGUF file to use instead of `LOCAL_MODEL`.")
+    local_model_sha256: str = _setting(
+        "", "Expected sha256 of `LOCAL_MODEL_PATH`; checked before loading when set."
+    )
+    model_cache_dir: str = _setting(
+        "~/.cache/streaming-codegen", "Where the joined model file is kept."
+    )
+    local_threads: int = _setting(0, "CPU threads for the local model; 0 means all cores.")
+    local_context: int = _setting(4096, "Context window of the local model, in tokens.")
+    local_queue_size: int = _setting(8, "Requests that may wait for the local model; more get 503.")
+    secret_key: str = _setting(
+        "", "Signs CSRF tokens. Set it when several dynos serve the app; otherwise one is made."
+    )
+    log_level: str = _setting("INFO", "Python log level.")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.allowed_models or (self.model,)
+
+    @property
+    def resolved_provider(self) -> str:
+        if self.provider != "auto":
+            return self.provider
+        return "openai" if (self.openai_api_key or self.openai_base_url) else "local"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, dotenv: str | Path | None = ".env"
+    ) -> Config:
+        """Build from `environ` (default: `os.environ` over `.env`); raise ConfigError."""
+        if environ is None:
+            merged: dict[str, str] = {}
+            if dotenv is not None and Path(dotenv).is_file():
+                from dotenv import dotenv_values
+
+                merged.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+            merged.update(os.environ)
+            environ = merged
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = env_name(f)
+            raw = environ.get(name)
+            if raw is None:
+                continue
+            values[f.name] = _parse(name, raw.strip(), hints[f.name])
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def replace(self, **changes: Any) -> Config:
+        config = dataclasses.replace(self, **changes)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        def fail(f: str, why: str) -> None:
+            raise ConfigError(f"{f.upper()}: {why} (got {getattr(self, f)!r})")
+
+        if self.provider not in PROVIDERS:
+            fail("provider", f"must be one of {', '.join(PROVIDERS)}")
+        if self.local_model not in LOCAL_MODELS and not self.local_model_path:
+            fail("local_model", f"must be one of {', '.join(LOCAL_MODELS)}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                floor = 0 if f.name in ("web_concurrency", "local_threads") else 1e-9
+                if value < floor:
+                    fail(f.name, "must be positive" if floor else "must be 0 or more")
+        if not 1 <= self.port <= 65535:
+            fail("port", "must be a TCP port")
+        if self.retry_max_delay < self.retry_base_delay:
+            fail("retry_max_delay", "must be at least RETRY_BASE_DELAY")
+        if self.allowed_models and self.model not in self.allowed_models:
+            fail("model", "must be one of ALLOWED_MODELS")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            fail("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+
+
+def env_name(f: dataclasses.Field[Any]) -> str:
+    return str(f.metadata.get("env") or f.name.upper())
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    try:
+        if kind is bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError("expected true or false")
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind == tuple[str, ...]:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{name}: cannot read {raw!r}: {exc}") from None
+
+
+def settings_table() -> str:
+    """The README's configuration table, rendered from the field metadata."""
+    rows = ["| Setting | Default | Meaning |", "| --- | --- | --- |"]
+    for f in fields(Config):
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        if f.name == "system_prompt":
+            default = "(asks for fenced code, then an explanation)"
+        shown = f"`{default}`" if default not in ("", ()) else "(empty)"
+        rows.append(f"| `{env_name(f)}` | {shown} | {f.metadata['doc']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

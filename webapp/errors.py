@@ -1,0 +1,152 @@
+"""The one exception tree, and the one way to turn it into a response.
+
+    AppError                       status  code
+    ├── BadRequest                 400     invalid_json, invalid_request, unknown_fields,
+    │                                      model_not_allowed, prompt_too_long,
+    │                                      upstream_bad_request
+    ├── PayloadTooLarge            413     body_too_large
+    ├── RateLimited                429     upstream_rate_limited        (.retry_after)
+    ├── InternalError              500     internal_error               (details only in the log)
+    └── UpstreamError              502     upstream_error, upstream_disconnected
+        ├── UpstreamAuthError      502     upstream_auth                (server key refused)
+        ├── UpstreamMalformed      502     upstream_malformed
+        ├── UpstreamUnavailable    503     upstream_unavailable, local_model_busy
+        └── UpstreamTimeout        504     first_token_timeout, idle_timeout, deadline_exceeded
+
+Before a stream starts, an AppError becomes a status and a JSON body
+`{"error": {"code", "message", "request_id"}}`; after it started, the same
+code and message travel as the stream's final `error` event. `retryable`
+marks the failures the retry loop may try again (before the first token only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask import Flask, Response, g, render_template, request
+from werkzeug.exceptions import HTTPException
+
+
+class AppError(Exception):
+    status = 500
+    code = "internal_error"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if retryable is not None:
+            self.retryable = retryable
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.retry_after is not None:
+            body["retry_after"] = round(self.retry_after, 3)
+        return body
+
+
+class BadRequest(AppError):
+    status = 400
+    code = "invalid_request"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "body_too_large"
+
+
+class RateLimited(AppError):
+    status = 429
+    code = "upstream_rate_limited"
+    retryable = True
+
+
+class InternalError(AppError):
+    status = 500
+    code = "internal_error"
+
+
+class UpstreamError(AppError):
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamAuthError(UpstreamError):
+    code = "upstream_auth"
+
+
+class UpstreamMalformed(UpstreamError):
+    code = "upstream_malformed"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    code = "upstream_unavailable"
+    retryable = True
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "first_token_timeout"
+
+
+def wants_json_response() -> bool:
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return request.blueprint != "ui" or best == "application/json"
+
+
+def error_response(exc: AppError) -> Response:
+    """The one way to build an error response, JSON for the API, HTML for the page."""
+    request_id = g.get("request_id", "")
+    if wants_json_response():
+        body = {"error": {**exc.to_dict(), "request_id": request_id}}
+        response = Response(orjson.dumps(body), status=exc.status, mimetype="application/json")
+    else:
+        html = render_template("error.html", error=exc, request_id=request_id)
+        response = Response(html, status=exc.status, mimetype="text/html")
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.499)))
+    return response
+
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(AppError)
+    def on_app_error(exc: AppError) -> Response:
+        if isinstance(exc, InternalError):
+            app.logger.error("internal error: %s", exc.message)
+            exc = InternalError("Internal server error; the request id is in the log.")
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def on_http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        err = AppError(exc.description or exc.name, code=_HTTP_CODES.get(status, "http_error"))
+        err.status = status
+        response = error_response(err)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    def on_unexpected(exc: Exception) -> Response:
+        app.logger.exception("unhandled error")
+        return error_response(InternalError("Internal server error; the request id is in the log."))

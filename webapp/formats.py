@@ -1,0 +1,83 @@
+"""Relay events -> bytes for each wire format.
+
+One generator per format, doing as little per delta as possible: one orjson
+call and one concatenation. A failure after the stream began is the last
+event (SSE, NDJSON); text/plain has no room for one, so the connection is cut
+before the final chunk and clients see a truncated transfer, not a clean end.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+
+from webapp.generation import Done, Event_, Failed, Ping
+
+TEXT = "text/plain"
+SSE = "text/event-stream"
+NDJSON = "application/x-ndjson"
+JSON = "application/json"
+MIMETYPES = (TEXT, SSE, NDJSON)
+
+
+class TruncatedStream(ConnectionResetError):
+    """Raised to make the WSGI server drop the connection without the last chunk.
+
+    gunicorn treats ECONNRESET as a client going away: it closes the socket
+    quietly, without writing the terminating zero-length chunk.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(errno.ECONNRESET, reason)
+
+
+def done_payload(done: Done) -> dict[str, Any]:
+    return asdict(done)
+
+
+def text_plain(events: Iterator[Event_]) -> Iterator[bytes]:
+    for event in events:
+        if type(event) is str:
+            yield event.encode()
+        elif isinstance(event, Failed):
+            raise TruncatedStream(event.error.code)
+
+
+def sse(events: Iterator[Event_]) -> Iterator[bytes]:
+    dumps = orjson.dumps
+    for event in events:
+        if type(event) is str:
+            yield b'event: delta\ndata: {"text":' + dumps(event) + b"}\n\n"
+        elif isinstance(event, Ping):
+            yield b": ping\n\n"
+        elif isinstance(event, Done):
+            yield b"event: done\ndata: " + dumps(done_payload(event)) + b"\n\n"
+        elif isinstance(event, Failed):
+            yield b"event: error\ndata: " + dumps(event.error.to_dict()) + b"\n\n"
+
+
+def ndjson(events: Iterator[Event_ | dict[str, object]]) -> Iterator[bytes]:
+    """NDJSON; plain dicts (the page's extra `block`/`html` events) pass through as lines."""
+    dumps = orjson.dumps
+    for event in events:
+        if type(event) is str:
+            yield b'{"type":"delta","text":' + dumps(event) + b"}\n"
+        elif isinstance(event, Ping):
+            yield b'{"type":"ping"}\n'
+        elif isinstance(event, Done):
+            yield dumps({"type": "done", **done_payload(event)}) + b"\n"
+        elif isinstance(event, Failed):
+            yield dumps({"type": "error", **event.error.to_dict()}) + b"\n"
+        elif isinstance(event, dict):
+            yield dumps(event) + b"\n"
+
+
+FORMATTERS: dict[str, Callable[[Iterator[Event_]], Iterator[bytes]]] = {
+    TEXT: text_plain,
+    SSE: sse,
+    NDJSON: ndjson,
+}

@@ -1,0 +1,474 @@
+"""prompt -> provider -> events, with one retry loop, three bounds and cancellation.
+
+A `Relay` is one answer in flight. A reader greenlet pulls the provider's
+stream into a list and sets an event; the response side waits on that event
+with a timeout, takes everything already buffered in one piece (never waiting
+for more), and enforces the bounds on its own clock:
+
+- time to first token (queueing and retries included),
+- idle time between upstream chunks (keep-alives from us never reset it),
+- a total deadline.
+
+When a bound fires, or the client goes away, the reader is killed; killing
+it closes the upstream response, so generation and billing stop. Retries
+happen only while no text has arrived, so nothing is ever sent twice. With
+`RESUME_ON_FAILURE`, a stream that breaks after text arrived is continued by
+a new request that carries the partial answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from tenacity import RetryCallState, Retrying, retry_if_exception
+
+from webapp.config import Config
+from webapp.errors import AppError, BadRequest, InternalError, UpstreamError, UpstreamTimeout
+from webapp.providers import Final, GenerationRequest, Provider
+
+log = logging.getLogger("webapp.relay")
+
+CONTINUE_PROMPT = (
+    "Your previous answer was cut off. Continue exactly where it stops, "
+    "without repeating anything already written."
+)
+
+
+class Ping:
+    """A keep-alive marker: formats write a comment or a ping line."""
+
+
+PING = Ping()
+
+
+@dataclass(slots=True)
+class Done:
+    finish_reason: str | None
+    usage: dict[str, int]
+    code_blocks: list[dict[str, str]]
+    request_id: str
+    timing: dict[str, float]
+
+
+@dataclass(slots=True)
+class Failed:
+    error: AppError
+
+
+Event_ = str | Ping | Done | Failed
+
+
+# -- retry policy: small pure functions, so tests can assert exact delays ------
+
+
+def should_retry(exc: BaseException) -> bool:
+    return isinstance(exc, AppError) and exc.retryable
+
+
+def backoff(attempt: int, base: float, cap: float, rng: Callable[[], float]) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+    return rng() * min(cap, base * 2.0 ** (attempt - 1))
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int
+    base_delay: float
+    max_delay: float
+    retry_after_max: float
+    rng: Callable[[], float] = random.random
+
+    @classmethod
+    def from_config(cls, config: Config) -> RetryPolicy:
+        return cls(
+            config.retry_max_attempts,
+            config.retry_base_delay,
+            config.retry_max_delay,
+            config.retry_after_max,
+        )
+
+    def wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted: float | None = getattr(exc, "retry_after", None)
+        if hinted is not None:
+            return hinted
+        return backoff(state.attempt_number, self.base_delay, self.max_delay, self.rng)
+
+    def give_up(
+        self, deadline: float, clock: Callable[[], float]
+    ) -> Callable[[RetryCallState], bool]:
+        def stop(state: RetryCallState) -> bool:
+            return (
+                state.attempt_number >= self.max_attempts
+                or state.upcoming_sleep > self.retry_after_max
+                or clock() + state.upcoming_sleep >= deadline
+            )
+
+        return stop
+
+
+# -- prompting -----------------------------------------------------------------
+
+
+def build_messages(prompt: str, language: str | None, system_prompt: str) -> list[dict[str, str]]:
+    user = prompt if not language else f"Language: {language}.\n\n{prompt}"
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+
+
+FENCE = re.compile(r"^```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:^```[ \t]*$|\Z)", re.M | re.S)
+
+
+def extract_code_blocks(text: str) -> list[dict[str, str]]:
+    return [{"language": m.group(1), "code": m.group(2).rstrip("\n")} for m in FENCE.finditer(text)]
+
+
+def explanation_of(text: str) -> str:
+    return re.sub(r"\n{3,}", "\n\n", FENCE.sub("", text)).strip()
+
+
+# -- the relay -----------------------------------------------------------------
+
+
+@dataclass
+class Relay:
+    provider: Provider
+    request: GenerationRequest
+    config: Config
+    request_id: str
+    count_tokens: Callable[[str], int]
+    prompt_tokens: int
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Any] = gevent.sleep
+    on_finish: Callable[[Relay], None] | None = None
+
+    started: float = field(init=False, default=0.0)
+    first_token_at: float | None = field(init=False, default=None)
+    attempts: int = field(init=False, default=0)
+    resumes: int = field(init=False, default=0)
+    outcome: str = field(init=False, default="pending")
+    parts: list[str] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._pending: list[str] = []
+        self._wake = Event()
+        self._final: Final | None = None
+        self._error: AppError | None = None
+        self._finished = False
+        self._last_upstream = 0.0
+        self._reader: gevent.Greenlet[Any, Any] | None = None
+        self._closed = False
+
+    # The reader side -----------------------------------------------------
+
+    def _pump(self, request: GenerationRequest) -> None:
+        self.attempts += 1
+        pending, parts, wake, clock = self._pending, self.parts, self._wake, self.clock
+        for item in self.provider.stream(request):
+            self._last_upstream = clock()
+            if type(item) is str:
+                pending.append(item)
+                parts.append(item)
+                wake.set()
+            elif isinstance(item, Final):
+                self._final = item
+
+    def _read(self) -> None:
+        policy = RetryPolicy.from_config(self.config)
+        ttft_deadline = self.started + self.config.first_token_timeout
+        request = self.request
+        try:
+            while True:
+                try:
+                    retrying = Retrying(
+                        retry=retry_if_exception(lambda exc: should_retry(exc) and not self.parts),
+                        wait=policy.wait,
+                        stop=policy.give_up(ttft_deadline, self.clock),
+                        sleep=self.sleep,
+                        before_sleep=self._log_retry,
+                        reraise=True,
+                    )
+                    for attempt in retrying:
+                        with attempt:
+                            self._pump(request)
+                    return
+                except AppError as exc:
+                    if not self._may_resume(exc):
+                        raise
+                    self.resumes += 1
+                    log.warning(
+                        "resuming stream request_id=%s after %s (%d chars kept)",
+                        self.request_id,
+                        exc.code,
+                        sum(map(len, self.parts)),
+                    )
+                    request = self._continuation()
+        except AppError as exc:
+            self._error = exc
+        except gevent.GreenletExit:
+            raise
+        except Exception:
+            log.exception("relay reader failed request_id=%s", self.request_id)
+            self._error = InternalError("Internal error while generating.")
+        finally:
+            self._finished = True
+            self._wake.set()
+
+    def _may_resume(self, exc: AppError) -> bool:
+        return (
+            self.config.resume_on_failure
+            and bool(self.parts)
+            and self.resumes < self.config.resume_max
+            and isinstance(exc, UpstreamError)
+            and exc.code in ("upstream_disconnected", "idle_timeout", "upstream_malformed")
+            and self.clock() < self.started + self.config.total_timeout
+        )
+
+    def _continuation(self) -> GenerationRequest:
+        partial = "".join(self.parts)
+        messages = [
+            *self.request.messages,
+            {"role": "assistant", "content": partial},
+            {"role": "user", "content": CONTINUE_PROMPT},
+        ]
+        spent = self.count_tokens(partial)
+        return GenerationRequest(
+            messages,
+            self.request.model,
+            max(1, self.request.max_tokens - spent),
+            self.request.temperature,
+        )
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "upstream attempt %d failed request_id=%s reason=%s retry_in=%.3fs",
+            state.attempt_number,
+            self.request_id,
+            getattr(exc, "code", type(exc).__name__),
+            state.upcoming_sleep,
+        )
+
+    # The response side -----------------------------------------------------
+
+    def start(self, commit_after: float | None) -> None:
+        """Begin, and wait until the response can start.
+
+        Returns at the first text, the end, or after `commit_after` seconds of
+        silence (so a keep-alive can go out). Raises the AppError if the answer
+        failed before any of those: the caller can still choose the status.
+        """
+        self.started = self.clock()
+        self._last_upstream = self.started
+        self._reader = gevent.spawn(self._read)
+        commit_at = None if commit_after is None else self.started + commit_after
+        while not (self._pending or self._finished):
+            limit = self.started + self.config.first_token_timeout
+            if commit_at is not None:
+                limit = min(limit, commit_at)
+            remaining = limit - self.clock()
+            if remaining <= 0:
+                if commit_at is not None and commit_at <= limit:
+                    return
+                self.outcome = "first_token_timeout"
+                self.close()
+                raise self._first_token_timeout()
+            self._wake.clear()
+            self._wake.wait(remaining)
+        if self._error is not None and not self._pending:
+            self.outcome = self._error.code
+            self.close()
+            raise self._error
+
+    def events(self) -> Iterator[Event_]:
+        """Deltas (each one everything buffered), pings, then Done or Failed."""
+        cfg, clock, wake, pending = self.config, self.clock, self._wake, self._pending
+        total_deadline = self.started + cfg.total_timeout
+        last_sent = clock()
+        try:
+            while True:
+                if pending:
+                    # The reader only runs while this greenlet waits, so taking
+                    # and clearing the shared list cannot race with its appends.
+                    text = pending[0] if len(pending) == 1 else "".join(pending)
+                    pending.clear()
+                    if self.first_token_at is None:
+                        self.first_token_at = clock()
+                    yield text
+                    last_sent = clock()
+                    continue
+                if self._finished:
+                    if self._error is not None:
+                        self.outcome = self._error.code
+                        yield Failed(self._error)
+                    else:
+                        self.outcome = "ok"
+                        yield self._done()
+                    return
+                now = clock()
+                bound = self._upstream_bound()
+                if now >= total_deadline:
+                    self._stop()
+                    self.outcome = "deadline_exceeded"
+                    yield Failed(
+                        UpstreamTimeout(
+                            f"The answer passed the {cfg.total_timeout:g} s deadline.",
+                            code="deadline_exceeded",
+                        )
+                    )
+                    return
+                if now >= bound:
+                    self._on_silence()
+                    if self._finished:
+                        continue
+                    bound = self._upstream_bound()
+                if now >= last_sent + cfg.heartbeat_interval:
+                    yield PING
+                    last_sent = clock()
+                    continue
+                wake.clear()
+                wake.wait(min(bound, total_deadline, last_sent + cfg.heartbeat_interval) - now)
+        finally:
+            self.close()
+
+    def _upstream_bound(self) -> float:
+        if not self.parts:
+            return self.started + self.config.first_token_timeout
+        return self._last_upstream + self.config.idle_timeout
+
+    def _on_silence(self) -> None:
+        """A first-token or idle bound passed: end the upstream attempt."""
+        if not self.parts:
+            self._stop()
+            self._error = self._first_token_timeout()
+            self._finished = True
+            return
+        idle = UpstreamTimeout(
+            f"The model server went silent for {self.config.idle_timeout:g} s mid-answer.",
+            code="idle_timeout",
+        )
+        # Raised inside the reader, so the resume logic treats it like a break;
+        # the reader then reports the error or carries on with a continuation.
+        if self._reader is not None and not self._reader.dead:
+            self._last_upstream = self.clock()
+            self._reader.kill(idle, block=False)
+
+    def _first_token_timeout(self) -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"No answer from the model within {self.config.first_token_timeout:g} s.",
+            code="first_token_timeout",
+        )
+
+    def _stop(self) -> None:
+        if self._reader is not None and not self._reader.dead:
+            self._reader.kill(block=True, timeout=1.0)
+
+    def _done(self) -> Done:
+        final = self._final or Final()
+        text = "".join(self.parts)
+        usage = dict(final.usage or {})
+        if "completion_tokens" not in usage:
+            usage["completion_tokens"] = self.count_tokens(text)
+        usage.setdefault("prompt_tokens", self.prompt_tokens)
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return Done(
+            final.finish_reason, usage, extract_code_blocks(text), self.request_id, self.timing()
+        )
+
+    def timing(self) -> dict[str, float]:
+        now = self.clock()
+        ttft = None if self.first_token_at is None else self.first_token_at - self.started
+        return {
+            "ttft_ms": round(ttft * 1000, 1) if ttft is not None else -1.0,
+            "duration_ms": round((now - self.started) * 1000, 1),
+        }
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def close(self) -> None:
+        """Stop the upstream (if still running) and report once."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._finished:
+            if self.outcome == "pending":
+                self.outcome = "client_disconnected"
+            self._stop()
+        if self.on_finish is not None:
+            self.on_finish(self)
+
+    def collect(self) -> tuple[str, Done]:
+        """Run to the end for non-streaming answers; raise the AppError on failure."""
+        done: Done | None = None
+        for event in self.events():
+            if isinstance(event, Failed):
+                raise event.error
+            if isinstance(event, Done):
+                done = event
+        assert done is not None
+        return self.text(), done
+
+
+# -- the service the views call ---------------------------------------------------
+
+
+class CodeGen:
+    """Validated parameters -> a Relay, with the prompt limit checked first."""
+
+    def __init__(
+        self,
+        config: Config,
+        provider: Provider,
+        count_tokens: Callable[[str], int],
+        on_finish: Callable[[Relay], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.provider = provider
+        self._count = count_tokens
+        self.on_finish = on_finish
+        self._system_tokens = self.count_tokens(config.system_prompt)
+
+    def count_tokens(self, text: str) -> int:
+        own = self.provider.count_tokens(text)
+        return own if own is not None else self._count(text)
+
+    def relay(
+        self,
+        request_id: str,
+        prompt: str,
+        *,
+        language: str | None = None,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> Relay:
+        cfg = self.config
+        prompt_tokens = self.count_tokens(prompt)
+        if prompt_tokens > cfg.max_prompt_tokens:
+            raise BadRequest(
+                f"prompt: {prompt_tokens} tokens is over the limit of {cfg.max_prompt_tokens}.",
+                code="prompt_too_long",
+            )
+        request = GenerationRequest(
+            build_messages(prompt, language, cfg.system_prompt),
+            model or self.provider.info().model,
+            max_tokens or cfg.max_output_tokens,
+            temperature,
+        )
+        return Relay(
+            self.provider,
+            request,
+            cfg,
+            request_id,
+            self.count_tokens,
+            prompt_tokens + self._system_tokens,
+            on_finish=self.on_finish,
+        )

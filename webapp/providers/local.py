@@ -1,0 +1,152 @@
+"""The embedded model: llama.cpp through llama-cpp-python, no key, no network.
+
+Decoding is CPU-bound C code that releases the GIL, so each step runs in
+gevent's native threadpool: the event loop keeps serving other requests
+(health checks, other streams, the page) while a token is computed. One
+`Llama` object serves one generation at a time; others wait in a bounded
+queue, and that wait counts against their time-to-first-token bound because
+the relay's clock starts before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from gevent import get_hub
+from gevent.lock import Semaphore
+
+from webapp.config import Config
+from webapp.errors import UpstreamUnavailable
+from webapp.models import ModelFileError, model_file
+from webapp.providers.base import Final, GenerationRequest, Provider, ProviderInfo
+
+log = logging.getLogger("webapp.local")
+
+
+class LocalProvider(Provider):
+    name = "local"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.model_name = (
+            os.path.basename(config.local_model_path)
+            if config.local_model_path
+            else config.local_model
+        )
+        self._llama: Any = None
+        self._load_error: str | None = None
+        self._turn = Semaphore(1)
+        self._waiting = 0
+
+    def info(self) -> ProviderInfo:
+        state = "loaded" if self._llama is not None else ("error" if self._load_error else "lazy")
+        detail: dict[str, Any] = {
+            "models": [self.model_name],
+            "model_state": state,
+            "queue": self._waiting,
+        }
+        if self._load_error:
+            detail["model_error"] = self._load_error
+        return ProviderInfo(self.name, self.model_name, detail)
+
+    def _load(self) -> Any:
+        from llama_cpp import Llama
+
+        started = time.monotonic()
+        path = model_file(self.config)
+        llama = Llama(
+            model_path=str(path),
+            n_ctx=self.config.local_context,
+            n_threads=self.config.local_threads or os.cpu_count() or 1,
+            verbose=False,
+        )
+        log.info(
+            "local model loaded",
+            extra={
+                "fields": {
+                    "model": self.model_name,
+                    "path": str(path),
+                    "seconds": round(time.monotonic() - started, 2),
+                }
+            },
+        )
+        return llama
+
+    def model(self) -> Any:
+        """Load once per process, in a native thread so the loop keeps running."""
+        if self._llama is None:
+            try:
+                self._llama = get_hub().threadpool.apply(self._load)
+            except ModelFileError as exc:
+                self._load_error = str(exc)
+                raise UpstreamUnavailable(str(exc), code="local_model_invalid") from None
+            except (ValueError, RuntimeError, OSError) as exc:
+                self._load_error = f"The local model could not be loaded: {exc}"
+                raise UpstreamUnavailable(self._load_error, code="local_model_invalid") from None
+        return self._llama
+
+    def count_tokens(self, text: str) -> int | None:
+        if self._llama is None:
+            return None
+        return len(self._llama.tokenize(text.encode(), add_bos=False, special=False))
+
+    def stream(self, request: GenerationRequest) -> Iterator[str | Final]:
+        if self._waiting >= self.config.local_queue_size:
+            raise UpstreamUnavailable(
+                "The local model is busy; try again shortly.", code="local_model_busy"
+            )
+        self._waiting += 1
+        try:
+            self._turn.acquire()
+        finally:
+            self._waiting -= 1
+        pool = get_hub().threadpool
+        pending = None
+        chunks = None
+        try:
+            llama = self.model()
+            kwargs: dict[str, Any] = {"max_tokens": request.max_tokens, "stream": True}
+            if request.temperature is not None:
+                kwargs["temperature"] = request.temperature
+            chunks = llama.create_chat_completion(request.messages, **kwargs)
+            finish_reason = None
+            produced = 0
+            while True:
+                pending = pool.spawn(next, chunks, None)
+                chunk = pending.get()
+                pending = None
+                if chunk is None:
+                    break
+                choice = chunk["choices"][0]
+                text = choice["delta"].get("content")
+                if text:
+                    produced += 1
+                    yield text
+                if choice.get("finish_reason"):
+                    finish_reason = choice["finish_reason"]
+            prompt_tokens = sum(
+                len(llama.tokenize(m["content"].encode(), add_bos=False)) for m in request.messages
+            )
+            yield Final(
+                finish_reason,
+                {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": produced,
+                    "total_tokens": prompt_tokens + produced,
+                },
+            )
+        finally:
+            # A kill (Stop, a bound) lands while a token is being computed:
+            # let that one step finish, then close the generator so llama.cpp
+            # stops, and only then hand the model to the next request.
+            if pending is not None:
+                with contextlib.suppress(BaseException):
+                    pending.get(timeout=30)
+            if chunks is not None:
+                chunks.close()
+            self._turn.release()

@@ -1,0 +1,96 @@
+"""Model output -> safe HTML for the page.
+
+Everything is escaped first; only fixed tags are added afterwards, and code
+goes through Pygments, which escapes as it highlights. No model text ever
+reaches the page as markup of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from markupsafe import Markup, escape
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import get_lexer_by_name, guess_lexer
+from pygments.lexers.special import TextLexer
+from pygments.util import ClassNotFound
+
+from webapp.generation import FENCE
+
+_FORMATTER = HtmlFormatter(nowrap=True, classsuffix="")
+_INLINE_CODE = re.compile(r"`([^`\n]+)`")
+_BOLD = re.compile(r"\*\*([^*\n]+)\*\*")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+
+
+@lru_cache(maxsize=64)
+def _lexer(language: str):  # type: ignore[no-untyped-def]
+    try:
+        return get_lexer_by_name(language.lower())
+    except ClassNotFound:
+        return None
+
+
+def highlight_code(code: str, language: str) -> Markup:
+    lexer = _lexer(language) if language else None
+    if lexer is None:
+        try:
+            lexer = guess_lexer(code) if len(code) < 20_000 else TextLexer()
+        except ClassNotFound:
+            lexer = TextLexer()
+    body = highlight(code, lexer, _FORMATTER)
+    return Markup(f'<pre class="code highlight"><code>{body}</code></pre>')
+
+
+def _inline(text: str) -> str:
+    html = str(escape(text))
+    html = _INLINE_CODE.sub(r"<code>\1</code>", html)
+    return _BOLD.sub(r"<strong>\1</strong>", html)
+
+
+def render_prose(text: str) -> str:
+    out: list[str] = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        lines = [line for line in block.splitlines() if line.strip()]
+        if not lines:
+            continue
+        if all(_LIST_ITEM.match(line) for line in lines):
+            tag = "ol" if re.match(r"^\s*\d", lines[0]) else "ul"
+            items = "".join(f"<li>{_inline(_LIST_ITEM.sub('', line))}</li>" for line in lines)
+            out.append(f"<{tag}>{items}</{tag}>")
+        elif lines[0].startswith("#"):
+            out.append(f"<h3>{_inline(lines[0].lstrip('#').strip())}</h3>")
+            if lines[1:]:
+                out.append(f"<p>{'<br>'.join(_inline(line) for line in lines[1:])}</p>")
+        else:
+            out.append(f"<p>{'<br>'.join(_inline(line) for line in lines)}</p>")
+    return "".join(out)
+
+
+def render_answer(text: str) -> Markup:
+    """The whole answer: prose as simple markdown, fenced code highlighted."""
+    out: list[str] = []
+    position = 0
+    for match in FENCE.finditer(text):
+        out.append(render_prose(text[position : match.start()]))
+        out.append(code_block_html(match.group(2).rstrip("\n"), match.group(1)))
+        position = match.end()
+    out.append(render_prose(text[position:]))
+    return Markup("".join(out))
+
+
+def code_block_html(code: str, language: str) -> str:
+    label = escape(language or "code")
+    return (
+        f'<figure class="codeblock"><figcaption><span>{label}</span>'
+        f'<button type="button" class="copy">Copy</button></figcaption>'
+        f"{highlight_code(code, language)}</figure>"
+    )
+
+
+def pygments_css() -> str:
+    light = HtmlFormatter(style="default").get_style_defs(".highlight")
+    dark = HtmlFormatter(style="monokai").get_style_defs(".highlight")
+    return f"{light}\n@media (prefers-color-scheme: dark) {{\n{dark}\n}}\n"

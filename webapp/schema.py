@@ -1,0 +1,56 @@
+"""The request schema: validation and (later) the OpenAPI description share it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from webapp.config import Config
+from webapp.errors import BadRequest
+
+
+class GenerateCodeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt: str = Field(min_length=1, description="What the code should do.")
+    language: str | None = Field(
+        None, max_length=40, description="Programming language the prompt names."
+    )
+    model: str | None = Field(None, description="One of the server's allowed models.")
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1, description="At most MAX_OUTPUT_TOKENS.")
+    stream: bool = Field(True, description="false: one JSON object at the end.")
+
+
+def parse_generate(body: Any, config: Config) -> GenerateCodeRequest:
+    """Validate a decoded JSON body; every failure is a BadRequest that names the field."""
+    if not isinstance(body, dict):
+        raise BadRequest("The body must be a JSON object.", code="invalid_request")
+    try:
+        params = GenerateCodeRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _bad_request(exc) from None
+    if not params.prompt.strip():
+        raise BadRequest("prompt: must not be empty or only whitespace.")
+    if params.model is not None and params.model not in config.models:
+        raise BadRequest(
+            f"model: {params.model!r} is not allowed here; choose one of "
+            f"{', '.join(config.models)}.",
+            code="model_not_allowed",
+        )
+    if params.max_tokens is not None and params.max_tokens > config.max_output_tokens:
+        raise BadRequest(f"max_tokens: must be at most {config.max_output_tokens}.")
+    return params
+
+
+def _bad_request(exc: ValidationError) -> BadRequest:
+    errors = exc.errors(include_url=False)
+    unknown = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden"]
+    if unknown:
+        return BadRequest(f"Unknown fields: {', '.join(unknown)}.", code="unknown_fields")
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    if first["type"] == "missing":
+        return BadRequest(f"{where}: this field is required.")
+    return BadRequest(f"{where}: {first['msg']}.")

@@ -1,0 +1,210 @@
+"""The page: a prompt form, a streaming route for the page's script, and a
+no-JavaScript path that streams the answer as HTML into the page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, current_app, g, render_template, request
+from flask_wtf import FlaskForm
+from markupsafe import escape
+from wtforms import DecimalField, IntegerField, SelectField, TextAreaField
+from wtforms.validators import DataRequired, NumberRange, Optional
+
+from webapp import formats
+from webapp.api import STREAM_HEADERS, codegen
+from webapp.config import Config
+from webapp.errors import AppError
+from webapp.generation import FENCE, Done, Event_, Failed, Relay
+from webapp.render import code_block_html, render_answer
+from webapp.schema import parse_generate
+
+bp = Blueprint("ui", __name__)
+
+LANGUAGES = [
+    "",
+    "Python",
+    "JavaScript",
+    "TypeScript",
+    "Go",
+    "Rust",
+    "Java",
+    "C",
+    "C++",
+    "C#",
+    "Ruby",
+    "PHP",
+    "Kotlin",
+    "Swift",
+    "Bash",
+    "SQL",
+    "HTML",
+    "CSS",
+]
+
+
+class PromptForm(FlaskForm):  # type: ignore[misc]
+    prompt = TextAreaField("Describe the code you want", validators=[DataRequired()])
+    language = SelectField("Language", choices=[(x, x or "Any") for x in LANGUAGES], default="")
+    model = SelectField("Model")
+    temperature = DecimalField(
+        "Temperature", places=1, default=0.2, validators=[Optional(), NumberRange(0, 2)]
+    )
+    max_tokens = IntegerField("Max tokens", validators=[Optional(), NumberRange(min=1)])
+
+
+def _config() -> Config:
+    config: Config = current_app.config["APP_CONFIG"]
+    return config
+
+
+def _form() -> PromptForm:
+    form = PromptForm()
+    form.model.choices = (
+        [(m, m) for m in _config().models]
+        if _is_openai()
+        else [(codegen().provider.info().model, codegen().provider.info().model)]
+    )
+    if form.max_tokens.data is None and request.method == "GET":
+        form.max_tokens.data = min(1024, _config().max_output_tokens)
+    return form
+
+
+def _is_openai() -> bool:
+    return codegen().provider.name == "openai"
+
+
+def _page(**context: object) -> str:
+    info = codegen().provider.info()
+    return render_template("index.html", provider=info, **context)
+
+
+@bp.get("/")
+def index() -> str:
+    return _page(form=_form())
+
+
+@bp.post("/")
+def submit() -> Response | tuple[str, int]:
+    """The no-JavaScript path: the answer streams into the page as escaped HTML."""
+    form = _form()
+    if not form.validate_on_submit():
+        return _page(form=form, form_error=_form_error(form)), 400
+    try:
+        relay = _relay_from_form(form)
+        relay.start(commit_after=None)
+    except AppError as exc:
+        return _page(form=form, form_error=exc.message), exc.status
+    head, tail = _page(form=form, streaming=True).split("<!--answer-->", 1)
+    return Response(
+        _html_stream(head, tail, relay),
+        mimetype="text/html",
+        headers=STREAM_HEADERS,
+        direct_passthrough=True,
+    )
+
+
+def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
+    yield head.encode()
+    yield b'<pre class="raw" id="noscript-answer">'
+    failure: AppError | None = None
+    for event in relay.events():
+        if type(event) is str:
+            yield str(escape(event)).encode()
+        elif isinstance(event, Failed):
+            failure = event.error
+    yield b"</pre>"
+    yield str(
+        render_template(
+            "answer_tail.html",
+            html=render_answer(relay.text()),
+            error=failure,
+            timing=relay.timing(),
+        )
+    ).encode()
+    yield tail.encode()
+
+
+@bp.post("/ui/stream")
+def stream() -> Response:
+    """NDJSON for the page's script, with highlighted HTML for each closed block."""
+    body = request.get_json(silent=True)
+    params = parse_generate(body, _config())
+    relay = codegen().relay(
+        g.request_id,
+        params.prompt,
+        language=params.language,
+        model=params.model,
+        temperature=params.temperature,
+        max_tokens=params.max_tokens,
+    )
+    relay.start(commit_after=_config().heartbeat_interval)
+    events = _with_blocks(relay.events(), relay)
+    return Response(
+        formats.ndjson(events),
+        mimetype=formats.NDJSON,
+        headers=STREAM_HEADERS,
+        direct_passthrough=True,
+    )
+
+
+def _with_blocks(events: Iterator[Event_], relay: Relay) -> Iterator[Event_ | dict[str, object]]:
+    """Add a `block` event with highlighted HTML each time a code fence closes."""
+    emitted = 0
+    for event in events:
+        yield event
+        if (type(event) is str and "`" in event) or isinstance(event, Done):
+            blocks = list(FENCE.finditer(relay.text()))
+            closed = (
+                blocks
+                if isinstance(event, Done)
+                else [
+                    m for m in blocks if m.group(0).rstrip().endswith("```") and m.end() > m.start()
+                ]
+            )
+            for match in closed[emitted:]:
+                yield {
+                    "type": "block",
+                    "index": emitted,
+                    "html": code_block_html(match.group(2).rstrip("\n"), match.group(1)),
+                }
+                emitted += 1
+        if isinstance(event, Done):
+            yield {"type": "html", "html": str(render_answer(relay.text()))}
+
+
+def _relay_from_form(form: PromptForm) -> Relay:
+    temperature = float(form.temperature.data) if form.temperature.data is not None else None
+    params = parse_generate(
+        {
+            k: v
+            for k, v in {
+                "prompt": form.prompt.data or "",
+                "language": form.language.data or None,
+                "model": form.model.data,
+                "temperature": temperature,
+                "max_tokens": form.max_tokens.data,
+            }.items()
+            if v is not None
+        },
+        _config(),
+    )
+    return codegen().relay(
+        g.request_id,
+        params.prompt,
+        language=params.language,
+        model=params.model,
+        temperature=params.temperature,
+        max_tokens=params.max_tokens,
+    )
+
+
+def _form_error(form: PromptForm) -> str:
+    if form.errors.get("csrf_token"):
+        return (
+            "Your session expired or the form was stale. "
+            "The form has a fresh token now: submit again."
+        )
+    for name, errors in form.errors.items():
+        return f"{getattr(form, name).label.text}: {errors[0]}"
+    return "Please check the form."

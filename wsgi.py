@@ -1,0 +1,9 @@
+"""The WSGI entry point: `gunicorn wsgi:app` (see gunicorn.conf.py).
+
+Nothing network-related is imported before gunicorn's gevent worker has
+monkey-patched the process: it imports this module after the fork.
+"""
+
+from webapp import create_app
+
+app = create_app()
