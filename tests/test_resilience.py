@@ -1,0 +1,279 @@
+"""Every failure scenario against the fault-injecting upstream, through gunicorn.
+
+Each test asserts the outcome (status or final event), the text received
+compared token by token with what the upstream sent, the number of upstream
+attempts, that the upstream stream was closed, and that the time taken stays
+within the configured bound plus a margin. Bounds here: first token 2 s,
+idle 1 s, total 6 s (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import requests
+from tenacity import Retrying, retry_if_exception
+
+from tests.conftest import Server
+from tests.fake_upstream import FakeUpstream
+from tests.test_api import prompt, sse_events
+from webapp.errors import RateLimited, UpstreamError
+from webapp.generation import RetryPolicy, backoff, should_retry
+
+MARGIN = 1.0
+
+
+def sse(server: Server, directive: str, **body: Any) -> tuple[int, list[tuple[str, Any]], float]:
+    started = time.monotonic()
+    response = requests.post(
+        server.url + "/generate-code/",
+        json={"prompt": prompt(directive), **body},
+        headers={"Accept": "text/event-stream"},
+        timeout=30,
+    )
+    elapsed = time.monotonic() - started
+    if response.status_code != 200:
+        return response.status_code, [("status", response.json())], elapsed
+    return 200, sse_events(response.text), elapsed
+
+
+def text_of(events: list[tuple[str, Any]]) -> str:
+    return "".join(data["text"] for name, data in events if name == "delta")
+
+
+def sent_by(fake: FakeUpstream, marker: str) -> str:
+    return "".join(t for r in fake.records_for(marker) for t in r.tokens_sent)
+
+
+# -- the retry policy as pure functions ------------------------------------------
+
+
+def test_backoff_is_full_jitter_capped() -> None:
+    assert backoff(1, 0.5, 8, lambda: 1.0) == 0.5
+    assert backoff(3, 0.5, 8, lambda: 1.0) == 2.0
+    assert backoff(10, 0.5, 8, lambda: 1.0) == 8.0
+    assert backoff(3, 0.5, 8, lambda: 0.25) == 0.5
+
+
+def test_the_retry_loop_waits_exactly_and_honours_retry_after() -> None:
+    slept: list[float] = []
+    policy = RetryPolicy(4, 0.5, 8, 30, rng=lambda: 1.0)
+    failures = iter(
+        [
+            UpstreamError("x", retryable=True),
+            RateLimited("y", retry_after=3.0),
+            UpstreamError("z", retryable=True),
+        ]
+    )
+    attempts = 0
+    for attempt in Retrying(
+        retry=retry_if_exception(should_retry),
+        wait=policy.wait,
+        stop=policy.give_up(1e9, lambda: 0.0),
+        sleep=slept.append,
+        reraise=True,
+    ):
+        with attempt:
+            attempts += 1
+            failure = next(failures, None)
+            if failure:
+                raise failure
+    assert attempts == 4
+    assert slept == [0.5, 3.0, 2.0]
+
+
+def test_the_retry_loop_gives_up_when_the_wait_passes_the_deadline() -> None:
+    slept: list[float] = []
+    policy = RetryPolicy(5, 0.5, 8, 30, rng=lambda: 1.0)
+    with pytest.raises(RateLimited):
+        for attempt in Retrying(
+            retry=retry_if_exception(should_retry),
+            wait=policy.wait,
+            stop=policy.give_up(2.0, lambda: 0.0),
+            sleep=slept.append,
+            reraise=True,
+        ):
+            with attempt:
+                raise RateLimited("slow down", retry_after=5.0)
+    assert slept == []
+
+
+def test_non_retryable_errors_are_not_retried() -> None:
+    assert not should_retry(UpstreamError("bad request"))
+    assert should_retry(UpstreamError("flaky", retryable=True))
+
+
+# -- scenarios through the app -----------------------------------------------------
+
+
+@pytest.mark.parametrize("fail", ["429", "500", "503", "429,503"])
+def test_transient_failures_are_retried_then_succeed(
+    server: Server, fake: FakeUpstream, fail: str
+) -> None:
+    status, events, _ = sse(server, f"fail={fail} retry_after=0.1 id=r{fail}")
+    assert status == 200
+    assert text_of(events) == "".join(f"t{i} " for i in range(8))
+    assert events[-1][0] == "done"
+    assert len(fake.records_for(f"id=r{fail}")) == len(fail.split(",")) + 1
+
+
+def test_rate_limit_that_outlasts_the_retries_is_a_429_with_retry_after(
+    server: Server, fake: FakeUpstream
+) -> None:
+    response = requests.post(
+        server.url + "/generate-code/",
+        json={"prompt": prompt("fail=429,429,429 retry_after=0.2 id=rl")},
+        timeout=30,
+    )
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "upstream_rate_limited"
+    assert response.headers["Retry-After"] == "1"
+    assert len(fake.records_for("id=rl")) == 3
+
+
+def test_a_retry_after_beyond_the_cap_stops_retrying_at_once(
+    server: Server, fake: FakeUpstream
+) -> None:
+    status, events, elapsed = sse(server, "fail=429,429 retry_after=20 id=cap")
+    assert status == 429
+    assert len(fake.records_for("id=cap")) == 1
+    assert elapsed < MARGIN
+
+
+def test_retry_after_ms_is_honoured(server: Server, fake: FakeUpstream) -> None:
+    status, _, _ = sse(server, "fail=429 retry_after_ms=300 id=ms")
+    records = fake.records_for("id=ms")
+    assert status == 200 and len(records) == 2
+    assert records[1].started - records[0].started >= 0.3
+
+
+@pytest.mark.parametrize("code", ["400", "401", "403", "404", "422"])
+def test_client_errors_are_never_retried(server: Server, fake: FakeUpstream, code: str) -> None:
+    status, _, _ = sse(server, f"status={code} id=nr{code}")
+    assert status in (400, 502)
+    assert len(fake.records_for(f"id=nr{code}")) == 1
+
+
+def test_stall_before_the_first_token_is_a_504_in_bound(server: Server, fake: FakeUpstream) -> None:
+    status, events, elapsed = sse(server, "first_delay=30 id=stall0")
+    assert status == 504
+    assert events[0][1]["error"]["code"] == "first_token_timeout"
+    assert 2.0 <= elapsed < 2.0 + MARGIN
+    closed = fake.wait_closed(1)
+    assert [c.how for c in closed] == ["client_closed"]
+
+
+@pytest.mark.parametrize(
+    ("directive", "code", "bound"),
+    [
+        ("stall_after=3", "idle_timeout", 1.0),
+        ("stall_after=3 keepalive=0.2", "idle_timeout", 1.0),
+        ("drop_after=3", "upstream_disconnected", 0.0),
+        ("malformed_after=3", "upstream_malformed", 0.0),
+        ("error_after=3", "upstream_error", 0.0),
+    ],
+)
+def test_mid_stream_failures_keep_what_arrived_exactly_once(
+    server: Server, fake: FakeUpstream, directive: str, code: str, bound: float
+) -> None:
+    status, events, elapsed = sse(server, f"{directive} id=mid")
+    assert status == 200
+    name, error = events[-1]
+    assert (name, error["code"]) == ("error", code)
+    assert text_of(events) == sent_by(fake, "id=mid") == "t0 t1 t2 "
+    assert len(fake.records_for("id=mid")) == 1  # no retry once text was sent
+    assert bound <= elapsed < bound + MARGIN
+    assert fake.wait_closed(1) and fake.open_streams == 0
+
+
+@pytest.mark.parametrize("directive", ["tokens=1000 delay=0.4", "forever=1 delay=0.05"])
+def test_the_total_deadline_ends_trickles_and_endless_streams(
+    server: Server, fake: FakeUpstream, directive: str
+) -> None:
+    status, events, elapsed = sse(server, f"{directive} id=slow")
+    assert status == 200
+    assert events[-1][0] == "error" and events[-1][1]["code"] == "deadline_exceeded"
+    received = text_of(events)
+    assert received and sent_by(fake, "id=slow").startswith(received)
+    assert 6.0 <= elapsed < 6.0 + MARGIN
+    assert fake.wait_closed(1) and fake.open_streams == 0
+
+
+def test_text_plain_failure_is_a_truncated_transfer(server: Server, fake: FakeUpstream) -> None:
+    received = b""
+    with (
+        pytest.raises(requests.exceptions.ChunkedEncodingError),
+        requests.post(
+            server.url + "/generate-code/",
+            json={"prompt": prompt("drop_after=3 id=plain")},
+            stream=True,
+            timeout=30,
+        ) as response,
+    ):
+        assert response.status_code == 200
+        for chunk in response.iter_content(chunk_size=None):
+            received += chunk
+    assert received.decode() == "t0 t1 t2 "
+
+
+def test_client_disconnect_closes_the_upstream_within_a_second(
+    server: Server, fake: FakeUpstream
+) -> None:
+    with requests.post(
+        server.url + "/generate-code/",
+        json={"prompt": prompt("forever=1 delay=0.05 id=gone")},
+        stream=True,
+        timeout=30,
+    ) as response:
+        chunks = response.iter_content(chunk_size=None)
+        assert next(chunks)
+        assert next(chunks)
+        response.raw._fp.fp.raw._sock.shutdown(2)  # the client goes away mid-stream
+        gone_at = time.monotonic()
+    closed = fake.wait_closed(1, timeout=3)
+    assert closed and closed[0].how == "client_closed"
+    assert closed[0].at - gone_at < 1.0
+
+
+def test_heartbeats_keep_a_slow_first_token_alive(serve: Any, fake: FakeUpstream) -> None:
+    server = serve(HEARTBEAT_INTERVAL="0.3", FIRST_TOKEN_TIMEOUT="3")
+    response = requests.post(
+        server.url + "/generate-code/",
+        json={"prompt": prompt("first_delay=1.2 id=hb")},
+        headers={"Accept": "application/x-ndjson"},
+        timeout=30,
+    )
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    kinds = [line["type"] for line in lines]
+    assert kinds[0] == "ping" and kinds.count("ping") >= 2
+    assert kinds[-1] == "done"
+    assert "".join(x["text"] for x in lines if x["type"] == "delta") == sent_by(fake, "id=hb")
+
+
+def test_heartbeats_after_the_start_turn_a_timeout_into_an_error_event(
+    serve: Any, fake: FakeUpstream
+) -> None:
+    server = serve(HEARTBEAT_INTERVAL="0.3", FIRST_TOKEN_TIMEOUT="1")
+    status, events, elapsed = sse(server, "first_delay=30 id=hb504")
+    assert status == 200
+    assert events[-1][0] == "error" and events[-1][1]["code"] == "first_token_timeout"
+    assert 1.0 <= elapsed < 1.0 + MARGIN
+
+
+@pytest.mark.parametrize("directive", ["drop_after=3", "stall_after=3", "malformed_after=3"])
+def test_resume_continues_a_broken_stream_seamlessly(
+    serve: Any, fake: FakeUpstream, directive: str
+) -> None:
+    server = serve(RESUME_ON_FAILURE="true")
+    status, events, _ = sse(server, f"{directive} faults_once=1 tokens=8 id=res")
+    assert status == 200
+    assert events[-1][0] == "done"
+    assert text_of(events) == "".join(f"t{i} " for i in range(8))
+    records = fake.records_for("id=res")
+    assert len(records) == 2
+    continuation = records[1].body["messages"]
+    assert continuation[-2] == {"role": "assistant", "content": "t0 t1 t2 "}
+    assert fake.wait_closed(2) and fake.open_streams == 0

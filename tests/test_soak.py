@@ -1,0 +1,59 @@
+"""A few hundred concurrent streams with a mix of faults, through gunicorn + gevent."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import requests
+
+from tests.fake_upstream import FakeUpstream
+from tests.test_api import prompt
+
+STREAMS = 250
+FAULTS = {
+    "ok": ("tokens=20 delay=0.02", "done"),
+    "drop": ("drop_after=5 delay=0.02", "upstream_disconnected"),
+    "stall": ("stall_after=5 delay=0.02", "idle_timeout"),
+    "malformed": ("malformed_after=5 delay=0.02", "upstream_malformed"),
+    "retried": ("fail=500 tokens=10 delay=0.02", "done"),
+}
+
+
+@pytest.mark.soak
+def test_hundreds_of_streams_with_faults_all_end(serve: Any, fake: FakeUpstream) -> None:
+    server = serve(WEB_CONCURRENCY="2")
+    kinds = list(FAULTS)
+
+    def one(i: int) -> tuple[str, str, str]:
+        kind = kinds[i % len(kinds)]
+        directive = f"{FAULTS[kind][0]} id=soak{i}"
+        with requests.post(
+            server.url + "/generate-code/",
+            json={"prompt": prompt(directive)},
+            headers={"Accept": "application/x-ndjson"},
+            timeout=60,
+        ) as response:
+            lines = [json.loads(line) for line in response.text.splitlines()]
+        last = lines[-1]
+        outcome = last["type"] if last["type"] == "done" else last["code"]
+        text = "".join(x["text"] for x in lines if x["type"] == "delta")
+        return kind, outcome, text
+
+    with ThreadPoolExecutor(STREAMS) as pool:
+        results = list(pool.map(one, range(STREAMS)))
+
+    outcomes = Counter((kind, outcome) for kind, outcome, _ in results)
+    expected = Counter({(k, FAULTS[k][1]): STREAMS // len(FAULTS) for k in FAULTS})
+    assert outcomes == expected
+    for i, (_, _, text) in enumerate(results):  # nothing lost, nothing repeated
+        sent = "".join(t for r in fake.records_for(f"id=soak{i}]]") for t in r.tokens_sent)
+        assert text == sent
+    assert len(fake.wait_closed(STREAMS + STREAMS // len(FAULTS), timeout=10)) >= STREAMS
+    assert fake.open_streams == 0
+    logs = server.logs()
+    assert "WORKER TIMEOUT" not in logs and "Traceback" not in logs
+    assert logs.count("Booting worker") == 2
