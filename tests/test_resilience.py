@@ -137,7 +137,7 @@ def test_rate_limit_that_outlasts_the_retries_is_a_429_with_retry_after(
 def test_a_retry_after_beyond_the_cap_stops_retrying_at_once(
     server: Server, fake: FakeUpstream
 ) -> None:
-    status, events, elapsed = sse(server, "fail=429,429 retry_after=20 id=cap")
+    status, _, elapsed = sse(server, "fail=429,429 retry_after=20 id=cap")
     assert status == 429
     assert len(fake.records_for("id=cap")) == 1
     assert elapsed < MARGIN
