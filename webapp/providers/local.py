@@ -42,13 +42,17 @@ class LocalProvider(Provider):
         self._load_error: str | None = None
         self._turn = Semaphore(1)
         self._waiting = 0
+        self._generating = False
+        self.tokens_generated = 0  # for /healthz: shows that a cancelled answer stopped
 
     def info(self) -> ProviderInfo:
         state = "loaded" if self._llama is not None else ("error" if self._load_error else "lazy")
         detail: dict[str, Any] = {
             "models": [self.model_name],
             "model_state": state,
+            "generating": self._generating,
             "queue": self._waiting,
+            "tokens_generated": self.tokens_generated,
         }
         if self._load_error:
             detail["model_error"] = self._load_error
@@ -109,6 +113,7 @@ class LocalProvider(Provider):
         pending = None
         chunks = None
         try:
+            self._generating = True
             llama = self.model()
             kwargs: dict[str, Any] = {"max_tokens": request.max_tokens, "stream": True}
             if request.temperature is not None:
@@ -126,6 +131,7 @@ class LocalProvider(Provider):
                 text = choice["delta"].get("content")
                 if text:
                     produced += 1
+                    self.tokens_generated += 1
                     yield text
                 if choice.get("finish_reason"):
                     finish_reason = choice["finish_reason"]
@@ -149,4 +155,5 @@ class LocalProvider(Provider):
                     pending.get(timeout=30)
             if chunks is not None:
                 chunks.close()
+            self._generating = False
             self._turn.release()

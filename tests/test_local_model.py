@@ -1,0 +1,193 @@
+"""The embedded model, loaded for real (SmolLM2-135M, the smallest), under gunicorn."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import IN_CI, Server
+from webapp.config import Config
+from webapp.models import SPECS, ModelFileError, join_parts, model_file
+
+PROMPT = "Write a Python function that adds two numbers."
+
+
+def smollm2_path() -> Path:
+    try:
+        return model_file(Config.from_env({"LOCAL_MODEL": "smollm2-135m"}))
+    except ModelFileError as exc:
+        if IN_CI:
+            pytest.fail(str(exc))
+        pytest.skip(f"{exc} (make test installs it)")
+
+
+def local_env(**extra: str) -> dict[str, str]:
+    if importlib.util.find_spec("llama_cpp") is None:  # imported only by the server
+        message = "llama-cpp-python is not installed (make test installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    smollm2_path()
+    return {
+        "PROVIDER": "local",
+        "LOCAL_MODEL": "smollm2-135m",
+        "OPENAI_API_KEY": "",
+        "FIRST_TOKEN_TIMEOUT": "30",
+        "IDLE_TIMEOUT": "30",
+        "TOTAL_TIMEOUT": "120",
+        "MAX_OUTPUT_TOKENS": "400",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def local_server(serve: Any) -> Server:
+    server: Server = serve(**local_env())
+    return server
+
+
+def health(server: Server) -> dict[str, Any]:
+    body: dict[str, Any] = requests.get(server.url + "/healthz", timeout=5).json()
+    return body
+
+
+@pytest.mark.local_model
+def test_the_local_model_streams_tokens_through_the_api(local_server: Server) -> None:
+    started = time.monotonic()
+    with requests.post(
+        local_server.url + "/generate-code/",
+        json={"prompt": PROMPT, "max_tokens": 60},
+        headers={"Accept": "application/x-ndjson"},
+        stream=True,
+        timeout=120,
+    ) as response:
+        assert response.status_code == 200
+        arrivals = []
+        events = []
+        for line in response.iter_lines():
+            events.append(json.loads(line))
+            arrivals.append(time.monotonic() - started)
+    deltas = [e for e in events if e["type"] == "delta"]
+    assert len(deltas) >= 5  # token by token, not one blob
+    assert arrivals[len(deltas) - 1] > arrivals[0]
+    done = events[-1]
+    assert done["type"] == "done"
+    assert done["usage"]["completion_tokens"] == len(deltas)
+    assert done["usage"]["prompt_tokens"] > 0
+    info = health(local_server)
+    assert info["provider"] == "local" and info["model"] == "smollm2-135m"
+    assert info["model_state"] == "loaded"
+
+
+@pytest.mark.local_model
+def test_health_answers_promptly_while_the_model_generates(local_server: Server) -> None:
+    finished = threading.Event()
+
+    def generate() -> None:
+        requests.post(
+            local_server.url + "/generate-code/",
+            json={"prompt": PROMPT, "max_tokens": 300},
+            timeout=120,
+        )
+        finished.set()
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not health(local_server)["generating"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    latencies = []
+    while not finished.is_set() and len(latencies) < 20:
+        started = time.monotonic()
+        assert health(local_server)["generating"] in (True, False)
+        latencies.append(time.monotonic() - started)
+        time.sleep(0.05)
+    worker.join()
+    assert len(latencies) >= 5, "the generation ended before the health checks could run"
+    # Responsiveness, not speed: a frozen event loop would take a whole generation.
+    assert max(latencies) < 0.1, latencies
+
+
+@pytest.mark.local_model
+def test_a_cancelled_request_stops_generation(local_server: Server) -> None:
+    with requests.post(
+        local_server.url + "/generate-code/",
+        json={"prompt": PROMPT + " Explain at length.", "max_tokens": 400},
+        stream=True,
+        timeout=120,
+    ) as response:
+        chunks = response.iter_content(chunk_size=None)
+        for _ in range(3):
+            next(chunks)
+        response.raw._fp.fp.raw._sock.shutdown(2)
+    deadline = time.monotonic() + 2
+    while health(local_server)["generating"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stopped = health(local_server)
+    assert stopped["generating"] is False
+    time.sleep(0.3)
+    assert health(local_server)["tokens_generated"] == stopped["tokens_generated"]
+
+
+@pytest.mark.local_model
+def test_corrupt_or_truncated_weights_are_refused(serve: Any, tmp_path: Path) -> None:
+    original = smollm2_path()
+    truncated = tmp_path / "truncated.gguf"
+    with original.open("rb") as src, truncated.open("wb") as dst:
+        dst.write(src.read(5_000_000))
+    server = serve(
+        **local_env(
+            LOCAL_MODEL_PATH=str(truncated), LOCAL_MODEL_SHA256=SPECS["smollm2-135m"].sha256
+        )
+    )
+    response = requests.post(server.url + "/generate-code/", json={"prompt": PROMPT}, timeout=60)
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "local_model_invalid"
+    assert "corrupt" in error["message"] and "make run" in error["message"]
+    assert health(server)["model_state"] == "error"
+
+
+@pytest.mark.local_model
+def test_a_file_that_is_not_gguf_is_refused_clearly(serve: Any, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"not a model" * 1000)
+    server = serve(**local_env(LOCAL_MODEL_PATH=str(garbage)))
+    response = requests.post(server.url + "/generate-code/", json={"prompt": PROMPT}, timeout=60)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "local_model_invalid"
+    assert "Traceback" not in response.text
+
+
+def test_joining_parts_is_atomic_and_verified(tmp_path: Path) -> None:
+    parts = []
+    for i, payload in enumerate([b"alpha" * 1000, b"beta" * 1000, b"gamma"]):
+        part = tmp_path / f"part{i}.bin"
+        part.write_bytes(payload)
+        parts.append(part)
+    whole = b"".join(p.read_bytes() for p in parts)
+    target = tmp_path / "cache" / "model.gguf"
+    with pytest.raises(ModelFileError, match="do not match"):
+        join_parts(parts, target, "0" * 64, "test")
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []  # no half-written file left behind
+    join_parts(parts, target, hashlib.sha256(whole).hexdigest(), "test")
+    assert target.read_bytes() == whole
+
+
+def test_a_missing_weight_package_says_what_to_do(tmp_path: Path) -> None:
+    config = Config.from_env(
+        {"LOCAL_MODEL": "qwen2.5-coder-0.5b", "MODEL_CACHE_DIR": str(tmp_path)}
+    )
+    if all(importlib.util.find_spec(p) for p in SPECS["qwen2.5-coder-0.5b"].packages):
+        pytest.skip("the 0.5B weights are installed here")
+    with pytest.raises(ModelFileError, match="make run"):
+        model_file(config)
