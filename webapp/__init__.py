@@ -108,7 +108,14 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     )
     provider = build_provider(config)
     app.extensions["codegen"] = CodeGen(config, provider, count_tokens, on_finish=log_relay)
-    csrf.init_app(app)
+
+    @app.before_request
+    def assign_request_id() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        g.started = time.monotonic()
+
+    csrf.init_app(app)  # after the request id, so CSRF errors carry one
 
     from webapp import api, ui
 
@@ -116,12 +123,6 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     csrf.exempt(api.bp)
     app.register_blueprint(ui.bp)
     register_error_handlers(app)
-
-    @app.before_request
-    def assign_request_id() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        g.started = time.monotonic()
 
     @app.after_request
     def add_headers(response: Response) -> Response:

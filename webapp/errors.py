@@ -24,7 +24,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from flask import Flask, Response, g, render_template, request
+from flask import Flask, Response, current_app, g, render_template, request
+from flask_wtf.csrf import CSRFError, generate_csrf
 from werkzeug.exceptions import HTTPException
 
 
@@ -102,15 +103,17 @@ class UpstreamTimeout(UpstreamError):
 
 
 def wants_json_response() -> bool:
-    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
-    return request.blueprint != "ui" or best == "application/json"
+    if request.blueprint != "ui":
+        return True
+    accept = request.accept_mimetypes
+    return accept["application/json"] > accept["text/html"]
 
 
-def error_response(exc: AppError) -> Response:
+def error_response(exc: AppError, **extra: Any) -> Response:
     """The one way to build an error response, JSON for the API, HTML for the page."""
     request_id = g.get("request_id", "")
     if wants_json_response():
-        body = {"error": {**exc.to_dict(), "request_id": request_id}}
+        body = {"error": {**exc.to_dict(), "request_id": request_id, **extra}}
         response = Response(orjson.dumps(body), status=exc.status, mimetype="application/json")
     else:
         html = render_template("error.html", error=exc, request_id=request_id)
@@ -128,6 +131,9 @@ _HTTP_CODES = {
 }
 
 
+_HTTP_MESSAGES = {404: "There is nothing at this address."}
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(AppError)
     def on_app_error(exc: AppError) -> Response:
@@ -136,10 +142,27 @@ def register_error_handlers(app: Flask) -> None:
             exc = InternalError("Internal server error; the request id is in the log.")
         return error_response(exc)
 
+    @app.errorhandler(CSRFError)
+    def on_csrf_error(exc: CSRFError) -> Response | tuple[str, int]:
+        err = BadRequest(
+            "Your session expired or the page was open too long. A fresh token is in "
+            "place: submit again.",
+            code="csrf_invalid",
+        )
+        if wants_json_response():
+            return error_response(err, csrf_token=generate_csrf())
+        from webapp.ui import csrf_failed_page
+
+        return csrf_failed_page(err.message), 400
+
     @app.errorhandler(HTTPException)
     def on_http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        err = AppError(exc.description or exc.name, code=_HTTP_CODES.get(status, "http_error"))
+        message = _HTTP_MESSAGES.get(status) or exc.description or exc.name
+        if status == 413:
+            limit = current_app.config["MAX_CONTENT_LENGTH"]
+            message = f"The request body is over the limit of {limit} bytes."
+        err = AppError(message, code=_HTTP_CODES.get(status, "http_error"))
         err.status = status
         response = error_response(err)
         if status == 405 and exc.get_response().headers.get("Allow"):

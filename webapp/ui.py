@@ -5,10 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, current_app, g, render_template, request
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    render_template,
+    request,
+    stream_with_context,
+)
 from flask_wtf import FlaskForm
 from markupsafe import escape
-from wtforms import DecimalField, IntegerField, SelectField, TextAreaField
+from wtforms import DecimalField, IntegerField, SelectChoice, SelectField, TextAreaField
 from wtforms.validators import DataRequired, NumberRange, Optional
 
 from webapp import formats
@@ -45,8 +53,11 @@ LANGUAGES = [
 
 class PromptForm(FlaskForm):  # type: ignore[misc]
     prompt = TextAreaField("Describe the code you want", validators=[DataRequired()])
-    language = SelectField("Language", choices=[(x, x or "Any") for x in LANGUAGES], default="")
-    model = SelectField("Model")
+    language = SelectField(
+        "Language", choices=[SelectChoice(x, x or "Any") for x in LANGUAGES], default=""
+    )
+    # Scripts and old pages may omit it: the configured model is the default.
+    model = SelectField("Model", validators=[Optional()], validate_choice=False)
     temperature = DecimalField(
         "Temperature", places=1, default=0.2, validators=[Optional(), NumberRange(0, 2)]
     )
@@ -60,11 +71,8 @@ def _config() -> Config:
 
 def _form() -> PromptForm:
     form = PromptForm()
-    form.model.choices = (
-        [(m, m) for m in _config().models]
-        if _is_openai()
-        else [(codegen().provider.info().model, codegen().provider.info().model)]
-    )
+    models = _config().models if _is_openai() else (codegen().provider.info().model,)
+    form.model.choices = [SelectChoice(m) for m in models]
     if form.max_tokens.data is None and request.method == "GET":
         form.max_tokens.data = min(1024, _config().max_output_tokens)
     return form
@@ -97,7 +105,8 @@ def submit() -> Response | tuple[str, int]:
         return _page(form=form, form_error=exc.message), exc.status
     head, tail = _page(form=form, streaming=True).split("<!--answer-->", 1)
     return Response(
-        _html_stream(head, tail, relay),
+        # The closing part renders a template, so it needs the request context.
+        stream_with_context(_html_stream(head, tail, relay)),
         mimetype="text/html",
         headers=STREAM_HEADERS,
         direct_passthrough=True,
@@ -173,6 +182,11 @@ def _with_blocks(events: Iterator[Event_], relay: Relay) -> Iterator[Event_ | di
             yield {"type": "html", "html": str(render_answer(relay.text()))}
 
 
+def csrf_failed_page(message: str) -> str:
+    """Re-render the form with what the person typed and a fresh token: nothing is lost."""
+    return _page(form=_form(), form_error=message)
+
+
 def _relay_from_form(form: PromptForm) -> Relay:
     temperature = float(form.temperature.data) if form.temperature.data is not None else None
     params = parse_generate(
@@ -181,7 +195,7 @@ def _relay_from_form(form: PromptForm) -> Relay:
             for k, v in {
                 "prompt": form.prompt.data or "",
                 "language": form.language.data or None,
-                "model": form.model.data,
+                "model": form.model.data or None,
                 "temperature": temperature,
                 "max_tokens": form.max_tokens.data,
             }.items()
