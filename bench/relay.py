@@ -105,10 +105,18 @@ class Target:
         if self.path == "/generate-code/":
             body = json.dumps({"prompt": f"bench rate={rate}", "max_tokens": tokens})
         else:
-            body = json.dumps({"model": "bench", "stream": True, "max_tokens": tokens,
-                               "messages": [{"role": "user", "content": f"bench rate={rate}"}]})
-        return (f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
-                f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}").encode()
+            body = json.dumps(
+                {
+                    "model": "bench",
+                    "stream": True,
+                    "max_tokens": tokens,
+                    "messages": [{"role": "user", "content": f"bench rate={rate}"}],
+                }
+            )
+        return (
+            f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+        ).encode()
 
 
 def dechunk(body: bytes) -> bytes:
@@ -170,8 +178,15 @@ class Result:
     rss_per_stream_kib: float | None = None
 
 
-def run(target: Target, scenario: str, streams: int, tokens: int, rate: float,
-        concurrency: int, sample_rss: bool = False) -> Result:
+def run(
+    target: Target,
+    scenario: str,
+    streams: int,
+    tokens: int,
+    rate: float,
+    concurrency: int,
+    sample_rss: bool = False,
+) -> Result:
     cpu_before = tree_cpu(target.pid) if target.pid else 0.0
     rss_idle = tree_rss(target.pid) if (target.pid and sample_rss) else 0
     peak = [0]
@@ -206,16 +221,24 @@ def run(target: Target, scenario: str, streams: int, tokens: int, rate: float,
         return round(ttfts[min(len(ttfts) - 1, int(q * len(ttfts)))] * 1000, 2) if ttfts else -1
 
     return Result(
-        target.name, scenario, streams, tokens, rate, errors[0], round(wall, 2),
-        pct(0.5), pct(0.99),
+        target.name,
+        scenario,
+        streams,
+        tokens,
+        rate,
+        errors[0],
+        round(wall, 2),
+        pct(0.5),
+        pct(0.99),
         round(cpu / relayed * 1e6, 1) if cpu is not None and relayed else None,
         round((peak[0] - rss_idle) / concurrency / 1024, 1) if sample_rss and peak[0] else None,
     )
 
 
 def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 NGINX_CONF = """
@@ -251,19 +274,28 @@ def main() -> int:
     up_port, app_port = free_port(), free_port()
     procs.append(start([sys.executable, "-m", "bench.upstream", str(up_port)]))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PROVIDER"))}
-    env.update({"OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}/v1", "OPENAI_API_KEY": "bench",
-                "PORT": str(app_port), "LOG_LEVEL": "WARNING", "MAX_OUTPUT_TOKENS": "10000",
-                "FIRST_TOKEN_TIMEOUT": "60"})
-    app = start([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
-                 "--access-logfile", "/dev/null", "wsgi:app"], env)
+    env.update(
+        {
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
+            "OPENAI_API_KEY": "bench",
+            "PORT": str(app_port),
+            "LOG_LEVEL": "WARNING",
+            "MAX_OUTPUT_TOKENS": "10000",
+            "FIRST_TOKEN_TIMEOUT": "60",
+        }
+    )
+    app = start([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"], env)
     procs.append(app)
     targets = [Target("direct", up_port, "/v1/chat/completions", None)]
     nginx_dir = tempfile.mkdtemp()
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
     if nginx:
         ng_port = free_port()
         Path(nginx_dir, "nginx.conf").write_text(
-            NGINX_CONF.format(dir=nginx_dir, up=up_port, port=ng_port))
+            NGINX_CONF.format(dir=nginx_dir, up=up_port, port=ng_port)
+        )
         ng = start([nginx, "-c", f"{nginx_dir}/nginx.conf", "-g", "daemon off;"])
         procs.append(ng)
         wait_port(ng_port)
@@ -289,9 +321,12 @@ def main() -> int:
             for t in targets:
                 results.append(run(t, name, streams, tokens, rate, conc, sample_rss=rss))
                 r = results[-1]
-                print(f"  {name:26} {t.name:7} ttft p50 {r.ttft_p50_ms:8.2f} ms  "
-                      f"p99 {r.ttft_p99_ms:8.2f} ms  cpu/token {r.cpu_us_per_token} µs  "
-                      f"errors {r.errors}", flush=True)
+                print(
+                    f"  {name:26} {t.name:7} ttft p50 {r.ttft_p50_ms:8.2f} ms  "
+                    f"p99 {r.ttft_p99_ms:8.2f} ms  cpu/token {r.cpu_us_per_token} µs  "
+                    f"errors {r.errors}",
+                    flush=True,
+                )
     finally:
         for p in procs:
             p.terminate()
@@ -303,31 +338,49 @@ def main() -> int:
         shutil.rmtree(nginx_dir, ignore_errors=True)
 
     print_table(results)
-    Path(args.json).write_text(json.dumps({
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "results": [asdict(r) for r in results],
-    }, indent=2))
+    Path(args.json).write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
+                "results": [asdict(r) for r in results],
+            },
+            indent=2,
+        )
+    )
     print(f"\nwritten to {args.json}")
     return 0
 
 
 def print_table(results: list[Result]) -> None:
-    print("\n| scenario | target | errors | TTFT p50 | TTFT p99 | TTFT added p50 / p99 "
-          "| CPU per token | vs nginx | memory per stream |")
+    print(
+        "\n| scenario | target | errors | TTFT p50 | TTFT p99 | TTFT added p50 / p99 "
+        "| CPU per token | vs nginx | memory per stream |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     by = {(r.scenario, r.target): r for r in results}
     for r in results:
         direct = by.get((r.scenario, "direct"))
         nginx = by.get((r.scenario, "nginx"))
-        added = (f"{r.ttft_p50_ms - direct.ttft_p50_ms:+.2f} / {r.ttft_p99_ms - direct.ttft_p99_ms:+.2f} ms"
-                 if direct and r.target != "direct" else "baseline")
-        ratio = (f"{r.cpu_us_per_token / nginx.cpu_us_per_token:.1f}×"
-                 if nginx and nginx.cpu_us_per_token and r.cpu_us_per_token else "")
+        added = (
+            f"{r.ttft_p50_ms - direct.ttft_p50_ms:+.2f} / {r.ttft_p99_ms - direct.ttft_p99_ms:+.2f} ms"
+            if direct and r.target != "direct"
+            else "baseline"
+        )
+        ratio = (
+            f"{r.cpu_us_per_token / nginx.cpu_us_per_token:.1f}×"
+            if nginx and nginx.cpu_us_per_token and r.cpu_us_per_token
+            else ""
+        )
         cpu = f"{r.cpu_us_per_token} µs" if r.cpu_us_per_token is not None else "(upstream)"
         mem = f"{r.rss_per_stream_kib} KiB" if r.rss_per_stream_kib is not None else ""
-        print(f"| {r.scenario} | {r.target} | {r.errors} | {r.ttft_p50_ms} ms | {r.ttft_p99_ms} ms "
-              f"| {added} | {cpu} | {ratio} | {mem} |")
+        print(
+            f"| {r.scenario} | {r.target} | {r.errors} | {r.ttft_p50_ms} ms | {r.ttft_p99_ms} ms "
+            f"| {added} | {cpu} | {ratio} | {mem} |"
+        )
 
 
 if __name__ == "__main__":

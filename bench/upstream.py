@@ -28,15 +28,24 @@ def _chunk(payload: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
-ROLE = _chunk(b'data: {"id":"b","object":"chat.completion.chunk","choices":[{"index":0,'
-              b'"delta":{"role":"assistant"},"finish_reason":null}]}\n\n')
-TOKEN = _chunk(b'data: {"id":"b","object":"chat.completion.chunk","choices":[{"index":0,'
-               b'"delta":{"content":"tok "},"finish_reason":null}]}\n\n')
-END = _chunk(b'data: {"id":"b","object":"chat.completion.chunk","choices":[{"index":0,'
-             b'"delta":{},"finish_reason":"stop"}]}\n\n') + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+ROLE = _chunk(
+    b'data: {"id":"b","object":"chat.completion.chunk","choices":[{"index":0,'
+    b'"delta":{"role":"assistant"},"finish_reason":null}]}\n\n'
+)
+TOKEN = _chunk(
+    b'data: {"id":"b","object":"chat.completion.chunk","choices":[{"index":0,'
+    b'"delta":{"content":"tok "},"finish_reason":null}]}\n\n'
+)
+END = (
+    _chunk(
+        b'data: {"id":"b","object":"chat.completion.chunk","choices":[{"index":0,'
+        b'"delta":{},"finish_reason":"stop"}]}\n\n'
+    )
+    + _chunk(b"data: [DONE]\n\n")
+    + b"0\r\n\r\n"
+)
 RATE = re.compile(r"rate=([0-9.]+)")
-HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n")
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 def handle(sock, _addr) -> None:  # type: ignore[no-untyped-def]
