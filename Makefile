@@ -75,3 +75,11 @@ bench: $(STAMP)-dev
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/artifacts
+
+bench-local: $(STAMP)-dev $(STAMP)-local
+	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.models prepare
+	$(BIN)/python -m bench.local --model $(TEST_MODEL)
+
+# A longer fuzzing run than make test's bounded one.
+fuzz: $(STAMP)-dev
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest -q tests/test_openapi.py -k fuzz

@@ -22,7 +22,6 @@ import os  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -366,7 +365,8 @@ def print_table(results: list[Result]) -> None:
         direct = by.get((r.scenario, "direct"))
         nginx = by.get((r.scenario, "nginx"))
         added = (
-            f"{r.ttft_p50_ms - direct.ttft_p50_ms:+.2f} / {r.ttft_p99_ms - direct.ttft_p99_ms:+.2f} ms"
+            f"{r.ttft_p50_ms - direct.ttft_p50_ms:+.2f} / "
+            f"{r.ttft_p99_ms - direct.ttft_p99_ms:+.2f} ms"
             if direct and r.target != "direct"
             else "baseline"
         )

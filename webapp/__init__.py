@@ -117,11 +117,12 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
 
     csrf.init_app(app)  # after the request id, so CSRF errors carry one
 
-    from webapp import api, ui
+    from webapp import api, openapi, ui
 
     app.register_blueprint(api.bp)
     csrf.exempt(api.bp)
     app.register_blueprint(ui.bp)
+    app.register_blueprint(openapi.bp)
     register_error_handlers(app)
 
     @app.after_request

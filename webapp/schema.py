@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from webapp.config import Config
 from webapp.errors import BadRequest
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 5.0 as an integer, so the API does too; never "5" or true."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 class GenerateCodeRequest(BaseModel):
@@ -19,7 +26,9 @@ class GenerateCodeRequest(BaseModel):
     )
     model: str | None = Field(None, description="One of the server's allowed models.")
     temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1, description="At most MAX_OUTPUT_TOKENS.")
+    max_tokens: Annotated[int, Field(ge=1), BeforeValidator(_integral)] | None = Field(
+        None, description="At most MAX_OUTPUT_TOKENS."
+    )
     stream: bool = Field(True, description="false: one JSON object at the end.")
 
 

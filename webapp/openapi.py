@@ -1,0 +1,228 @@
+"""The OpenAPI 3.1 description, generated from the models the code validates with.
+
+The request schema is `GenerateCodeRequest` itself, and the response and
+event schemas below are what the formatters emit (tests parse real responses
+against them), so the description cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Literal
+
+from flask import Blueprint, Response, current_app, render_template
+from pydantic import BaseModel, ConfigDict, Field
+
+from webapp.config import Config
+from webapp.schema import GenerateCodeRequest
+
+bp = Blueprint("docs", __name__)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CodeBlock(BaseModel):
+    language: str = Field(description="The fence's tag; empty when the model gave none.")
+    code: str
+
+
+class Timing(BaseModel):
+    ttft_ms: float = Field(description="Time to first token; -1 when none arrived.")
+    duration_ms: float
+
+
+class Delta(BaseModel):
+    type: Literal["delta"] = "delta"
+    text: str
+
+
+class Done(BaseModel):
+    type: Literal["done"] = "done"
+    finish_reason: str | None
+    usage: Usage
+    code_blocks: list[CodeBlock]
+    request_id: str
+    timing: Timing
+
+
+class StreamError(BaseModel):
+    type: Literal["error"] = "error"
+    code: str = Field(description="Stable code, e.g. idle_timeout, upstream_disconnected.")
+    message: str
+    retry_after: float | None = None
+
+
+class Ping(BaseModel):
+    type: Literal["ping"] = "ping"
+
+
+class Answer(BaseModel):
+    text: str
+    code_blocks: list[CodeBlock]
+    explanation: str = Field(description="The text outside the code blocks.")
+    model: str
+    usage: Usage
+    finish_reason: str | None
+    request_id: str
+    timing: Timing
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    request_id: str
+    retry_after: float | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: Literal["ok"]
+    provider: str
+    model: str
+
+
+ERRORS = {
+    "400": "Bad input (invalid_json, invalid_request, unknown_fields, model_not_allowed, "
+    "prompt_too_long) or the model server refused it (upstream_bad_request).",
+    "413": "Body over MAX_BODY_BYTES (body_too_large).",
+    "415": "Unsupported media type.",
+    "429": "The model server is rate limiting (upstream_rate_limited); see Retry-After.",
+    "500": "A bug (internal_error); details only in the server log.",
+    "502": "The model server failed or refused the server's key.",
+    "503": "The model server is unreachable or the local model is busy.",
+    "504": "A time bound passed before the first token.",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+@lru_cache(maxsize=4)
+def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any]:
+    components: dict[str, Any] = {}
+    for model in (
+        GenerateCodeRequest,
+        Delta,
+        Done,
+        StreamError,
+        Ping,
+        Answer,
+        ErrorResponse,
+        Health,
+    ):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    request_schema = components["GenerateCodeRequest"]
+    request_schema["properties"]["max_tokens"]["anyOf"][0]["maximum"] = max_output_tokens
+    request_schema["properties"]["model"]["anyOf"][0]["enum"] = list(models)
+    request_schema["properties"]["prompt"]["pattern"] = r"\S"
+
+    request_id = {
+        "X-Request-ID": {
+            "description": "Echoed, or made for this request.",
+            "schema": {"type": "string"},
+        }
+    }
+    error = {
+        "content": {"application/json": {"schema": _ref("ErrorResponse")}},
+        "headers": request_id,
+    }
+    responses: dict[str, Any] = {
+        "200": {
+            "description": "The answer. The format follows Accept: text/plain (default), "
+            "text/event-stream (events delta, done, error), application/x-ndjson (one "
+            "Delta/Done/StreamError/Ping per line), or one JSON object with stream=false.",
+            "headers": request_id,
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "text/event-stream": {
+                    "schema": {"type": "string"},
+                    "x-events": {
+                        "delta": _ref("Delta"),
+                        "done": _ref("Done"),
+                        "error": _ref("StreamError"),
+                    },
+                },
+                "application/x-ndjson": {
+                    "schema": {
+                        "oneOf": [_ref("Delta"), _ref("Done"), _ref("StreamError"), _ref("Ping")]
+                    }
+                },
+                "application/json": {"schema": _ref("Answer")},
+            },
+        },
+    }
+    for status, description in ERRORS.items():
+        responses[status] = {**error, "description": description}
+    responses["429"]["headers"] = {
+        **request_id,
+        "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Streaming Code Generator",
+            "version": "1.0.0",
+            "description": "Describe code; get it streamed back with an explanation.",
+        },
+        "paths": {
+            "/generate-code/": {
+                "post": {
+                    "operationId": "generateCode",
+                    "summary": "Generate code and an explanation, streamed",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("GenerateCodeRequest")}},
+                    },
+                    "responses": responses,
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Provider and model in use; never touches the upstream",
+                    "responses": {
+                        "200": {
+                            "description": "Healthy",
+                            "headers": request_id,
+                            "content": {"application/json": {"schema": _ref("Health")}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {"schemas": components},
+    }
+
+
+def spec_for(config: Config) -> dict[str, Any]:
+    return build_spec(config.max_output_tokens, config.models)
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    import orjson
+
+    return Response(
+        orjson.dumps(spec_for(current_app.config["APP_CONFIG"])), mimetype="application/json"
+    )
+
+
+@bp.get("/docs")
+def docs() -> str:
+    config: Config = current_app.config["APP_CONFIG"]
+    spec = spec_for(config)
+    request_schema = spec["components"]["schemas"]["GenerateCodeRequest"]
+    return render_template(
+        "docs.html", spec=spec, request_schema=request_schema, errors=ERRORS, config=config
+    )
