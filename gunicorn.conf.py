@@ -8,14 +8,34 @@
 - no preload: the app must be imported after the worker patches the process.
 """
 
+import importlib.util
 import os
 import secrets
+import shutil
+import sys
+import tempfile
 
-from webapp.config import Config, ConfigError
+# Prometheus multiprocess mode: every worker writes its samples to one folder,
+# and /metrics adds them up. It must be set before anything imports the client.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="codegen-metrics-")
+else:
+    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
+# Read the settings from webapp/config.py alone: importing the `webapp` package
+# here would import ssl and friends in the master, before gevent patches them.
+_spec = importlib.util.spec_from_file_location(
+    "codegen_settings",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "webapp", "config.py"),
+)
+assert _spec is not None and _spec.loader is not None
+_settings = importlib.util.module_from_spec(_spec)
+sys.modules["codegen_settings"] = _settings
+_spec.loader.exec_module(_settings)
 try:
-    _config = Config.from_env()
-except ConfigError as exc:  # a bad setting stops start-up, naming it
+    _config = _settings.Config.from_env()
+except _settings.ConfigError as exc:  # a bad setting stops start-up, naming it
     raise SystemExit(f"configuration error: {exc}") from None
 
 bind = f"0.0.0.0:{_config.port}"
@@ -33,3 +53,9 @@ accesslog = "-"
 # Every worker must sign CSRF tokens with the same key.
 if not _config.secret_key:
     os.environ["SECRET_KEY"] = secrets.token_hex(32)
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

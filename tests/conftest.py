@@ -41,6 +41,9 @@ TEST_SETTINGS = {
     "MAX_OUTPUT_TOKENS": "512",
     "SECRET_KEY": "test-secret",
     "LOG_LEVEL": "INFO",
+    # Tests send many requests from one address; test_limits turns these on.
+    "RATE_LIMIT": "off",
+    "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
 }
 
 

@@ -15,10 +15,13 @@ from typing import Any
 import orjson
 from flask import Flask, Response, g, request
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webapp.config import Config
-from webapp.errors import register_error_handlers
-from webapp.generation import CodeGen, Relay
+from webapp.errors import AppError, register_error_handlers
+from webapp.generation import CodeGen
+from webapp.guard import Guard
+from webapp.observability import LIMITED_ENDPOINTS, Observer, record_rejection
 from webapp.providers import build_provider
 from webapp.tokens import count_tokens
 
@@ -67,25 +70,6 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def log_relay(relay: Relay) -> None:
-    """The one log line per answer: never the prompt, never a secret."""
-    timing = relay.timing()
-    log.info(
-        "answer",
-        extra={
-            "fields": {
-                "request_id": relay.request_id,
-                "model": relay.request.model,
-                "outcome": relay.outcome,
-                "attempts": relay.attempts,
-                "resumes": relay.resumes,
-                "chars": sum(map(len, relay.parts)),
-                **timing,
-            }
-        },
-    )
-
-
 def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     """Build the app from a Config, a mapping of settings (tests), or the environment."""
     if config is None:
@@ -107,7 +91,15 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     provider = build_provider(config)
-    app.extensions["codegen"] = CodeGen(config, provider, count_tokens, on_finish=log_relay)
+    guard = Guard(config)
+    app.extensions["guard"] = guard
+    app.extensions["codegen"] = CodeGen(
+        config, provider, count_tokens, hooks=Observer(config.log_prompts)
+    )
+    if config.trust_forwarded_for:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=config.trust_forwarded_for, x_proto=config.trust_forwarded_for
+        )
 
     @app.before_request
     def assign_request_id() -> None:
@@ -115,15 +107,32 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         g.started = time.monotonic()
 
+    @app.before_request
+    def identify_and_limit() -> None:
+        """Auth for the API, then the rate limit, before any work is done."""
+        g.client_id = f"ip:{request.remote_addr}"
+        if request.method != "POST" or request.endpoint not in LIMITED_ENDPOINTS:
+            return
+        if request.blueprint == "api":
+            key_id = guard.authenticate(request.headers)
+            if key_id is not None:
+                g.client_id = f"key:{key_id}"
+        try:
+            guard.check_rate(g.client_id)
+        except AppError:
+            record_rejection("rate")
+            raise
+
     csrf.init_app(app)  # after the request id, so CSRF errors carry one
 
-    from webapp import api, openapi, ui
+    from webapp import api, observability, openapi, ui
 
     app.register_blueprint(api.bp)
     csrf.exempt(api.bp)
     app.register_blueprint(ui.bp)
     app.register_blueprint(openapi.bp)
     register_error_handlers(app)
+    observability.init_app(app)
 
     @app.after_request
     def add_headers(response: Response) -> Response:

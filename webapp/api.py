@@ -8,9 +8,11 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 
 from webapp import formats
-from webapp.errors import BadRequest
-from webapp.generation import CodeGen, explanation_of
-from webapp.schema import parse_generate
+from webapp.errors import AppError, BadRequest
+from webapp.generation import CodeGen, Relay, explanation_of
+from webapp.guard import Guard
+from webapp.observability import record_rejection
+from webapp.schema import GenerateCodeRequest, parse_generate
 
 bp = Blueprint("api", __name__)
 
@@ -20,6 +22,27 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 def codegen() -> CodeGen:
     service: CodeGen = current_app.extensions["codegen"]
     return service
+
+
+def new_relay(params: GenerateCodeRequest) -> Relay:
+    """A Relay for validated parameters, holding one of the client's stream slots."""
+    relay = codegen().relay(
+        g.request_id,
+        params.prompt,
+        language=params.language,
+        model=params.model,
+        temperature=params.temperature,
+        max_tokens=params.max_tokens,
+        client=g.client_id,
+    )
+    guard: Guard = current_app.extensions["guard"]
+    try:
+        slot = guard.acquire_stream(g.client_id)
+    except AppError:
+        record_rejection("streams")
+        raise
+    relay.cleanups.append(lambda: guard.release_stream(slot))
+    return relay
 
 
 def read_json_body() -> object:
@@ -52,14 +75,7 @@ def stream_response(body: Iterator[bytes], mimetype: str) -> Response:
 @bp.post("/generate-code", endpoint="generate_code_no_slash")
 def generate_code() -> Response:
     params = parse_generate(read_json_body(), current_app.config["APP_CONFIG"])
-    relay = codegen().relay(
-        g.request_id,
-        params.prompt,
-        language=params.language,
-        model=params.model,
-        temperature=params.temperature,
-        max_tokens=params.max_tokens,
-    )
+    relay = new_relay(params)
     if not params.stream:
         relay.start(commit_after=None)
         text, done = relay.collect()
@@ -85,5 +101,12 @@ def generate_code() -> Response:
 @bp.get("/healthz")
 def healthz() -> Response:
     info = codegen().provider.info()
-    body = {"status": "ok", "provider": info.name, "model": info.model, **info.detail}
+    guard: Guard = current_app.extensions["guard"]
+    body = {
+        "status": "ok",
+        "provider": info.name,
+        "model": info.model,
+        **info.detail,
+        **guard.health(),
+    }
     return Response(orjson.dumps(body), mimetype="application/json")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,6 +23,18 @@ DEFAULT_SYSTEM_PROMPT = (
     "markdown code blocks tagged with their language (```python ... ```), "
     "then a concise explanation of how it works. Keep the code complete and "
     "runnable; do not repeat the question."
+)
+
+
+# The `limits` library's notation, checked here without importing it: gunicorn's
+# master reads this module, and must not import network modules before the fork.
+_RATE = re.compile(
+    r"\d+\s*(?:/|per)\s*(?:\d+\s*)?(?:second|minute|hour|day|month|year)s?", re.IGNORECASE
+)
+
+# Settings where 0 means "automatic" or "off".
+_ZERO_ALLOWED = frozenset(
+    {"web_concurrency", "local_threads", "max_concurrent_streams_per_client", "trust_forwarded_for"}
 )
 
 
@@ -94,6 +107,36 @@ class Config:
     local_threads: int = _setting(0, "CPU threads for the local model; 0 means all cores.")
     local_context: int = _setting(4096, "Context window of the local model, in tokens.")
     local_queue_size: int = _setting(8, "Requests that may wait for the local model; more get 503.")
+    api_keys: tuple[str, ...] = _setting(
+        (),
+        "Comma-separated API keys for `/generate-code/` (plain, or `sha256:<hex>` of the key). "
+        "Empty: the API is open.",
+    )
+    api_keys_file: str = _setting(
+        "", "File with one API key (or `sha256:<hex>`) per line, added to `API_KEYS`."
+    )
+    rate_limit: str = _setting(
+        "60/minute",
+        "Requests per client per window (`N/second|minute|hour|day`); `off` disables it.",
+    )
+    max_concurrent_streams_per_client: int = _setting(
+        8, "Answers one client may have in flight at once; 0 disables the bound."
+    )
+    redis_url: str = _setting(
+        "", "Redis for the rate limits, shared by every worker and machine; empty: in memory."
+    )
+    rate_limit_fail_open: bool = _setting(
+        True, "If Redis is unreachable, serve anyway (true) or answer 503 (false)."
+    )
+    trust_forwarded_for: int = _setting(
+        0, "Proxies in front of the app whose `X-Forwarded-For` to trust (Heroku: 1)."
+    )
+    model_prices: tuple[str, ...] = _setting(
+        (),
+        "USD per million tokens for a cost estimate, `model=prompt/completion`, "
+        "e.g. `gpt-4o-mini=0.15/0.6`.",
+    )
+    log_prompts: bool = _setting(False, "Debug only: put prompt text in the logs.")
     secret_key: str = _setting(
         "", "Signs CSRF tokens. Set it when several dynos serve the app; otherwise one is made."
     )
@@ -102,6 +145,17 @@ class Config:
     @property
     def models(self) -> tuple[str, ...]:
         return self.allowed_models or (self.model,)
+
+    @property
+    def prices(self) -> dict[str, tuple[float, float]]:
+        table = {}
+        for entry in self.model_prices:
+            name, _, prices = entry.partition("=")
+            prompt_price, completion_price = prices.split("/")
+            if not name.strip():
+                raise ValueError(entry)
+            table[name.strip()] = (float(prompt_price), float(completion_price))
+        return table
 
     @property
     def resolved_provider(self) -> str:
@@ -150,7 +204,7 @@ class Config:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                floor = 0 if f.name in ("web_concurrency", "local_threads") else 1e-9
+                floor = 0 if f.name in _ZERO_ALLOWED else 1e-9
                 if value < floor:
                     fail(f.name, "must be positive" if floor else "must be 0 or more")
         if not 1 <= self.port <= 65535:
@@ -159,6 +213,12 @@ class Config:
             fail("retry_max_delay", "must be at least RETRY_BASE_DELAY")
         if self.allowed_models and self.model not in self.allowed_models:
             fail("model", "must be one of ALLOWED_MODELS")
+        if self.rate_limit.lower() != "off" and not _RATE.fullmatch(self.rate_limit.strip()):
+            fail("rate_limit", "must look like 20/minute, or be off")
+        try:
+            self.prices  # noqa: B018 - parsing is the check
+        except ValueError:
+            fail("model_prices", "each entry must look like model=0.15/0.6")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             fail("log_level", "must be DEBUG, INFO, WARNING or ERROR")
 
@@ -201,5 +261,19 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+def update_readme(path: Path) -> None:
+    """Rewrite the table between the README's settings markers."""
+    text = path.read_text()
+    start, end = "<!-- settings -->\n", "<!-- /settings -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    path.write_text(f"{head}{start}{settings_table()}\n{end}{tail}")
+
+
 if __name__ == "__main__":
-    print(settings_table())
+    import sys
+
+    if sys.argv[1:] == ["--readme"]:
+        update_readme(Path(__file__).resolve().parent.parent / "README.md")
+    else:
+        print(settings_table())

@@ -56,6 +56,7 @@ class Done:
     code_blocks: list[dict[str, str]]
     request_id: str
     timing: dict[str, float]
+    cost_usd: float | None = None
 
 
 @dataclass(slots=True)
@@ -64,6 +65,20 @@ class Failed:
 
 
 Event_ = str | Ping | Done | Failed
+
+
+class RelayHooks:
+    """What the app observes of an answer: start, each retry, the end. No-ops here;
+    called once per answer or per retry, never per chunk."""
+
+    def started(self, relay: Relay) -> None:
+        pass
+
+    def retried(self, relay: Relay, reason: str) -> None:
+        pass
+
+    def finished(self, relay: Relay) -> None:
+        pass
 
 
 # -- retry policy: small pure functions, so tests can assert exact delays ------
@@ -147,7 +162,10 @@ class Relay:
     prompt_tokens: int
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Any] = gevent.sleep
-    on_finish: Callable[[Relay], None] | None = None
+    hooks: RelayHooks = field(default_factory=RelayHooks)
+    client: str = ""
+    # Run once when the answer ends, whatever the outcome (e.g. free a stream slot).
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     started: float = field(init=False, default=0.0)
     first_token_at: float | None = field(init=False, default=None)
@@ -155,6 +173,8 @@ class Relay:
     resumes: int = field(init=False, default=0)
     outcome: str = field(init=False, default="pending")
     parts: list[str] = field(init=False, default_factory=list)
+    usage: dict[str, int] | None = field(init=False, default=None)
+    cost_usd: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._pending: list[str] = []
@@ -248,6 +268,7 @@ class Relay:
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        self.hooks.retried(self, getattr(exc, "code", type(exc).__name__))
         log.warning(
             "upstream attempt %d failed request_id=%s reason=%s retry_in=%.3fs",
             state.attempt_number,
@@ -267,6 +288,7 @@ class Relay:
         """
         self.started = self.clock()
         self._last_upstream = self.started
+        self.hooks.started(self)
         self._reader = gevent.spawn(self._read)
         commit_at = None if commit_after is None else self.started + commit_after
         while not (self._pending or self._finished):
@@ -378,8 +400,21 @@ class Relay:
             usage["completion_tokens"] = self.count_tokens(text)
         usage.setdefault("prompt_tokens", self.prompt_tokens)
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        price = self.config.prices.get(self.request.model)
+        cost = None
+        if price is not None:
+            cost = round(
+                (usage["prompt_tokens"] * price[0] + usage["completion_tokens"] * price[1]) / 1e6,
+                8,
+            )
+        self.usage, self.cost_usd = usage, cost
         return Done(
-            final.finish_reason, usage, extract_code_blocks(text), self.request_id, self.timing()
+            final.finish_reason,
+            usage,
+            extract_code_blocks(text),
+            self.request_id,
+            self.timing(),
+            cost,
         )
 
     def timing(self) -> dict[str, float]:
@@ -402,8 +437,15 @@ class Relay:
             if self.outcome == "pending":
                 self.outcome = "client_disconnected"
             self._stop()
-        if self.on_finish is not None:
-            self.on_finish(self)
+        if self.usage is None and self.parts:
+            # A failed or stopped answer still cost its tokens: count them once.
+            self.usage = {
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.count_tokens(self.text()),
+            }
+        for cleanup in self.cleanups:
+            cleanup()
+        self.hooks.finished(self)
 
     def collect(self) -> tuple[str, Done]:
         """Run to the end for non-streaming answers; raise the AppError on failure."""
@@ -428,12 +470,12 @@ class CodeGen:
         config: Config,
         provider: Provider,
         count_tokens: Callable[[str], int],
-        on_finish: Callable[[Relay], None] | None = None,
+        hooks: RelayHooks | None = None,
     ) -> None:
         self.config = config
         self.provider = provider
         self._count = count_tokens
-        self.on_finish = on_finish
+        self.hooks = hooks or RelayHooks()
         self._system_tokens = self.count_tokens(config.system_prompt)
 
     def count_tokens(self, text: str) -> int:
@@ -449,6 +491,7 @@ class CodeGen:
         model: str | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        client: str = "",
     ) -> Relay:
         cfg = self.config
         prompt_tokens = self.count_tokens(prompt)
@@ -470,5 +513,6 @@ class CodeGen:
             request_id,
             self.count_tokens,
             prompt_tokens + self._system_tokens,
-            on_finish=self.on_finish,
+            hooks=self.hooks,
+            client=client,
         )

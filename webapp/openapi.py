@@ -47,6 +47,7 @@ class Done(BaseModel):
     code_blocks: list[CodeBlock]
     request_id: str
     timing: Timing
+    cost_usd: float | None = Field(None, description="Estimate, when MODEL_PRICES has the model.")
 
 
 class StreamError(BaseModel):
@@ -92,9 +93,11 @@ class Health(BaseModel):
 ERRORS = {
     "400": "Bad input (invalid_json, invalid_request, unknown_fields, model_not_allowed, "
     "prompt_too_long) or the model server refused it (upstream_bad_request).",
+    "401": "API_KEYS is set and the key is missing or wrong (unauthorized).",
     "413": "Body over MAX_BODY_BYTES (body_too_large).",
     "415": "Unsupported media type.",
-    "429": "The model server is rate limiting (upstream_rate_limited); see Retry-After.",
+    "429": "Over this server's limits (rate_limited, too_many_streams) or the model "
+    "server is rate limiting (upstream_rate_limited); see Retry-After.",
     "500": "A bug (internal_error); details only in the server log.",
     "502": "The model server failed or refused the server's key.",
     "503": "The model server is unreachable or the local model is busy.",

@@ -9,7 +9,6 @@ from flask import (
     Blueprint,
     Response,
     current_app,
-    g,
     render_template,
     request,
     stream_with_context,
@@ -20,7 +19,7 @@ from wtforms import DecimalField, IntegerField, SelectChoice, SelectField, TextA
 from wtforms.validators import DataRequired, NumberRange, Optional
 
 from webapp import formats
-from webapp.api import STREAM_HEADERS, codegen
+from webapp.api import STREAM_HEADERS, codegen, new_relay
 from webapp.config import Config
 from webapp.errors import AppError
 from webapp.generation import FENCE, Done, Event_, Failed, Relay
@@ -139,14 +138,7 @@ def stream() -> Response:
     """NDJSON for the page's script, with highlighted HTML for each closed block."""
     body = request.get_json(silent=True)
     params = parse_generate(body, _config())
-    relay = codegen().relay(
-        g.request_id,
-        params.prompt,
-        language=params.language,
-        model=params.model,
-        temperature=params.temperature,
-        max_tokens=params.max_tokens,
-    )
+    relay = new_relay(params)
     relay.start(commit_after=_config().heartbeat_interval)
     events = _with_blocks(relay.events(), relay)
     return Response(
@@ -203,14 +195,7 @@ def _relay_from_form(form: PromptForm) -> Relay:
         },
         _config(),
     )
-    return codegen().relay(
-        g.request_id,
-        params.prompt,
-        language=params.language,
-        model=params.model,
-        temperature=params.temperature,
-        max_tokens=params.max_tokens,
-    )
+    return new_relay(params)
 
 
 def _form_error(form: PromptForm) -> str:

@@ -1,0 +1,166 @@
+"""Who is asking, and may they: API keys, request rate, concurrent streams.
+
+The rate limit uses the `limits` library (fixed windows; memory for one
+process, Redis to share it across workers and machines). The concurrent
+stream bound is a counter in the same store: INCR on start, DECR on end,
+with an expiry as a safety net for a process that dies mid-stream. If Redis
+goes away the app serves anyway (`RATE_LIMIT_FAIL_OPEN`, the default) and
+says so in the log and in /healthz.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from limits import parse
+from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+
+from webapp.config import Config
+from webapp.errors import AppError, RateLimited, UpstreamUnavailable
+
+log = logging.getLogger("webapp.guard")
+
+
+class Unauthorized(AppError):
+    status = 401
+    code = "unauthorized"
+
+
+class TooManyRequests(RateLimited):
+    code = "rate_limited"
+    retryable = False
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def load_key_digests(config: Config) -> list[bytes]:
+    entries = list(config.api_keys)
+    if config.api_keys_file:
+        lines = Path(config.api_keys_file).expanduser().read_text().splitlines()
+        entries += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return [bytes.fromhex(e[7:]) if e.startswith("sha256:") else _digest(e) for e in entries]
+
+
+class Guard:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.key_digests = load_key_digests(config)
+        self.storage: Storage = (
+            storage_from_string(  # type: ignore[assignment]
+                config.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
+            )
+            if config.redis_url
+            else MemoryStorage()
+        )
+        self.limiter = FixedWindowRateLimiter(self.storage)
+        self.rate = None if config.rate_limit.lower() == "off" else parse(config.rate_limit)
+        # A slot outlives no answer by much, even if its process dies mid-stream.
+        self._stream_ttl = int(config.total_timeout) + 60
+        self.store_ok = True
+        self.rejections: Counter[str] = Counter()
+
+    # -- identity ------------------------------------------------------------
+
+    def authenticate(self, headers: Any) -> str | None:
+        """The key's short id if the API needs keys and one matches; raise if not."""
+        if not self.key_digests:
+            return None
+        presented = headers.get("X-API-Key", "")
+        auth = headers.get("Authorization", "")
+        if not presented and auth[:7].lower() == "bearer ":
+            presented = auth[7:].strip()
+        if not presented:
+            raise Unauthorized(
+                "An API key is required: send Authorization: Bearer <key> or X-API-Key."
+            )
+        digest = _digest(presented)
+        # Compare against every key, always, so timing says nothing about which matched.
+        matched = False
+        for known in self.key_digests:
+            matched |= hmac.compare_digest(digest, known)
+        if not matched:
+            raise Unauthorized("The API key is not valid.")
+        return digest.hex()[:12]
+
+    # -- limits ------------------------------------------------------------------
+
+    def _store_failed(self, exc: Exception) -> None:
+        if self.store_ok:
+            log.error("rate-limit store unreachable: %s", type(exc).__name__)
+        self.store_ok = False
+        if not self.config.rate_limit_fail_open:
+            raise UpstreamUnavailable(
+                "The rate limiter is unavailable; try again shortly.", code="limiter_unavailable"
+            ) from None
+
+    def check_rate(self, client: str) -> None:
+        if self.rate is None:
+            return
+        try:
+            allowed = self.limiter.hit(self.rate, client)
+            if not allowed:
+                reset = self.limiter.get_window_stats(self.rate, client).reset_time
+            self._recovered()
+        except Exception as exc:  # noqa: BLE001 - any store failure is handled alike
+            self._store_failed(exc)
+            return
+        if not allowed:
+            self.rejections["rate"] += 1
+            raise TooManyRequests(
+                f"Too many requests: the limit is {self.config.rate_limit}.",
+                retry_after=max(1.0, reset - time.time()),
+            )
+
+    def acquire_stream(self, client: str) -> str | None:
+        """Count one more answer in flight for `client`; the token to release it."""
+        bound = self.config.max_concurrent_streams_per_client
+        if not bound:
+            return None
+        key = f"streams/{client}"
+        try:
+            count = self.storage.incr(key, self._stream_ttl)
+            self._recovered()
+        except Exception as exc:  # noqa: BLE001
+            self._store_failed(exc)
+            return None
+        if count > bound:
+            self.release_stream(key)
+            self.rejections["streams"] += 1
+            raise TooManyRequests(
+                f"Too many answers in flight: at most {bound} at once per client.",
+                code="too_many_streams",
+                retry_after=1.0,
+            )
+        return key
+
+    def release_stream(self, key: str | None) -> None:
+        if key is None:
+            return
+        try:
+            self.storage.incr(key, self._stream_ttl, amount=-1)
+        except Exception as exc:  # noqa: BLE001
+            log.error("could not release a stream slot: %s", type(exc).__name__)
+
+    def _recovered(self) -> None:
+        if not self.store_ok:
+            log.warning("rate-limit store reachable again")
+            self.store_ok = True
+
+    def health(self) -> dict[str, Any]:
+        if not self.config.redis_url:
+            return {"limits_store": "memory"}
+        try:
+            ok = self.storage.check()
+        except Exception:  # noqa: BLE001
+            ok = False
+        self.store_ok = ok
+        return {"limits_store": "redis", "redis": "up" if ok else "down"}

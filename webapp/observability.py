@@ -1,0 +1,144 @@
+"""Metrics (Prometheus) and the one log line per answer.
+
+Under gunicorn, `gunicorn.conf.py` sets PROMETHEUS_MULTIPROC_DIR before any
+worker starts, so every worker writes its samples there and /metrics adds
+them up: the figures are right whichever worker answers the scrape. Nothing
+here runs per chunk: counters move once per request, answer or retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+from webapp.generation import RelayHooks
+
+# The routes that start an answer: authenticated, rate limited, logged when refused.
+LIMITED_ENDPOINTS = frozenset(
+    {"api.generate_code", "api.generate_code_no_slash", "ui.submit", "ui.stream"}
+)
+
+if TYPE_CHECKING:
+    from webapp.generation import Relay
+
+log = logging.getLogger("webapp")
+bp = Blueprint("metrics", __name__)
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+REQUESTS = Counter(
+    "codegen_requests_total", "HTTP requests by route and status", ["route", "status"]
+)
+ANSWERS = Counter("codegen_answers_total", "Answers by outcome", ["model", "outcome"])
+TTFT = Histogram("codegen_ttft_seconds", "Time to first token", ["model"], buckets=_BUCKETS)
+DURATION = Histogram(
+    "codegen_answer_duration_seconds", "Whole answer duration", ["model"], buckets=_BUCKETS
+)
+TOKENS = Counter("codegen_tokens_total", "Tokens by kind", ["model", "kind"])
+ATTEMPTS = Counter("codegen_upstream_attempts_total", "Upstream requests made", ["model"])
+RETRIES = Counter("codegen_upstream_retries_total", "Retries by reason", ["reason"])
+ACTIVE = Gauge("codegen_active_streams", "Answers in flight", multiprocess_mode="livesum")
+REJECTED = Counter("codegen_rate_limit_rejections_total", "Requests refused by a limit", ["kind"])
+COST = Counter("codegen_cost_usd_total", "Estimated spend (MODEL_PRICES)", ["model"])
+
+
+class Observer(RelayHooks):
+    """Relay hooks that keep the metrics and write the per-answer log line."""
+
+    def __init__(self, log_prompts: bool = False) -> None:
+        self.log_prompts = log_prompts
+
+    def started(self, relay: Relay) -> None:
+        ACTIVE.inc()
+
+    def retried(self, relay: Relay, reason: str) -> None:
+        RETRIES.labels(reason).inc()
+
+    def finished(self, relay: Relay) -> None:
+        model = relay.request.model
+        timing = relay.timing()
+        if relay.started:
+            ACTIVE.dec()
+        ANSWERS.labels(model, relay.outcome).inc()
+        ATTEMPTS.labels(model).inc(relay.attempts)
+        DURATION.labels(model).observe(timing["duration_ms"] / 1000)
+        if timing["ttft_ms"] >= 0:
+            TTFT.labels(model).observe(timing["ttft_ms"] / 1000)
+        usage = relay.usage
+        if usage:
+            TOKENS.labels(model, "prompt").inc(usage.get("prompt_tokens", 0))
+            TOKENS.labels(model, "completion").inc(usage.get("completion_tokens", 0))
+        if relay.cost_usd:
+            COST.labels(model).inc(relay.cost_usd)
+        fields = {
+            "request_id": relay.request_id,
+            "client": relay.client,
+            "model": model,
+            "outcome": relay.outcome,
+            "attempts": relay.attempts,
+            "resumes": relay.resumes,
+            "tokens": (usage or {}).get("completion_tokens"),
+            **timing,
+        }
+        if self.log_prompts:
+            fields["prompt"] = relay.request.messages[-1]["content"]
+        log.info("answer", extra={"fields": fields})
+
+
+def record_rejection(kind: str) -> None:
+    REJECTED.labels(kind).inc()
+
+
+def init_app(app: Flask) -> None:
+    @app.after_request
+    def count_request(response: Response) -> Response:
+        rule = request.url_rule.rule if request.url_rule else "unmatched"
+        REQUESTS.labels(rule, str(response.status_code)).inc()
+        return response
+
+    @app.after_request
+    def log_request(response: Response) -> Response:
+        if response.status_code >= 400 and request.endpoint in LIMITED_ENDPOINTS:
+            log.info(
+                "refused",
+                extra={
+                    "fields": {
+                        "request_id": g.get("request_id"),
+                        "client": g.get("client_id"),
+                        "route": request.path,
+                        "status": response.status_code,
+                        "duration_ms": round((time.monotonic() - g.get("started", 0)) * 1000, 1),
+                    }
+                },
+            )
+        return response
+
+    app.register_blueprint(bp)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        body = generate_latest(registry)
+    else:
+        body = generate_latest()
+    return Response(
+        body,
+        mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
