@@ -57,6 +57,7 @@ def through_app(model: str, tokens: int, runs: int) -> list[float]:
             "LOCAL_MODEL": model,
             "PORT": str(port),
             "LOG_LEVEL": "WARNING",
+            "RATE_LIMIT": "off",
             "TOTAL_TIMEOUT": "600",
             "FIRST_TOKEN_TIMEOUT": "120",
         }

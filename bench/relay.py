@@ -281,6 +281,10 @@ def main() -> int:
             "LOG_LEVEL": "WARNING",
             "MAX_OUTPUT_TOKENS": "10000",
             "FIRST_TOKEN_TIMEOUT": "60",
+            # One client address drives every stream: the per-client limits would
+            # refuse most of them, and the relay is what is measured here.
+            "RATE_LIMIT": "off",
+            "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
         }
     )
     app = start([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"], env)
@@ -337,6 +341,12 @@ def main() -> int:
         shutil.rmtree(nginx_dir, ignore_errors=True)
 
     print_table(results)
+    failed = [r for r in results if r.errors]
+    if failed:
+        print(
+            f"\nWARNING: {sum(r.errors for r in failed)} streams failed or lost tokens; "
+            "their rows are not valid measurements."
+        )
     Path(args.json).write_text(
         json.dumps(
             {
