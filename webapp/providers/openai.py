@@ -102,6 +102,11 @@ class OpenAIProvider(Provider):
                 redirect=False,
                 timeout=self._timeout,
             )
+        except urllib3.exceptions.NewConnectionError:
+            # Checked first: urllib3 makes it a subclass of ConnectTimeoutError.
+            raise UpstreamUnavailable(
+                "The model server could not be reached.", code="upstream_unreachable"
+            ) from None
         except urllib3.exceptions.TimeoutError:
             raise UpstreamTimeout(
                 "The model server did not answer in time.", code="upstream_timeout", retryable=True
