@@ -292,7 +292,9 @@ def test_an_unreachable_upstream_is_retried_then_a_503(serve: Any, fake: FakeUps
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "upstream_unreachable"
     retries = [
-        line for line in server.logs().splitlines() if "unreachable-1" in line and "attempt" in line
+        line
+        for line in server.logs().splitlines()
+        if "unreachable-1" in line and "upstream attempt" in line
     ]
     assert len(retries) == 2  # 3 attempts: two logged retries
 
