@@ -64,6 +64,22 @@ def test_bad_input_is_a_400_that_says_why(
     assert error["request_id"] == response.headers["X-Request-ID"]
 
 
+def test_the_api_takes_json_only(client: FlaskClient) -> None:
+    # A cross-site form can send text/plain without a preflight: it must not get through.
+    response = client.post("/generate-code/", data='{"prompt": "x"}', content_type="text/plain")
+    assert response.status_code == 415
+    assert response.get_json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_health_never_shows_credentials_in_the_base_url(upstream: FakeUpstream) -> None:
+    from tests.conftest import TEST_SETTINGS
+    from webapp import create_app
+
+    app = create_app({**TEST_SETTINGS, "OPENAI_BASE_URL": "http://user:hunter2@example.test/v1"})
+    body = app.test_client().get("/healthz").get_json()
+    assert "hunter2" not in str(body) and body["base_url"] == "http://example.test/v1/"
+
+
 def test_prompt_over_the_token_limit_names_the_count(client: FlaskClient) -> None:
     response = client.post("/generate-code/", json={"prompt": " ".join(["word"] * 300)})
     assert response.status_code == 400

@@ -131,6 +131,23 @@ def test_redis_going_away_can_fail_closed(
     assert response.json()["error"]["code"] == "limiter_unavailable"
 
 
+def test_stream_slots_in_redis_never_go_below_zero(redis_server: Redis) -> None:
+    from webapp.config import Config
+    from webapp.guard import Guard
+
+    guard = Guard(
+        Config.from_env({"REDIS_URL": redis_server.url, "MAX_CONCURRENT_STREAMS_PER_CLIENT": "2"})
+    )
+    first = guard.acquire_stream("ip:1")
+    guard.release_stream(first)
+    guard.release_stream(first)  # a double release must not free a slot it never had
+    held = [guard.acquire_stream("ip:1"), guard.acquire_stream("ip:1")]
+    with pytest.raises(Exception, match="at most 2"):
+        guard.acquire_stream("ip:1")
+    for slot in held:
+        guard.release_stream(slot)
+
+
 def test_concurrent_streams_per_client_are_bounded(serve: Any, fake: FakeUpstream) -> None:
     server = serve(MAX_CONCURRENT_STREAMS_PER_CLIENT="1")
     slow = threading.Thread(target=post, args=(server, "tokens=10 delay=0.1 id=slow"))

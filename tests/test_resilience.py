@@ -101,6 +101,23 @@ def test_the_retry_loop_gives_up_when_the_wait_passes_the_deadline() -> None:
     assert slept == []
 
 
+def test_text_before_an_error_in_the_same_read_is_delivered() -> None:
+    from webapp.errors import UpstreamMalformed
+    from webapp.providers.openai import parse_sse
+
+    def delta(text: str) -> bytes:
+        return b'data: {"choices":[{"delta":{"content":"%s"}}]}\n\n' % text.encode()
+
+    for bad, kind in (
+        (b'data: {"error":{"message":"boom"}}\n\n', UpstreamError),
+        (b"data: {not json\n\n", UpstreamMalformed),
+    ):
+        stream = parse_sse(iter([delta("a") + delta("b") + bad]))
+        assert next(stream) == "ab"
+        with pytest.raises(kind):
+            next(stream)
+
+
 def test_non_retryable_errors_are_not_retried() -> None:
     assert not should_retry(UpstreamError("bad request"))
     assert should_retry(UpstreamError("flaky", retryable=True))

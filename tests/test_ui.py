@@ -67,6 +67,16 @@ def test_the_api_needs_no_csrf_token(server: Server, fake: FakeUpstream) -> None
     assert requests.post(server.url + "/generate-code/", json={"prompt": "x [[fake]]"}).ok
 
 
+def test_odd_numbers_in_the_form_are_a_message_not_a_500(client: FlaskClient) -> None:
+    page = client.get("/").get_data(as_text=True)
+    for value in ("sNaN", "NaN", "Infinity", "3"):
+        response = client.post(
+            "/", data={"prompt": "x", "temperature": value, "csrf_token": token_of(page)}
+        )
+        assert response.status_code == 400, value
+        assert "Temperature" in response.get_data(as_text=True)
+
+
 def test_rendering_escapes_everything_the_model_says() -> None:
     html = str(
         render_answer(

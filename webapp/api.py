@@ -8,7 +8,7 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 
 from webapp import formats
-from webapp.errors import AppError, BadRequest
+from webapp.errors import AppError, BadRequest, UnsupportedMediaType
 from webapp.generation import CodeGen, Relay, explanation_of
 from webapp.guard import Guard
 from webapp.observability import record_rejection
@@ -35,6 +35,7 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
         max_tokens=params.max_tokens,
         client=g.client_id,
     )
+    relay.client_socket = request.environ.get("gunicorn.socket")
     guard: Guard = current_app.extensions["guard"]
     try:
         slot = guard.acquire_stream(g.client_id)
@@ -46,6 +47,12 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
 
 
 def read_json_body() -> object:
+    # Only JSON: a cross-site form can post text/plain without a CORS preflight,
+    # and that must not drive generation on the operator's key.
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType(
+            "Send the body as JSON, with the header Content-Type: application/json."
+        )
     raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
     if not raw.strip():
         raise BadRequest(

@@ -5,7 +5,9 @@
     │                                      model_not_allowed, prompt_too_long,
     │                                      upstream_bad_request
     ├── PayloadTooLarge            413     body_too_large
+    ├── UnsupportedMediaType       415     unsupported_media_type       (the API takes JSON only)
     ├── RateLimited                429     upstream_rate_limited        (.retry_after)
+    ├── ClientClosed               499     client_closed                (nobody is listening)
     ├── InternalError              500     internal_error               (details only in the log)
     └── UpstreamError              502     upstream_error, upstream_disconnected
         ├── UpstreamAuthError      502     upstream_auth                (server key refused)
@@ -67,10 +69,22 @@ class PayloadTooLarge(AppError):
     code = "body_too_large"
 
 
+class UnsupportedMediaType(AppError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class RateLimited(AppError):
     status = 429
     code = "upstream_rate_limited"
     retryable = True
+
+
+class ClientClosed(AppError):
+    """The client went away before the answer started; nobody reads the status."""
+
+    status = 499
+    code = "client_closed"
 
 
 class InternalError(AppError):

@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import random
 import re
+import select
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +33,14 @@ from gevent.event import Event
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from webapp.config import Config
-from webapp.errors import AppError, BadRequest, InternalError, UpstreamError, UpstreamTimeout
+from webapp.errors import (
+    AppError,
+    BadRequest,
+    ClientClosed,
+    InternalError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from webapp.providers import Final, GenerationRequest, Provider
 
 log = logging.getLogger("webapp.relay")
@@ -47,6 +56,10 @@ class Ping:
 
 
 PING = Ping()
+
+# While no token flows, the relay looks at the client's socket this often, so a
+# closed tab stops the upstream within a second even in a silent stretch.
+DISCONNECT_CHECK = 0.5
 
 
 @dataclass(slots=True)
@@ -164,6 +177,9 @@ class Relay:
     sleep: Callable[[float], Any] = gevent.sleep
     hooks: RelayHooks = field(default_factory=RelayHooks)
     client: str = ""
+    # The client's socket, where the server exposes it (gunicorn does): lets a
+    # silent wait notice the client going away, not only the next write.
+    client_socket: Any = None
     # Run once when the answer ends, whatever the outcome (e.g. free a stream slot).
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
@@ -290,6 +306,14 @@ class Relay:
         self._last_upstream = self.started
         self.hooks.started(self)
         self._reader = gevent.spawn(self._read)
+        try:
+            self._wait_for_start(commit_after)
+        except BaseException:
+            # Failed, timed out, or the worker is shutting down: never leak the slot.
+            self.close()
+            raise
+
+    def _wait_for_start(self, commit_after: float | None) -> None:
         commit_at = None if commit_after is None else self.started + commit_after
         while not (self._pending or self._finished):
             limit = self.started + self.config.first_token_timeout
@@ -300,20 +324,21 @@ class Relay:
                 if commit_at is not None and commit_at <= limit:
                     return
                 self.outcome = "first_token_timeout"
-                self.close()
                 raise self._first_token_timeout()
             self._wake.clear()
-            self._wake.wait(remaining)
+            if not self._wake.wait(min(remaining, DISCONNECT_CHECK)) and self._client_gone():
+                raise ClientClosed("The client went away before the first token.")
         if self._error is not None and not self._pending:
             self.outcome = self._error.code
-            self.close()
             raise self._error
 
     def events(self) -> Iterator[Event_]:
         """Deltas (each one everything buffered), pings, then Done or Failed."""
         cfg, clock, wake, pending = self.config, self.clock, self._wake, self._pending
         total_deadline = self.started + cfg.total_timeout
-        last_sent = clock()
+        # Counted from the request: a response started by commit_after owes its
+        # first keep-alive now, not one interval later.
+        last_sent = self.started
         try:
             while True:
                 if pending:
@@ -356,9 +381,22 @@ class Relay:
                     last_sent = clock()
                     continue
                 wake.clear()
-                wake.wait(min(bound, total_deadline, last_sent + cfg.heartbeat_interval) - now)
+                limit = min(bound, total_deadline, last_sent + cfg.heartbeat_interval)
+                if not wake.wait(min(limit - now, DISCONNECT_CHECK)) and self._client_gone():
+                    return  # close() below stops the upstream
+
         finally:
             self.close()
+
+    def _client_gone(self) -> bool:
+        """True once the client closed its side: readable, and a peek finds EOF."""
+        if self.client_socket is None:
+            return False
+        try:
+            readable, _, _ = select.select([self.client_socket], [], [], 0)
+            return bool(readable) and self.client_socket.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _upstream_bound(self) -> float:
         if not self.parts:
@@ -395,7 +433,8 @@ class Relay:
     def _done(self) -> Done:
         final = self._final or Final()
         text = "".join(self.parts)
-        usage = dict(final.usage or {})
+        # After a resume the last Final covers only the last segment: count the whole.
+        usage = dict(final.usage or {}) if not self.resumes else {}
         if "completion_tokens" not in usage:
             usage["completion_tokens"] = self.count_tokens(text)
         usage.setdefault("prompt_tokens", self.prompt_tokens)
@@ -433,19 +472,21 @@ class Relay:
         if self._closed:
             return
         self._closed = True
-        if not self._finished:
-            if self.outcome == "pending":
-                self.outcome = "client_disconnected"
-            self._stop()
-        if self.usage is None and self.parts:
-            # A failed or stopped answer still cost its tokens: count them once.
-            self.usage = {
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.count_tokens(self.text()),
-            }
-        for cleanup in self.cleanups:
-            cleanup()
-        self.hooks.finished(self)
+        try:
+            if not self._finished:
+                if self.outcome == "pending":
+                    self.outcome = "client_disconnected"
+                self._stop()
+            if self.usage is None and self.parts:
+                # A failed or stopped answer still cost its tokens: count them once.
+                self.usage = {
+                    "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": self.count_tokens(self.text()),
+                }
+        finally:
+            for cleanup in self.cleanups:
+                cleanup()
+            self.hooks.finished(self)
 
     def collect(self) -> tuple[str, Done]:
         """Run to the end for non-streaming answers; raise the AppError on failure."""

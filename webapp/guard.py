@@ -38,6 +38,21 @@ class TooManyRequests(RateLimited):
     retryable = False
 
 
+_ACQUIRE = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return n
+"""
+_RELEASE = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then
+  n = redis.call('DECR', KEYS[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return n
+"""
+
+
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
@@ -63,8 +78,16 @@ class Guard:
         )
         self.limiter = FixedWindowRateLimiter(self.storage)
         self.rate = None if config.rate_limit.lower() == "off" else parse(config.rate_limit)
-        # A slot outlives no answer by much, even if its process dies mid-stream.
+        # Stream slots: a counter per client. In Redis its expiry is refreshed on
+        # every change, so it only lapses for a client idle that long (a process
+        # that died mid-stream cannot hold slots for ever), and a release never
+        # takes it below zero. In memory it dies with the process anyway.
         self._stream_ttl = int(config.total_timeout) + 60
+        self._local_streams: Counter[str] = Counter()
+        self._redis: Any = self.storage.get_connection() if config.redis_url else None  # type: ignore[attr-defined]
+        if self._redis is not None:
+            self._acquire_script = self._redis.register_script(_ACQUIRE)
+            self._release_script = self._redis.register_script(_RELEASE)
         self.store_ok = True
         self.rejections: Counter[str] = Counter()
 
@@ -125,9 +148,13 @@ class Guard:
         bound = self.config.max_concurrent_streams_per_client
         if not bound:
             return None
-        key = f"streams/{client}"
+        key = f"codegen:streams:{client}"
         try:
-            count = self.storage.incr(key, self._stream_ttl)
+            if self._redis is not None:
+                count = int(self._acquire_script(keys=[key], args=[self._stream_ttl]))
+            else:
+                self._local_streams[key] += 1
+                count = self._local_streams[key]
             self._recovered()
         except Exception as exc:  # noqa: BLE001
             self._store_failed(exc)
@@ -146,7 +173,10 @@ class Guard:
         if key is None:
             return
         try:
-            self.storage.incr(key, self._stream_ttl, amount=-1)
+            if self._redis is not None:
+                self._release_script(keys=[key], args=[self._stream_ttl])
+            else:
+                self._local_streams[key] = max(0, self._local_streams[key] - 1)
         except Exception as exc:  # noqa: BLE001
             log.error("could not release a stream slot: %s", type(exc).__name__)
 

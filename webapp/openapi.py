@@ -95,7 +95,7 @@ ERRORS = {
     "prompt_too_long) or the model server refused it (upstream_bad_request).",
     "401": "API_KEYS is set and the key is missing or wrong (unauthorized).",
     "413": "Body over MAX_BODY_BYTES (body_too_large).",
-    "415": "Unsupported media type.",
+    "415": "The body is not sent as application/json (unsupported_media_type).",
     "429": "Over this server's limits (rate_limited, too_many_streams) or the model "
     "server is rate limiting (upstream_rate_limited); see Retry-After.",
     "500": "A bug (internal_error); details only in the server log.",

@@ -15,7 +15,7 @@ from flask import (
 )
 from flask_wtf import FlaskForm
 from markupsafe import escape
-from wtforms import DecimalField, IntegerField, SelectChoice, SelectField, TextAreaField
+from wtforms import FloatField, IntegerField, SelectChoice, SelectField, TextAreaField
 from wtforms.validators import DataRequired, NumberRange, Optional
 
 from webapp import formats
@@ -57,9 +57,8 @@ class PromptForm(FlaskForm):  # type: ignore[misc]
     )
     # Scripts and old pages may omit it: the configured model is the default.
     model = SelectField("Model", validators=[Optional()], validate_choice=False)
-    temperature = DecimalField(
-        "Temperature", places=1, default=0.2, validators=[Optional(), NumberRange(0, 2)]
-    )
+    # FloatField, not DecimalField: Decimal("sNaN") makes NumberRange raise.
+    temperature = FloatField("Temperature", default=0.2, validators=[Optional(), NumberRange(0, 2)])
     max_tokens = IntegerField("Max tokens", validators=[Optional(), NumberRange(min=1)])
 
 
@@ -113,14 +112,18 @@ def submit() -> Response | tuple[str, int]:
 
 
 def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
-    yield head.encode()
-    yield b'<pre class="raw" id="noscript-answer">'
     failure: AppError | None = None
-    for event in relay.events():
-        if type(event) is str:
-            yield str(escape(event)).encode()
-        elif isinstance(event, Failed):
-            failure = event.error
+    try:
+        yield head.encode()
+        yield b'<pre class="raw" id="noscript-answer">'
+        for event in relay.events():
+            if type(event) is str:
+                yield str(escape(event)).encode()
+            elif isinstance(event, Failed):
+                failure = event.error
+    finally:
+        # A client gone during the page head never reaches events(): stop here too.
+        relay.close()
     yield b"</pre>"
     yield str(
         render_template(
@@ -180,7 +183,7 @@ def csrf_failed_page(message: str) -> str:
 
 
 def _relay_from_form(form: PromptForm) -> Relay:
-    temperature = float(form.temperature.data) if form.temperature.data is not None else None
+    temperature = form.temperature.data
     params = parse_generate(
         {
             k: v

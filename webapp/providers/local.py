@@ -149,11 +149,23 @@ class LocalProvider(Provider):
         finally:
             # A kill (Stop, a bound) lands while a token is being computed:
             # let that one step finish, then close the generator so llama.cpp
-            # stops, and only then hand the model to the next request.
-            if pending is not None:
+            # stops, and only then hand the model to the next request. A step
+            # still running after the wait (a huge prompt) does that itself when
+            # it ends, so the model is never left locked.
+            if pending is not None and not pending.ready():
                 with contextlib.suppress(BaseException):
                     pending.get(timeout=30)
+            if pending is not None and not pending.ready():
+                pending.rawlink(lambda _: self._release(chunks))
+            else:
+                self._release(chunks)
+
+    def _release(self, chunks: Any) -> None:
+        try:
             if chunks is not None:
                 chunks.close()
+        except ValueError:  # still executing in its thread: nothing more to stop
+            log.warning("local generation could not be closed cleanly")
+        finally:
             self._generating = False
             self._turn.release()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+import urllib.parse
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -78,7 +79,10 @@ class OpenAIProvider(Provider):
         return ProviderInfo(
             self.name,
             self.config.model,
-            {"base_url": str(self.client.base_url), "models": list(self.config.models)},
+            {
+                "base_url": _without_credentials(str(self.client.base_url)),
+                "models": list(self.config.models),
+            },
         )
 
     def stream(self, request: GenerationRequest) -> Iterator[str | Final]:
@@ -179,6 +183,7 @@ def parse_sse(chunks: Iterator[bytes]) -> Iterator[str | Final]:
         lines = chunk.split(b"\n")
         pending = lines.pop()
         texts: list[str] = []
+        failure: AppError | None = None
         for line in lines:
             if not line.startswith(b"data:"):
                 continue
@@ -189,7 +194,8 @@ def parse_sse(chunks: Iterator[bytes]) -> Iterator[str | Final]:
             try:
                 event = loads(payload)
                 if "error" in event:
-                    raise in_band_error(event["error"])
+                    failure = in_band_error(event["error"])
+                    break
                 choices = event.get("choices")
                 if choices:
                     choice = choices[0]
@@ -200,14 +206,16 @@ def parse_sse(chunks: Iterator[bytes]) -> Iterator[str | Final]:
                         finish_reason = choice["finish_reason"]
                 if event.get("usage"):
                     usage = event["usage"]
-            except AppError:
-                raise
             except (ValueError, TypeError, AttributeError, KeyError, IndexError):
-                raise UpstreamMalformed(
+                failure = UpstreamMalformed(
                     f"The model server sent a malformed event: {payload[:80]!r}"
-                ) from None
+                )
+                break
         if texts:
             yield texts[0] if len(texts) == 1 else "".join(texts)
+        if failure is not None:
+            # Raised after the text that came before it in the same read is out.
+            raise failure
     if not (done or finish_reason):
         raise UpstreamError(
             "The model server ended the stream before it was complete.",
@@ -221,6 +229,15 @@ def parse_sse(chunks: Iterator[bytes]) -> Iterator[str | Final]:
             if isinstance(usage.get(k), int)
         }
     yield Final(finish_reason, usage or None)
+
+
+def _without_credentials(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def in_band_error(error: Any) -> UpstreamError:
