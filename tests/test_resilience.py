@@ -10,6 +10,7 @@ idle 1 s, total 6 s (tests/conftest.py).
 from __future__ import annotations
 
 import json
+import socket
 import time
 from typing import Any
 
@@ -327,3 +328,26 @@ def test_usage_is_counted_with_tiktoken_when_the_upstream_sends_none(
     assert status == 200 and expected > 8
     assert done["usage"]["completion_tokens"] == expected
     assert done["usage"]["prompt_tokens"] > 0
+
+
+@pytest.mark.parametrize("directive", ["first_delay=60", "stall_after=3"])
+def test_a_client_gone_during_silence_closes_the_upstream_within_a_second(
+    serve: Any, fake: FakeUpstream, directive: str
+) -> None:
+    # Long bounds: only the disconnect can end these streams quickly.
+    server = serve(FIRST_TOKEN_TIMEOUT="60", IDLE_TIMEOUT="60", HEARTBEAT_INTERVAL="60")
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    body = json.dumps({"prompt": prompt(f"{directive} id=silent")}).encode()
+    sock.sendall(
+        b"POST /generate-code/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    deadline = time.monotonic() + 5
+    while not fake.records_for("id=silent") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    sock.close()
+    gone_at = time.monotonic()
+    closed = fake.wait_closed(1, timeout=5)
+    assert closed and closed[0].how == "client_closed"
+    assert closed[0].at - gone_at < 1.0
