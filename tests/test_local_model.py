@@ -88,6 +88,33 @@ def test_the_local_model_streams_tokens_through_the_api(local_server: Server) ->
 
 
 @pytest.mark.local_model
+def test_the_page_and_the_api_offer_the_local_model(local_server: Server) -> None:
+    session = requests.Session()
+    page = session.get(local_server.url + "/").text
+    assert '<option selected value="smollm2-135m">' in page or 'value="smollm2-135m"' in page
+    token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    streamed = session.post(
+        local_server.url + "/ui/stream",
+        json={"prompt": PROMPT, "model": "smollm2-135m", "max_tokens": 20},
+        headers={"X-CSRFToken": token},
+        timeout=120,
+    )
+    assert streamed.status_code == 200 and '"type":"done"' in streamed.text
+    api = requests.post(
+        local_server.url + "/generate-code/",
+        json={"prompt": PROMPT, "model": "smollm2-135m", "max_tokens": 20, "stream": False},
+        timeout=120,
+    )
+    assert api.status_code == 200 and api.json()["model"] == "smollm2-135m"
+    wrong = requests.post(
+        local_server.url + "/generate-code/",
+        json={"prompt": PROMPT, "model": "gpt-4o-mini"},
+        timeout=30,
+    )
+    assert wrong.status_code == 400 and "smollm2-135m" in wrong.json()["error"]["message"]
+
+
+@pytest.mark.local_model
 def test_health_answers_promptly_while_the_model_generates(local_server: Server) -> None:
     finished = threading.Event()
 

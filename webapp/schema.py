@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from webapp.config import Config
 from webapp.errors import BadRequest
 
 
@@ -32,7 +31,9 @@ class GenerateCodeRequest(BaseModel):
     stream: bool = Field(True, description="false: one JSON object at the end.")
 
 
-def parse_generate(body: Any, config: Config) -> GenerateCodeRequest:
+def parse_generate(
+    body: Any, models: tuple[str, ...], max_output_tokens: int
+) -> GenerateCodeRequest:
     """Validate a decoded JSON body; every failure is a BadRequest that names the field."""
     if not isinstance(body, dict):
         raise BadRequest("The body must be a JSON object.", code="invalid_request")
@@ -42,14 +43,13 @@ def parse_generate(body: Any, config: Config) -> GenerateCodeRequest:
         raise _bad_request(exc) from None
     if not params.prompt.strip():
         raise BadRequest("prompt: must not be empty or only whitespace.")
-    if params.model is not None and params.model not in config.models:
+    if params.model is not None and params.model not in models:
         raise BadRequest(
-            f"model: {params.model!r} is not allowed here; choose one of "
-            f"{', '.join(config.models)}.",
+            f"model: {params.model!r} is not allowed here; choose one of {', '.join(models)}.",
             code="model_not_allowed",
         )
-    if params.max_tokens is not None and params.max_tokens > config.max_output_tokens:
-        raise BadRequest(f"max_tokens: must be at most {config.max_output_tokens}.")
+    if params.max_tokens is not None and params.max_tokens > max_output_tokens:
+        raise BadRequest(f"max_tokens: must be at most {max_output_tokens}.")
     return params
 
 

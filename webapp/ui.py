@@ -24,7 +24,6 @@ from webapp.config import Config
 from webapp.errors import AppError
 from webapp.generation import FENCE, Done, Event_, Failed, Relay
 from webapp.render import code_block_html, render_answer
-from webapp.schema import parse_generate
 
 bp = Blueprint("ui", __name__)
 
@@ -69,15 +68,10 @@ def _config() -> Config:
 
 def _form() -> PromptForm:
     form = PromptForm()
-    models = _config().models if _is_openai() else (codegen().provider.info().model,)
-    form.model.choices = [SelectChoice(m) for m in models]
+    form.model.choices = [SelectChoice(m) for m in codegen().provider.models]
     if form.max_tokens.data is None and request.method == "GET":
         form.max_tokens.data = min(1024, _config().max_output_tokens)
     return form
-
-
-def _is_openai() -> bool:
-    return codegen().provider.name == "openai"
 
 
 def _page(**context: object) -> str:
@@ -140,7 +134,7 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
 def stream() -> Response:
     """NDJSON for the page's script, with highlighted HTML for each closed block."""
     body = request.get_json(silent=True)
-    params = parse_generate(body, _config())
+    params = codegen().validate(body)
     relay = new_relay(params)
     relay.start(commit_after=_config().heartbeat_interval)
     events = _with_blocks(relay.events(), relay)
@@ -184,7 +178,7 @@ def csrf_failed_page(message: str) -> str:
 
 def _relay_from_form(form: PromptForm) -> Relay:
     temperature = form.temperature.data
-    params = parse_generate(
+    params = codegen().validate(
         {
             k: v
             for k, v in {
@@ -196,7 +190,6 @@ def _relay_from_form(form: PromptForm) -> Relay:
             }.items()
             if v is not None
         },
-        _config(),
     )
     return new_relay(params)
 

@@ -38,6 +38,8 @@ class ProviderInfo:
 
 class Provider(ABC):
     name: ClassVar[str]
+    # The models a request may choose; the first is the default.
+    models: tuple[str, ...]
 
     @abstractmethod
     def stream(self, request: GenerationRequest) -> Iterator[str | Final]:

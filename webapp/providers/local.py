@@ -38,6 +38,7 @@ class LocalProvider(Provider):
             if config.local_model_path
             else config.local_model
         )
+        self.models = (self.model_name,)
         self._llama: Any = None
         self._load_error: str | None = None
         self._turn = Semaphore(1)
@@ -48,7 +49,7 @@ class LocalProvider(Provider):
     def info(self) -> ProviderInfo:
         state = "loaded" if self._llama is not None else ("error" if self._load_error else "lazy")
         detail: dict[str, Any] = {
-            "models": [self.model_name],
+            "models": list(self.models),
             "model_state": state,
             "generating": self._generating,
             "queue": self._waiting,

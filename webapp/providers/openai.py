@@ -46,6 +46,7 @@ class OpenAIProvider(Provider):
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.models = (config.model, *(m for m in config.models if m != config.model))
         self.client = openai.OpenAI(
             api_key=config.openai_api_key or "not-needed",
             base_url=config.openai_base_url or None,
@@ -81,7 +82,7 @@ class OpenAIProvider(Provider):
             self.config.model,
             {
                 "base_url": _without_credentials(str(self.client.base_url)),
-                "models": list(self.config.models),
+                "models": list(self.models),
             },
         )
 
