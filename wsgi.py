@@ -7,3 +7,5 @@ monkey-patched the process: it imports this module after the fork.
 from webapp import create_app
 
 app = create_app()
+# gunicorn imports this in each worker after the fork, with gevent running.
+app.extensions["codegen"].provider.warm_up()

@@ -53,5 +53,8 @@ class Provider(ABC):
         """The provider's own token count, or None to fall back to tiktoken."""
         return None
 
+    def warm_up(self) -> None:  # noqa: B027 - optional hook
+        """Start slow set-up in the background once the server process is ready."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients or models at shutdown."""

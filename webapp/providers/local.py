@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import gevent
 from gevent import get_hub
 from gevent.lock import Semaphore
 
@@ -94,6 +95,15 @@ class LocalProvider(Provider):
                 self._load_error = f"The local model could not be loaded: {exc}"
                 raise UpstreamUnavailable(self._load_error, code="local_model_invalid") from None
         return self._llama
+
+    def warm_up(self) -> None:
+        """Load (and verify) the model now, so the first request does not wait for it."""
+
+        def load() -> None:
+            with contextlib.suppress(UpstreamUnavailable):  # kept in _load_error for /healthz
+                self.model()
+
+        gevent.spawn(load)
 
     def count_tokens(self, text: str) -> int | None:
         if self._llama is None:
