@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import requests
-from tenacity import Retrying, retry_if_exception
 
 from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
@@ -70,13 +69,7 @@ def test_the_retry_loop_waits_exactly_and_honours_retry_after() -> None:
         ]
     )
     attempts = 0
-    for attempt in Retrying(
-        retry=retry_if_exception(should_retry),
-        wait=policy.wait,
-        stop=policy.give_up(1e9, lambda: 0.0),
-        sleep=slept.append,
-        reraise=True,
-    ):
+    for attempt in policy.retrying(1e9, lambda: 0.0, slept.append):
         with attempt:
             attempts += 1
             failure = next(failures, None)
@@ -90,13 +83,7 @@ def test_the_retry_loop_gives_up_when_the_wait_passes_the_deadline() -> None:
     slept: list[float] = []
     policy = RetryPolicy(5, 0.5, 8, 30, rng=lambda: 1.0)
     with pytest.raises(RateLimited):
-        for attempt in Retrying(
-            retry=retry_if_exception(should_retry),
-            wait=policy.wait,
-            stop=policy.give_up(2.0, lambda: 0.0),
-            sleep=slept.append,
-            reraise=True,
-        ):
+        for attempt in policy.retrying(2.0, lambda: 0.0, slept.append):
             with attempt:
                 raise RateLimited("slow down", retry_after=5.0)
     assert slept == []

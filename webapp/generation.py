@@ -131,6 +131,24 @@ class RetryPolicy:
             return hinted
         return backoff(state.attempt_number, self.base_delay, self.max_delay, self.rng)
 
+    def retrying(
+        self,
+        deadline: float,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Any],
+        may_retry: Callable[[BaseException], bool] = should_retry,
+        before_sleep: Callable[[RetryCallState], None] | None = None,
+    ) -> Retrying:
+        """The one retry loop: this policy's waits, stopping before `deadline`."""
+        return Retrying(
+            retry=retry_if_exception(may_retry),
+            wait=self.wait,
+            stop=self.give_up(deadline, clock),
+            sleep=sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
     def give_up(
         self, deadline: float, clock: Callable[[], float]
     ) -> Callable[[RetryCallState], bool]:
@@ -224,13 +242,12 @@ class Relay:
         try:
             while True:
                 try:
-                    retrying = Retrying(
-                        retry=retry_if_exception(lambda exc: should_retry(exc) and not self.parts),
-                        wait=policy.wait,
-                        stop=policy.give_up(ttft_deadline, self.clock),
-                        sleep=self.sleep,
+                    retrying = policy.retrying(
+                        ttft_deadline,
+                        self.clock,
+                        self.sleep,
+                        may_retry=lambda exc: should_retry(exc) and not self.parts,
                         before_sleep=self._log_retry,
-                        reraise=True,
                     )
                     for attempt in retrying:
                         with attempt:
