@@ -274,6 +274,9 @@ def test_the_answer_log_line_is_structured_and_has_no_prompt(
     assert lines, server.logs()[-2000:]
     entry = lines[-1]
     assert entry["msg"] == "answer" and entry["outcome"] == "ok"
-    assert {"request_id", "client", "model", "ttft_ms", "duration_ms", "tokens"} <= set(entry)
+    assert {"request_id", "client", "model", "status", "ttft_ms", "duration_ms", "tokens"} <= set(
+        entry
+    )
+    assert entry["status"] == 200
     assert entry["client"].startswith("ip:127.0.0.1")
     assert "Write hello world" not in server.logs()

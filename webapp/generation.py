@@ -209,6 +209,8 @@ class Relay:
     outcome: str = field(init=False, default="pending")
     parts: list[str] = field(init=False, default_factory=list)
     usage: dict[str, int] | None = field(init=False, default=None)
+    # 200 once the response started; the error's status if it failed before that.
+    http_status: int = field(init=False, default=200)
     cost_usd: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -326,8 +328,9 @@ class Relay:
         self._reader = gevent.spawn(self._read)
         try:
             self._wait_for_start(commit_after)
-        except BaseException:
+        except BaseException as exc:
             # Failed, timed out, or the worker is shutting down: never leak the slot.
+            self.http_status = exc.status if isinstance(exc, AppError) else 500
             self.close()
             raise
 

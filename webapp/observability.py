@@ -87,6 +87,7 @@ class Observer(RelayHooks):
             "request_id": relay.request_id,
             "client": relay.client,
             "model": model,
+            "status": relay.http_status,
             "outcome": relay.outcome,
             "attempts": relay.attempts,
             "resumes": relay.resumes,
