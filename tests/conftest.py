@@ -93,10 +93,13 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = ROOT / "tests" / "artifacts" / f"gunicorn-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # The app under test talks only to loopback: a proxy from the machine's
+        # environment (set for package downloads, say) must not get in between.
         full_env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("OPENAI_", "PROVIDER", "LOCAL_", "MODEL"))
+            if not k.startswith(("OPENAI_", "PROVIDER", "LOCAL_", "MODEL", "UPSTREAM_"))
+            and not k.lower().endswith("_proxy")
         }
         full_env.update(env)
         full_env.update({"PORT": str(self.port), "PYTHONUNBUFFERED": "1"})

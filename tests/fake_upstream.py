@@ -72,6 +72,7 @@ class Record:
     headers: dict[str, str]
     directive: dict[str, str]
     started: float
+    path: str
     tokens_sent: list[str] = field(default_factory=list)
 
 
@@ -152,7 +153,7 @@ class FakeUpstream:
         partial = next((m["content"] for m in messages if m["role"] == "assistant"), None)
         with self.lock:
             headers = {k.lower(): v for k, v in h.headers.items()}
-            record = Record(len(self.records) + 1, body, headers, opts, time.monotonic())
+            record = Record(len(self.records) + 1, body, headers, opts, time.monotonic(), h.path)
             self.records.append(record)
             key = opts.get("id", "")
             attempt = self.attempts[key] = self.attempts.get(key, 0) + 1

@@ -235,6 +235,16 @@ def test_errors_before_the_stream_get_a_status(
     assert "Traceback" not in response.text
 
 
+def test_an_upstream_proxy_carries_the_requests(serve: Any, fake: FakeUpstream) -> None:
+    # The fake answers absolute-URI requests too, so it can stand in for a forward proxy.
+    server = serve(
+        UPSTREAM_PROXY=fake.url.removesuffix("/v1"), OPENAI_BASE_URL="http://model.invalid/v1"
+    )
+    response = post(server, {"prompt": prompt("id=proxied")})
+    assert response.status_code == 200 and response.text == "".join(TOKENS)
+    assert fake.records_for("id=proxied")[0].path == "http://model.invalid/v1/chat/completions"
+
+
 def test_the_api_key_never_reaches_the_log(server: Server, fake: FakeUpstream) -> None:
     post(server, {"prompt": prompt("status=401 id=keylog")})
     post(server, {"prompt": prompt()})

@@ -59,6 +59,11 @@ class Config:
         "Base URL of any OpenAI-compatible server (OpenAI, vLLM, Ollama `/v1`, "
         "llama.cpp server). Empty means OpenAI's own.",
     )
+    upstream_proxy: str = _setting(
+        "",
+        "HTTP(S) proxy for calls to the model server; unset, `HTTPS_PROXY` / `HTTP_PROXY` "
+        "from the environment apply (`NO_PROXY` is honoured).",
+    )
     model: str = _setting("gpt-4o-mini", "Default model for the OpenAI-compatible provider.")
     allowed_models: tuple[str, ...] = _setting(
         (), "Comma-separated models a request may choose. Empty means only `MODEL`."
@@ -184,6 +189,8 @@ class Config:
             if raw is None:
                 continue
             values[f.name] = _parse(name, raw.strip(), hints[f.name])
+        if "upstream_proxy" not in values:
+            values["upstream_proxy"] = _standard_proxy(environ, values.get("openai_base_url", ""))
         config = cls(**values)
         config.validate()
         return config
@@ -221,6 +228,19 @@ class Config:
             fail("model_prices", "each entry must look like model=0.15/0.6")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             fail("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+
+
+def _standard_proxy(environ: Mapping[str, str], base_url: str) -> str:
+    """The proxy the usual variables name for the upstream, as curl and requests read them."""
+    from urllib.parse import urlsplit
+    from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
+
+    url = urlsplit(base_url or "https://api.openai.com/v1")
+    # Keyed as urllib.request.getproxies_environment() keys them: "https", "no", ...
+    proxies = {k.lower()[:-6]: v for k, v in environ.items() if k.lower().endswith("_proxy") and v}
+    if url.hostname and "no" in proxies and proxy_bypass_environment(url.hostname, proxies):
+        return ""
+    return proxies.get(url.scheme) or proxies.get("all", "")
 
 
 def env_name(f: dataclasses.Field[Any]) -> str:

@@ -60,7 +60,11 @@ class OpenAIProvider(Provider):
         )
         # Keep-alive connections are reused (TLS set-up costs a round trip or two);
         # past `maxsize` extra connections are opened and closed, never waited for.
-        self._pool = urllib3.PoolManager(maxsize=256, block=False, retries=False)
+        self._pool: urllib3.PoolManager = (
+            urllib3.ProxyManager(config.upstream_proxy, maxsize=256, block=False, retries=False)
+            if config.upstream_proxy
+            else urllib3.PoolManager(maxsize=256, block=False, retries=False)
+        )
         # OpenAI's own API wants max_completion_tokens; compatible servers
         # (vLLM, Ollama, llama.cpp) know max_tokens.
         self._max_tokens_param = "max_tokens" if config.openai_base_url else "max_completion_tokens"
