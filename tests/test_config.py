@@ -48,6 +48,7 @@ def test_dotenv_is_read_under_the_environment(
 ) -> None:
     dotenv = tmp_path / ".env"
     dotenv.write_text("MODEL=from-dotenv\nMAX_OUTPUT_TOKENS=77\n")
+    monkeypatch.delenv("MODEL", raising=False)  # the machine's own settings stay out
     monkeypatch.setenv("MAX_OUTPUT_TOKENS", "88")
     config = Config.from_env(dotenv=dotenv)
     assert config.model == "from-dotenv"
