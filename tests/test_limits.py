@@ -280,3 +280,18 @@ def test_the_answer_log_line_is_structured_and_has_no_prompt(
     assert entry["status"] == 200
     assert entry["client"].startswith("ip:127.0.0.1")
     assert "Write hello world" not in server.logs()
+
+
+def test_forwarded_for_is_trusted_only_when_configured(serve: Any, fake: FakeUpstream) -> None:
+    def status(server: Server, client_ip: str) -> int:
+        return post(server, headers={"X-Forwarded-For": client_ip}).status_code
+
+    trusted = serve(RATE_LIMIT="1/minute", TRUST_FORWARDED_FOR="1", INSTANCE="xff")
+    assert [
+        status(trusted, "203.0.113.1"),
+        status(trusted, "203.0.113.2"),
+        status(trusted, "203.0.113.1"),
+    ] == [200, 200, 429]
+    untrusted = serve(RATE_LIMIT="1/minute", INSTANCE="no-xff")
+    # Without trust the header is ignored: both requests come from 127.0.0.1.
+    assert [status(untrusted, "203.0.113.1"), status(untrusted, "203.0.113.2")] == [200, 429]
