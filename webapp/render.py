@@ -91,6 +91,12 @@ def code_block_html(code: str, language: str) -> str:
 
 
 def pygments_css() -> str:
+    """The highlighting styles served as static/pygments.css (light, and dark by media query).
+
+    Regenerate after a Pygments upgrade:
+    python -c "from webapp.render import pygments_css; print(pygments_css(), end='')" \
+        > static/pygments.css
+    """
     light = HtmlFormatter(style="default").get_style_defs(".highlight")
     dark = HtmlFormatter(style="monokai").get_style_defs(".highlight")
     return f"{light}\n@media (prefers-color-scheme: dark) {{\n{dark}\n}}\n"
