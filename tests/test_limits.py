@@ -125,10 +125,13 @@ def test_redis_going_away_can_fail_closed(
         RATE_LIMIT="100/minute",
         RATE_LIMIT_FAIL_OPEN="false",
     )
+    before = value(metrics(server), "codegen_rate_limit_rejections_total", kind="rate")
     redis_server.stop()
     response = post(server)
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "limiter_unavailable"
+    # A store failure is not a rate-limit rejection.
+    assert value(metrics(server), "codegen_rate_limit_rejections_total", kind="rate") == before
 
 
 def test_stream_slots_in_redis_never_go_below_zero(redis_server: Redis) -> None:

@@ -18,10 +18,10 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webapp.config import Config
-from webapp.errors import AppError, register_error_handlers
+from webapp.errors import register_error_handlers
 from webapp.generation import CodeGen
 from webapp.guard import Guard
-from webapp.observability import LIMITED_ENDPOINTS, Observer, record_rejection
+from webapp.observability import LIMITED_ENDPOINTS, Observer
 from webapp.providers import build_provider
 from webapp.tokens import count_tokens
 
@@ -117,11 +117,7 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
             key_id = guard.authenticate(request.headers)
             if key_id is not None:
                 g.client_id = f"key:{key_id}"
-        try:
-            guard.check_rate(g.client_id)
-        except AppError:
-            record_rejection("rate")
-            raise
+        guard.check_rate(g.client_id)
 
     csrf.init_app(app)  # after the request id, so CSRF errors carry one
 

@@ -8,10 +8,9 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 
 from webapp import formats
-from webapp.errors import AppError, BadRequest, UnsupportedMediaType
+from webapp.errors import BadRequest, UnsupportedMediaType
 from webapp.generation import CodeGen, Relay, explanation_of
 from webapp.guard import Guard
-from webapp.observability import record_rejection
 from webapp.schema import GenerateCodeRequest
 
 bp = Blueprint("api", __name__)
@@ -37,11 +36,7 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
     )
     relay.client_socket = request.environ.get("gunicorn.socket")
     guard: Guard = current_app.extensions["guard"]
-    try:
-        slot = guard.acquire_stream(g.client_id)
-    except AppError:
-        record_rejection("streams")
-        raise
+    slot = guard.acquire_stream(g.client_id)
     relay.cleanups.append(lambda: guard.release_stream(slot))
     return relay
 

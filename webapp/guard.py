@@ -24,6 +24,7 @@ from limits.strategies import FixedWindowRateLimiter
 
 from webapp.config import Config
 from webapp.errors import AppError, RateLimited, UpstreamUnavailable
+from webapp.observability import record_rejection
 
 log = logging.getLogger("webapp.guard")
 
@@ -89,7 +90,6 @@ class Guard:
             self._acquire_script = self._redis.register_script(_ACQUIRE)
             self._release_script = self._redis.register_script(_RELEASE)
         self.store_ok = True
-        self.rejections: Counter[str] = Counter()
 
     # -- identity ------------------------------------------------------------
 
@@ -137,7 +137,7 @@ class Guard:
             self._store_failed(exc)
             return
         if not allowed:
-            self.rejections["rate"] += 1
+            record_rejection("rate")
             raise TooManyRequests(
                 f"Too many requests: the limit is {self.config.rate_limit}.",
                 retry_after=max(1.0, reset - time.time()),
@@ -161,7 +161,7 @@ class Guard:
             return None
         if count > bound:
             self.release_stream(key)
-            self.rejections["streams"] += 1
+            record_rejection("streams")
             raise TooManyRequests(
                 f"Too many answers in flight: at most {bound} at once per client.",
                 code="too_many_streams",
