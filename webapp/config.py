@@ -8,6 +8,7 @@ from the same source, so the docs cannot drift from the code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -151,8 +152,9 @@ class Config:
     def models(self) -> tuple[str, ...]:
         return self.allowed_models or (self.model,)
 
-    @property
+    @functools.cached_property
     def prices(self) -> dict[str, tuple[float, float]]:
+        """MODEL_PRICES parsed once; read at the end of every answer."""
         table = {}
         for entry in self.model_prices:
             name, _, prices = entry.partition("=")

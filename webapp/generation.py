@@ -288,7 +288,7 @@ class Relay:
         )
 
     def _continuation(self) -> GenerationRequest:
-        partial = "".join(self.parts)
+        partial = self.text()
         messages = [
             *self.request.messages,
             {"role": "assistant", "content": partial},
@@ -453,7 +453,7 @@ class Relay:
 
     def _done(self) -> Done:
         final = self._final or Final()
-        text = "".join(self.parts)
+        text = self.text()
         # After a resume the last Final covers only the last segment: count the whole.
         usage = dict(final.usage or {}) if not self.resumes else {}
         if "completion_tokens" not in usage:
