@@ -568,7 +568,7 @@ class CodeGen:
             )
         request = GenerationRequest(
             build_messages(prompt, language, cfg.system_prompt),
-            model or self.provider.info().model,
+            model or self.provider.models[0],
             max_tokens or cfg.max_output_tokens,
             temperature,
         )
