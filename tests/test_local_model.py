@@ -218,3 +218,15 @@ def test_a_missing_weight_package_says_what_to_do(tmp_path: Path) -> None:
         pytest.skip("the 0.5B weights are installed here")
     with pytest.raises(ModelFileError, match="make run"):
         model_file(config)
+
+
+@pytest.mark.local_model
+def test_the_model_loads_once_at_start_up(serve: Any) -> None:
+    server: Server = serve(**local_env(INSTANCE="warm"))
+    assert health(server)["model_state"] in ("loading", "loaded")
+    response = requests.post(
+        server.url + "/generate-code/", json={"prompt": PROMPT, "max_tokens": 5}, timeout=120
+    )
+    assert response.status_code == 200
+    assert health(server)["model_state"] == "loaded"
+    assert server.logs().count("local model loaded") == 1  # warm-up and request share one load

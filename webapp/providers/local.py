@@ -43,12 +43,18 @@ class LocalProvider(Provider):
         self._llama: Any = None
         self._load_error: str | None = None
         self._turn = Semaphore(1)
+        self._loading = Semaphore(1)
         self._waiting = 0
         self._generating = False
         self.tokens_generated = 0  # for /healthz: shows that a cancelled answer stopped
 
     def info(self) -> ProviderInfo:
-        state = "loaded" if self._llama is not None else ("error" if self._load_error else "lazy")
+        if self._llama is not None:
+            state = "loaded"
+        elif self._loading.locked():
+            state = "loading"
+        else:
+            state = "error" if self._load_error else "lazy"
         detail: dict[str, Any] = {
             "models": list(self.models),
             "model_state": state,
@@ -84,16 +90,23 @@ class LocalProvider(Provider):
         return llama
 
     def model(self) -> Any:
-        """Load once per process, in a native thread so the loop keeps running."""
-        if self._llama is None:
-            try:
-                self._llama = get_hub().threadpool.apply(self._load)
-            except ModelFileError as exc:
-                self._load_error = str(exc)
-                raise UpstreamUnavailable(str(exc), code="local_model_invalid") from None
-            except (ValueError, RuntimeError, OSError) as exc:
-                self._load_error = f"The local model could not be loaded: {exc}"
-                raise UpstreamUnavailable(self._load_error, code="local_model_invalid") from None
+        """Load once per process, in a native thread so the loop keeps running.
+
+        A request that arrives during the start-up load waits for that load
+        instead of starting a second one (the weights would be read twice).
+        """
+        with self._loading:
+            if self._llama is None:
+                try:
+                    self._llama = get_hub().threadpool.apply(self._load)
+                except ModelFileError as exc:
+                    self._load_error = str(exc)
+                    raise UpstreamUnavailable(str(exc), code="local_model_invalid") from None
+                except (ValueError, RuntimeError, OSError) as exc:
+                    self._load_error = f"The local model could not be loaded: {exc}"
+                    raise UpstreamUnavailable(
+                        self._load_error, code="local_model_invalid"
+                    ) from None
         return self._llama
 
     def warm_up(self) -> None:
