@@ -41,7 +41,7 @@ from webapp.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from webapp.providers import Final, GenerationRequest, Provider
+from webapp.providers import Final, GenerationRequest, Provider, UpstreamStream
 from webapp.schema import GenerateCodeRequest, parse_generate
 
 log = logging.getLogger("webapp.relay")
@@ -214,68 +214,65 @@ class Relay:
     cost_usd: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self._pending: list[str] = []
-        self._wake = Event()
-        self._final: Final | None = None
+        self._stream: UpstreamStream | None = None
+        self._opener: gevent.Greenlet[Any, Any] | None = None
+        self._opened = Event()
+        self._first: str | Final | None = None
         self._error: AppError | None = None
-        self._finished = False
+        self._final: Final | None = None
         self._last_upstream = 0.0
-        self._reader: gevent.Greenlet[Any, Any] | None = None
+        self._ended = False
         self._closed = False
 
-    # The reader side -----------------------------------------------------
+    # Opening: connect, retry, read up to the first text -------------------------
 
-    def _pump(self, request: GenerationRequest) -> None:
-        self.attempts += 1
-        pending, parts, wake, clock = self._pending, self.parts, self._wake, self.clock
-        for item in self.provider.stream(request):
-            self._last_upstream = clock()
-            if type(item) is str:
-                pending.append(item)
-                parts.append(item)
-                wake.set()
-            elif isinstance(item, Final):
-                self._final = item
+    def _begin(self, request: GenerationRequest, retry: bool) -> None:
+        """Open `request` in a greenlet, so the response side can keep its bounds
+        and send keep-alives while connections, retries and back-offs happen."""
+        self._error = None
+        self._opened.clear()
+        self._opener = gevent.spawn(self._open, request, retry)
 
-    def _read(self) -> None:
-        policy = RetryPolicy.from_config(self.config)
-        ttft_deadline = self.started + self.config.first_token_timeout
-        request = self.request
+    def _open(self, request: GenerationRequest, retry: bool) -> None:
         try:
-            while True:
-                try:
-                    retrying = policy.retrying(
-                        ttft_deadline,
-                        self.clock,
-                        self.sleep,
-                        may_retry=lambda exc: should_retry(exc) and not self.parts,
-                        before_sleep=self._log_retry,
-                    )
-                    for attempt in retrying:
-                        with attempt:
-                            self._pump(request)
-                    return
-                except AppError as exc:
-                    if not self._may_resume(exc):
-                        raise
-                    self.resumes += 1
-                    log.warning(
-                        "resuming stream request_id=%s after %s (%d chars kept)",
-                        self.request_id,
-                        exc.code,
-                        sum(map(len, self.parts)),
-                    )
-                    request = self._continuation()
+            if not retry:
+                self._attempt(request)
+                return
+            policy = RetryPolicy.from_config(self.config)
+            retrying = policy.retrying(
+                self.started + self.config.first_token_timeout,
+                self.clock,
+                self.sleep,
+                before_sleep=self._log_retry,
+            )
+            for attempt in retrying:
+                with attempt:
+                    self._attempt(request)
         except AppError as exc:
             self._error = exc
         except gevent.GreenletExit:
             raise
         except Exception:
-            log.exception("relay reader failed request_id=%s", self.request_id)
+            log.exception("relay failed to open request_id=%s", self.request_id)
             self._error = InternalError("Internal error while generating.")
         finally:
-            self._finished = True
-            self._wake.set()
+            self._opened.set()
+
+    def _attempt(self, request: GenerationRequest) -> None:
+        self.attempts += 1
+        stream = self.provider.open(request)
+        try:
+            # Until the first text, a failure is still retryable: nothing was sent.
+            # The relay's bounds stop this wait; the backstop is for a lost greenlet.
+            item = stream.read(self.config.first_token_timeout + self.config.idle_timeout)
+            if item is None:
+                raise UpstreamTimeout(
+                    "The model server stopped answering.", code="upstream_timeout"
+                )
+        except BaseException:
+            stream.close()
+            raise
+        self._stream, self._first = stream, item
 
     def _may_resume(self, exc: AppError) -> bool:
         return (
@@ -286,6 +283,17 @@ class Relay:
             and exc.code in ("upstream_disconnected", "idle_timeout", "upstream_malformed")
             and self.clock() < self.started + self.config.total_timeout
         )
+
+    def _resume(self) -> None:
+        self.resumes += 1
+        log.warning(
+            "resuming stream request_id=%s after %s (%d chars kept)",
+            self.request_id,
+            self._error.code if self._error else "?",
+            sum(map(len, self.parts)),
+        )
+        self._last_upstream = self.clock()
+        self._begin(self._continuation(), retry=False)
 
     def _continuation(self) -> GenerationRequest:
         partial = self.text()
@@ -325,7 +333,7 @@ class Relay:
         self.started = self.clock()
         self._last_upstream = self.started
         self.hooks.started(self)
-        self._reader = gevent.spawn(self._read)
+        self._begin(self.request, retry=True)
         try:
             self._wait_for_start(commit_after)
         except BaseException as exc:
@@ -336,78 +344,148 @@ class Relay:
 
     def _wait_for_start(self, commit_after: float | None) -> None:
         commit_at = None if commit_after is None else self.started + commit_after
-        while not (self._pending or self._finished):
-            limit = self.started + self.config.first_token_timeout
-            if commit_at is not None:
-                limit = min(limit, commit_at)
+        limit = self.started + self.config.first_token_timeout
+        if commit_at is not None:
+            limit = min(limit, commit_at)
+        while not self._opened.is_set():
             remaining = limit - self.clock()
             if remaining <= 0:
                 if commit_at is not None and commit_at <= limit:
                     return
                 self.outcome = "first_token_timeout"
+                self._stop()
                 raise self._first_token_timeout()
-            self._wake.clear()
-            if not self._wake.wait(min(remaining, DISCONNECT_CHECK)) and self._client_gone():
+            if not self._opened.wait(min(remaining, DISCONNECT_CHECK)) and self._client_gone():
                 raise ClientClosed("The client went away before the first token.")
-        if self._error is not None and not self._pending:
+        if self._error is not None:
             self.outcome = self._error.code
             raise self._error
 
     def events(self) -> Iterator[Event_]:
-        """Deltas (each one everything buffered), pings, then Done or Failed."""
-        cfg, clock, wake, pending = self.config, self.clock, self._wake, self._pending
+        """Text (everything that arrived in one read), pings, then Done or Failed.
+
+        While a stream is open, this greenlet reads it directly, with a timeout
+        that is the nearest of: the idle bound, the total deadline, the next
+        keep-alive, and the next look at the client. A timeout loses nothing.
+        """
+        cfg, clock, parts = self.config, self.clock, self.parts
+        idle, heartbeat = cfg.idle_timeout, cfg.heartbeat_interval
         total_deadline = self.started + cfg.total_timeout
         # Counted from the request: a response started by commit_after owes its
         # first keep-alive now, not one interval later.
         last_sent = self.started
+        item: str | Final | None
         try:
             while True:
-                if pending:
-                    # The reader only runs while this greenlet waits, so taking
-                    # and clearing the shared list cannot race with its appends.
-                    text = pending[0] if len(pending) == 1 else "".join(pending)
-                    pending.clear()
-                    if self.first_token_at is None:
-                        self.first_token_at = clock()
-                    yield text
-                    last_sent = clock()
-                    continue
-                if self._finished:
-                    if self._error is not None:
-                        self.outcome = self._error.code
-                        yield Failed(self._error)
-                    else:
-                        self.outcome = "ok"
-                        yield self._done()
-                    return
                 now = clock()
-                bound = self._upstream_bound()
-                if now >= total_deadline:
-                    self._stop()
-                    self.outcome = "deadline_exceeded"
-                    yield Failed(
-                        UpstreamTimeout(
-                            f"The answer passed the {cfg.total_timeout:g} s deadline.",
-                            code="deadline_exceeded",
-                        )
-                    )
-                    return
-                if now >= bound:
-                    self._on_silence()
-                    if self._finished:
+                stream = self._stream
+                if self._opener is not None:
+                    # Opening (the start, or a resume): wait for the opener.
+                    if self._opened.is_set():
+                        self._opener = None
+                        if self._error is not None:
+                            if self._may_resume(self._error):
+                                self._resume()
+                                continue
+                            yield self._fail(self._error)
+                            return
+                        item, self._first = self._first, None
+                        self._last_upstream = now
+                    else:
+                        bound = self._upstream_bound()
+                        limit = min(bound, total_deadline, last_sent + heartbeat)
+                        if now >= limit:
+                            if now >= total_deadline or now >= bound:
+                                failure = self._expired(now >= total_deadline)
+                                if failure is None:
+                                    continue
+                                yield failure
+                                return
+                            yield PING
+                            last_sent = clock()
+                            continue
+                        opened = self._opened.wait(min(limit - now, DISCONNECT_CHECK))
+                        if not opened and self._client_gone():
+                            return  # close() below stops the upstream
                         continue
-                    bound = self._upstream_bound()
-                if now >= last_sent + cfg.heartbeat_interval:
-                    yield PING
-                    last_sent = clock()
+                else:
+                    assert stream is not None
+                    limit = self._last_upstream + idle
+                    if total_deadline < limit:
+                        limit = total_deadline
+                    ping_at = last_sent + heartbeat
+                    if ping_at < limit:
+                        limit = ping_at
+                    wait = limit - now
+                    if wait <= 0:
+                        if now >= ping_at and now < total_deadline and now < self._upstream_bound():
+                            yield PING
+                            last_sent = clock()
+                            continue
+                        failure = self._expired(now >= total_deadline)
+                        if failure is None:
+                            continue
+                        yield failure
+                        return
+                    try:
+                        item = stream.read(wait if wait < DISCONNECT_CHECK else DISCONNECT_CHECK)
+                    except AppError as exc:
+                        self._drop_stream()
+                        self._error = exc
+                        if self._may_resume(exc):
+                            self._resume()
+                            continue
+                        yield self._fail(exc)
+                        return
+                    if item is None:
+                        if now + DISCONNECT_CHECK <= limit and self._client_gone():
+                            return
+                        continue
+                    self._last_upstream = now = clock()
+                if type(item) is str:
+                    parts.append(item)
+                    if self.first_token_at is None:
+                        self.first_token_at = now
+                    yield item
+                    last_sent = now
                     continue
-                wake.clear()
-                limit = min(bound, total_deadline, last_sent + cfg.heartbeat_interval)
-                if not wake.wait(min(limit - now, DISCONNECT_CHECK)) and self._client_gone():
-                    return  # close() below stops the upstream
-
+                assert isinstance(item, Final)
+                self._final = item
+                self._drop_stream()
+                self.outcome = "ok"
+                self._ended = True
+                yield self._done()
+                return
         finally:
             self.close()
+
+    def _expired(self, total: bool) -> Failed | None:
+        """A bound passed: the Failed to send, or None if a resume carries on."""
+        cfg = self.config
+        self._stop()
+        if total:
+            return self._fail(
+                UpstreamTimeout(
+                    f"The answer passed the {cfg.total_timeout:g} s deadline.",
+                    code="deadline_exceeded",
+                )
+            )
+        if not self.parts:
+            return self._fail(self._first_token_timeout())
+        idle = UpstreamTimeout(
+            f"The model server went silent for {cfg.idle_timeout:g} s mid-answer.",
+            code="idle_timeout",
+        )
+        self._error = idle
+        if self._may_resume(idle):
+            self._resume()
+            return None
+        return self._fail(idle)
+
+    def _fail(self, error: AppError) -> Failed:
+        self.outcome = error.code
+        self._ended = True
+        return Failed(error)
 
     def _client_gone(self) -> bool:
         """True once the client closed its side: readable, and a peek finds EOF."""
@@ -424,32 +502,23 @@ class Relay:
             return self.started + self.config.first_token_timeout
         return self._last_upstream + self.config.idle_timeout
 
-    def _on_silence(self) -> None:
-        """A first-token or idle bound passed: end the upstream attempt."""
-        if not self.parts:
-            self._stop()
-            self._error = self._first_token_timeout()
-            self._finished = True
-            return
-        idle = UpstreamTimeout(
-            f"The model server went silent for {self.config.idle_timeout:g} s mid-answer.",
-            code="idle_timeout",
-        )
-        # Raised inside the reader, so the resume logic treats it like a break;
-        # the reader then reports the error or carries on with a continuation.
-        if self._reader is not None and not self._reader.dead:
-            self._last_upstream = self.clock()
-            self._reader.kill(idle, block=False)
-
     def _first_token_timeout(self) -> UpstreamTimeout:
         return UpstreamTimeout(
             f"No answer from the model within {self.config.first_token_timeout:g} s.",
             code="first_token_timeout",
         )
 
+    def _drop_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
+
     def _stop(self) -> None:
-        if self._reader is not None and not self._reader.dead:
-            self._reader.kill(block=True, timeout=1.0)
+        """End the upstream side, whatever it is doing: opening or streaming."""
+        opener, self._opener = self._opener, None
+        if opener is not None and not opener.dead:
+            opener.kill(block=True, timeout=1.0)
+        self._drop_stream()
 
     def _done(self) -> Done:
         final = self._final or Final()
@@ -494,10 +563,9 @@ class Relay:
             return
         self._closed = True
         try:
-            if not self._finished:
-                if self.outcome == "pending":
-                    self.outcome = "client_disconnected"
-                self._stop()
+            if not self._ended and self.outcome == "pending":
+                self.outcome = "client_disconnected"
+            self._stop()
             if self.usage is None and self.parts:
                 # A failed or stopped answer still cost its tokens: count them once.
                 self.usage = {

@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 from webapp.config import Config
-from webapp.providers.base import Final, GenerationRequest, Provider, ProviderInfo
+from webapp.providers.base import (
+    Final,
+    GenerationRequest,
+    Provider,
+    ProviderInfo,
+    UpstreamStream,
+)
 
-__all__ = ["Final", "GenerationRequest", "Provider", "ProviderInfo", "build_provider"]
+__all__ = [
+    "Final",
+    "GenerationRequest",
+    "Provider",
+    "ProviderInfo",
+    "UpstreamStream",
+    "build_provider",
+]
 
 
 def build_provider(config: Config) -> Provider:

@@ -1,18 +1,32 @@
-"""The provider interface: one streaming method, text deltas then a Final.
+"""The provider interface: `open` a request, then `read` text until a Final.
 
-A provider turns a GenerationRequest into an iterator of `str` deltas (each
-one everything that arrived in one upstream read, so several tokens may be
-joined) followed by exactly one `Final`. It raises only `webapp.errors`
-types, with `retryable` set where trying again could help. Closing the
-iterator must close the upstream request: that is how Stop stops billing.
+`Provider.open(request)` starts one generation and returns an UpstreamStream.
+`stream.read(timeout)` returns everything that arrived since the last call as
+one `str` (several tokens may be joined), `None` if nothing came within
+`timeout` (nothing is lost: the next read carries on), and once, at the end, a
+`Final`. Both raise only `webapp.errors` types, with `retryable` set where
+trying again could help. `close()` must stop the upstream: that is how Stop
+and the bounds stop billing.
+
+The relay reads the stream from the greenlet that writes to the client, so
+a provider's `read` must be cheap and must honour `timeout` exactly.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import gevent
+from gevent.event import Event
+
+from webapp.errors import AppError, InternalError
+
+log = logging.getLogger("webapp.provider")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +50,24 @@ class ProviderInfo:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+class UpstreamStream(ABC):
+    @abstractmethod
+    def read(self, timeout: float | None) -> str | Final | None:
+        """New text, or None after `timeout` seconds of nothing, or the Final."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop the upstream generation; safe to call twice."""
+
+
 class Provider(ABC):
     name: ClassVar[str]
     # The models a request may choose; the first is the default.
     models: tuple[str, ...]
 
     @abstractmethod
-    def stream(self, request: GenerationRequest) -> Iterator[str | Final]:
-        """Yield text deltas, then one Final; raise AppError subclasses."""
+    def open(self, request: GenerationRequest) -> UpstreamStream:
+        """Start generating; raise AppError subclasses if that fails."""
 
     @abstractmethod
     def info(self) -> ProviderInfo:
@@ -58,3 +82,61 @@ class Provider(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients or models at shutdown."""
+
+
+class IteratorStream(UpstreamStream):
+    """An UpstreamStream over a blocking generator of str and one Final.
+
+    For providers whose tokens come slowly from elsewhere (the local model):
+    a greenlet drains the generator into a list, and `read` waits on an event.
+    Killing that greenlet raises GreenletExit inside the generator, whose
+    `finally` stops the work.
+    """
+
+    def __init__(self, items: Iterator[str | Final]) -> None:
+        self._items = items
+        self._pending: list[str] = []
+        self._final: Final | None = None
+        self._error: AppError | None = None
+        self._ended = False
+        self._wake = Event()
+        self._reader = gevent.spawn(self._pump)
+
+    def _pump(self) -> None:
+        try:
+            for item in self._items:
+                if type(item) is str:
+                    self._pending.append(item)
+                    self._wake.set()
+                elif isinstance(item, Final):
+                    self._final = item
+        except AppError as exc:
+            self._error = exc
+        except gevent.GreenletExit:
+            raise
+        except Exception:
+            log.exception("provider stream failed")
+            self._error = InternalError("Internal error while generating.")
+        finally:
+            self._ended = True
+            self._wake.set()
+
+    def read(self, timeout: float | None) -> str | Final | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._pending:
+                text = "".join(self._pending)
+                self._pending.clear()
+                return text
+            if self._ended:
+                if self._error is not None:
+                    raise self._error
+                return self._final or Final()
+            self._wake.clear()
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._wake.wait(wait):
+                return None
+
+    def close(self) -> None:
+        if not self._reader.dead:
+            self._reader.kill(block=True, timeout=1.0)

@@ -1,11 +1,13 @@
-"""Any OpenAI-compatible server: the official SDK builds the request, urllib3 carries it.
+"""Any OpenAI-compatible server: the official SDK builds the request, `wire` carries it.
 
-The SDK gives auth, base URL, headers and typed status errors. The body is
-read with urllib3 and parsed with orjson, because this is the hot path:
-measured here at 50 tokens/s per stream, iterating the SDK's stream costs
-~140 µs a token in model objects, httpx2's raw iterator ~80 µs a read, and
-urllib3's chunked reader ~35 µs (a bare gevent socket: ~25 µs). The SDK's
-own retries are off (`max_retries=0`): the relay owns the one retry loop.
+The SDK gives auth, base URL, headers and typed status errors; it builds the
+request head once, at start-up. The body goes out and comes back through
+`webapp.providers.wire` and is parsed with orjson, because this is the hot
+path. Measured here at 50 tokens/s per stream, iterating the SDK's stream
+costs ~140 µs a token in model objects, httpx2's raw iterator ~80 µs a read,
+urllib3's chunked reader ~35 µs, and a bare gevent socket ~25 µs; `wire` is a
+bare socket plus a chunk decoder. The SDK's own retries are off: the relay
+owns the one retry loop.
 """
 
 from __future__ import annotations
@@ -14,13 +16,11 @@ import email.utils
 import time
 import urllib.parse
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 import httpx2
 import openai
 import orjson
-import urllib3
 from openai._models import FinalRequestOptions
 
 from webapp.config import Config
@@ -34,7 +34,14 @@ from webapp.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from webapp.providers.base import Final, GenerationRequest, Provider, ProviderInfo
+from webapp.providers import wire
+from webapp.providers.base import (
+    Final,
+    GenerationRequest,
+    Provider,
+    ProviderInfo,
+    UpstreamStream,
+)
 
 _RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 # Never compress a stream: a gzip layer buffers and costs a decode per read.
@@ -52,19 +59,6 @@ class OpenAIProvider(Provider):
             base_url=config.openai_base_url or None,
             max_retries=0,
         )
-        # The relay enforces the exact bounds; the socket read timeout is only a
-        # backstop for reads the relay cannot interrupt (no gevent).
-        self._timeout = urllib3.Timeout(
-            connect=config.connect_timeout,
-            read=max(config.first_token_timeout, config.idle_timeout) + 1.0,
-        )
-        # Keep-alive connections are reused (TLS set-up costs a round trip or two);
-        # past `maxsize` extra connections are opened and closed, never waited for.
-        self._pool: urllib3.PoolManager = (
-            urllib3.ProxyManager(config.upstream_proxy, maxsize=256, block=False, retries=False)
-            if config.upstream_proxy
-            else urllib3.PoolManager(maxsize=256, block=False, retries=False)
-        )
         # OpenAI's own API wants max_completion_tokens; compatible servers
         # (vLLM, Ollama, llama.cpp) know max_tokens.
         self._max_tokens_param = "max_tokens" if config.openai_base_url else "max_completion_tokens"
@@ -76,9 +70,23 @@ class OpenAIProvider(Provider):
             )
         )
         self._url = str(template.url)
-        self._headers = {
-            k: v for k, v in template.headers.items() if k.lower() not in ("content-length", "host")
-        }
+        # The relay enforces the exact bounds; this timeout on the request head is
+        # only a backstop for a server that takes a request and never answers.
+        self._pool = wire.Pool(
+            self._url,
+            proxy=config.upstream_proxy,
+            connect_timeout=config.connect_timeout,
+            head_timeout=max(config.first_token_timeout, config.idle_timeout) + 1.0,
+        )
+        self._head = self._pool.request_head(
+            "POST",
+            self._url,
+            {
+                k: v
+                for k, v in template.headers.items()
+                if k.lower() not in ("content-length", "host", "connection")
+            },
+        )
 
     def info(self) -> ProviderInfo:
         return ProviderInfo(
@@ -90,7 +98,7 @@ class OpenAIProvider(Provider):
             },
         )
 
-    def stream(self, request: GenerationRequest) -> Iterator[str | Final]:
+    def open(self, request: GenerationRequest) -> UpstreamStream:
         params: dict[str, Any] = {
             "model": request.model,
             "messages": request.messages,
@@ -101,59 +109,30 @@ class OpenAIProvider(Provider):
         if request.temperature is not None:
             params["temperature"] = request.temperature
         try:
-            response = self._pool.urlopen(
-                "POST",
-                self._url,
-                body=orjson.dumps(params),
-                headers=self._headers,
-                preload_content=False,
-                decode_content=False,
-                redirect=False,
-                timeout=self._timeout,
-            )
-        except urllib3.exceptions.NewConnectionError:
-            # Checked first: urllib3 makes it a subclass of ConnectTimeoutError.
-            raise UpstreamUnavailable(
-                "The model server could not be reached.", code="upstream_unreachable"
-            ) from None
-        except urllib3.exceptions.TimeoutError:
+            response = self._pool.send(self._head, orjson.dumps(params))
+        except wire.WireTimeout:
             raise UpstreamTimeout(
                 "The model server did not answer in time.", code="upstream_timeout", retryable=True
             ) from None
-        except urllib3.exceptions.HTTPError:
+        except (wire.ConnectFailed, wire.ProtocolError):
             raise UpstreamUnavailable(
                 "The model server could not be reached.", code="upstream_unreachable"
             ) from None
-        complete = False
-        try:
-            if response.status != 200:
-                body = response.read()
-                complete = True
-                raise self._status_error(response, body)
-            chunks: Iterator[bytes] = (
-                response.read_chunked(decode_content=False)
-                if response.chunked
-                else iter(partial(response.read1, 65536), b"")
-            )
-            yield from parse_sse(chunks)
-            complete = True
-        except urllib3.exceptions.ReadTimeoutError:
-            raise UpstreamTimeout(
-                "The model server stopped answering.", code="upstream_timeout", retryable=True
-            ) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except wire.Broken:
             raise UpstreamError(
-                f"The model server broke off the stream ({type(exc).__name__}).",
+                "The model server closed the connection without answering.",
                 code="upstream_disconnected",
                 retryable=True,
             ) from None
-        finally:
-            if not complete:
-                # Closing the socket is what tells the upstream to stop generating.
-                response.close()
-            response.release_conn()
+        if response.status != 200:
+            try:
+                body = response.read_all()
+            except wire.WireError:
+                body = b""
+            raise self._status_error(response, body)
+        return SSEStream(response)
 
-    def _status_error(self, response: urllib3.BaseHTTPResponse, body: bytes) -> AppError:
+    def _status_error(self, response: wire.Response, body: bytes) -> AppError:
         # The SDK extracts the upstream's message the way it does for its own calls.
         sdk_error = self.client._make_status_error_from_response(
             httpx2.Response(
@@ -170,36 +149,42 @@ class OpenAIProvider(Provider):
         self.client.close()
 
 
-def parse_sse(chunks: Iterator[bytes]) -> Iterator[str | Final]:
-    """OpenAI's chat-completion SSE, as deltas joined per network read, then Final.
+class SSEDecoder:
+    """OpenAI's chat-completion SSE, fed bytes as they arrive.
 
-    Anything that is not a `data:` line (comments, keep-alives, `event:`) is
-    skipped. A body that ends before `[DONE]` or a finish reason is a break,
-    never a clean end.
+    `feed` returns the text of every complete event in what it was given,
+    joined. Anything that is not a `data:` line (comments, keep-alives,
+    `event:`) is skipped. An in-band error or a malformed event is kept in
+    `failure`, to be raised after the text that came before it has gone out.
     """
-    pending = b""
-    finish_reason: str | None = None
-    usage: dict[str, int] | None = None
-    done = False
-    loads = orjson.loads
-    for chunk in chunks:
-        if pending:
-            chunk = pending + chunk
+
+    __slots__ = ("done", "failure", "finish_reason", "pending", "usage")
+
+    def __init__(self) -> None:
+        self.pending = b""
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.done = False
+        self.failure: AppError | None = None
+
+    def feed(self, chunk: bytes) -> str:
+        if self.pending:
+            chunk = self.pending + chunk
         lines = chunk.split(b"\n")
-        pending = lines.pop()
+        self.pending = lines.pop()
         texts: list[str] = []
-        failure: AppError | None = None
+        loads = orjson.loads
         for line in lines:
             if not line.startswith(b"data:"):
                 continue
             payload = line[5:].strip()
             if payload == b"[DONE]":
-                done = True
+                self.done = True
                 continue
             try:
                 event = loads(payload)
                 if "error" in event:
-                    failure = in_band_error(event["error"])
+                    self.failure = in_band_error(event["error"])
                     break
                 choices = event.get("choices")
                 if choices:
@@ -208,32 +193,101 @@ def parse_sse(chunks: Iterator[bytes]) -> Iterator[str | Final]:
                     if content:
                         texts.append(content)
                     if choice.get("finish_reason"):
-                        finish_reason = choice["finish_reason"]
+                        self.finish_reason = choice["finish_reason"]
                 if event.get("usage"):
-                    usage = event["usage"]
+                    self.usage = event["usage"]
             except (ValueError, TypeError, AttributeError, KeyError, IndexError):
-                failure = UpstreamMalformed(
+                self.failure = UpstreamMalformed(
                     f"The model server sent a malformed event: {payload[:80]!r}"
                 )
                 break
-        if texts:
-            yield texts[0] if len(texts) == 1 else "".join(texts)
-        if failure is not None:
-            # Raised after the text that came before it in the same read is out.
-            raise failure
-    if not (done or finish_reason):
-        raise UpstreamError(
-            "The model server ended the stream before it was complete.",
-            code="upstream_disconnected",
-            retryable=True,
-        )
-    if usage is not None:
-        usage = {
-            k: usage[k]
-            for k in ("prompt_tokens", "completion_tokens", "total_tokens")
-            if isinstance(usage.get(k), int)
-        }
-    yield Final(finish_reason, usage or None)
+        if not texts:
+            return ""
+        return texts[0] if len(texts) == 1 else "".join(texts)
+
+    def final(self) -> Final:
+        """The end of the body: a Final, or an error if it ended before `[DONE]`."""
+        if not (self.done or self.finish_reason):
+            raise UpstreamError(
+                "The model server ended the stream before it was complete.",
+                code="upstream_disconnected",
+                retryable=True,
+            )
+        usage = self.usage
+        if usage is not None:
+            usage = {
+                k: usage[k]
+                for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+                if isinstance(usage.get(k), int)
+            }
+        return Final(self.finish_reason, usage or None)
+
+
+def parse_sse(chunks: Iterator[bytes]) -> Iterator[str | Final]:
+    """The decoder over a whole body: text per chunk, then Final (or the error)."""
+    decoder = SSEDecoder()
+    for chunk in chunks:
+        text = decoder.feed(chunk)
+        if text:
+            yield text
+        if decoder.failure is not None:
+            raise decoder.failure
+    yield decoder.final()
+
+
+class SSEStream(UpstreamStream):
+    """An open chat-completion response, read in place with a timeout."""
+
+    __slots__ = ("_decoder", "_response")
+
+    def __init__(self, response: wire.Response) -> None:
+        self._response = response
+        self._decoder = SSEDecoder()
+
+    def read(self, timeout: float | None) -> str | Final | None:
+        decoder = self._decoder
+        if decoder.failure is not None:
+            self.close()
+            raise decoder.failure
+        if decoder.done:
+            return self._end()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                data = self._response.read(timeout)
+            except wire.WireError as exc:
+                raise UpstreamError(
+                    f"The model server broke off the stream ({exc}).",
+                    code="upstream_disconnected",
+                    retryable=True,
+                ) from None
+            if data is None:
+                return None
+            if not data:
+                return decoder.final()
+            text = decoder.feed(data)
+            if text:
+                return text  # a failure or the end in the same read comes next call
+            if decoder.failure is not None:
+                self.close()
+                raise decoder.failure
+            if decoder.done:
+                return self._end()
+            if deadline is not None:
+                # Only comments or empty deltas came: wait for the rest of the time.
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    return None
+
+    def _end(self) -> Final:
+        # [DONE] is the last event; a body that does not end right after it is
+        # not worth waiting for (and its connection is not reused).
+        if not self._response.done:
+            self.close()
+        return self._decoder.final()
+
+    def close(self) -> None:
+        self._response.close()
 
 
 def _without_credentials(url: str) -> str:
