@@ -49,7 +49,7 @@ timeout = 60
 graceful_timeout = 10
 keepalive = 95
 preload_app = False
-accesslog = "-"
+accesslog = "-" if _config.access_log else None
 # Every worker must sign CSRF tokens with the same key.
 if not _config.secret_key:
     os.environ["SECRET_KEY"] = secrets.token_hex(32)
@@ -59,3 +59,10 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    # After gevent patched this process: the relay's writes skip a system call.
+    from webapp import fastio
+
+    fastio.install()

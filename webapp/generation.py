@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
+from gevent import get_hub
 from gevent.event import Event
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
@@ -50,6 +51,15 @@ CONTINUE_PROMPT = (
     "Your previous answer was cut off. Continue exactly where it stops, "
     "without repeating anything already written."
 )
+
+
+class ReadInterrupted(BaseException):
+    """Thrown by the relay's watchdog into its own upstream read; never escapes it.
+
+    A BaseException, like gevent's Timeout, so that no `except Exception` in a
+    provider swallows it. Providers keep their state consistent at every
+    blocking point, so an interrupted read loses nothing.
+    """
 
 
 class Ping:
@@ -223,6 +233,13 @@ class Relay:
         self._last_upstream = 0.0
         self._ended = False
         self._closed = False
+        # The watchdog's view of the response side (see events()).
+        self._timer: Any = None
+        self._reading = False
+        self._read_since = 0.0
+        self._last_sent = 0.0
+        self._total_deadline = 0.0
+        self._greenlet: Any = None
 
     # Opening: connect, retry, read up to the first text -------------------------
 
@@ -235,19 +252,12 @@ class Relay:
 
     def _open(self, request: GenerationRequest, retry: bool) -> None:
         try:
-            if not retry:
+            try:
                 self._attempt(request)
-                return
-            policy = RetryPolicy.from_config(self.config)
-            retrying = policy.retrying(
-                self.started + self.config.first_token_timeout,
-                self.clock,
-                self.sleep,
-                before_sleep=self._log_retry,
-            )
-            for attempt in retrying:
-                with attempt:
-                    self._attempt(request)
+            except AppError as exc:
+                if not (retry and should_retry(exc)):
+                    raise
+                self._retry(request, exc)
         except AppError as exc:
             self._error = exc
         except gevent.GreenletExit:
@@ -257,6 +267,25 @@ class Relay:
             self._error = InternalError("Internal error while generating.")
         finally:
             self._opened.set()
+
+    def _retry(self, request: GenerationRequest, first: AppError) -> None:
+        """The retry loop, built only once an attempt failed: most answers never
+        need it, and setting tenacity up costs ~90 µs of each request."""
+        retrying = RetryPolicy.from_config(self.config).retrying(
+            self.started + self.config.first_token_timeout,
+            self.clock,
+            self.sleep,
+            before_sleep=self._log_retry,
+        )
+        failed: AppError | None = first
+        for attempt in retrying:
+            with attempt:
+                if failed is not None:
+                    # The first attempt's failure, replayed so that tenacity
+                    # counts it and waits as it says (Retry-After included).
+                    failure, failed = failed, None
+                    raise failure
+                self._attempt(request)
 
     def _attempt(self, request: GenerationRequest) -> None:
         self.attempts += 1
@@ -364,16 +393,19 @@ class Relay:
     def events(self) -> Iterator[Event_]:
         """Text (everything that arrived in one read), pings, then Done or Failed.
 
-        While a stream is open, this greenlet reads it directly, with a timeout
-        that is the nearest of: the idle bound, the total deadline, the next
-        keep-alive, and the next look at the client. A timeout loses nothing.
+        While a stream is open, this greenlet reads it directly, with no timeout
+        per read: a per-answer watchdog timer (below) interrupts a read only when
+        the nearest of the idle bound, the total deadline, the next keep-alive
+        and the next look at the client comes due. An interrupted read loses
+        nothing, and no timer is set or cancelled per token.
         """
         cfg, clock, parts = self.config, self.clock, self.parts
         idle, heartbeat = cfg.idle_timeout, cfg.heartbeat_interval
-        total_deadline = self.started + cfg.total_timeout
+        total_deadline = self._total_deadline = self.started + cfg.total_timeout
         # Counted from the request: a response started by commit_after owes its
         # first keep-alive now, not one interval later.
-        last_sent = self.started
+        self._last_sent = self.started
+        self._greenlet = gevent.getcurrent()
         item: str | Final | None
         try:
             while True:
@@ -381,19 +413,9 @@ class Relay:
                 stream = self._stream
                 if self._opener is not None:
                     # Opening (the start, or a resume): wait for the opener.
-                    if self._opened.is_set():
-                        self._opener = None
-                        if self._error is not None:
-                            if self._may_resume(self._error):
-                                self._resume()
-                                continue
-                            yield self._fail(self._error)
-                            return
-                        item, self._first = self._first, None
-                        self._last_upstream = now
-                    else:
+                    if not self._opened.is_set():
                         bound = self._upstream_bound()
-                        limit = min(bound, total_deadline, last_sent + heartbeat)
+                        limit = min(bound, total_deadline, self._last_sent + heartbeat)
                         if now >= limit:
                             if now >= total_deadline or now >= bound:
                                 failure = self._expired(now >= total_deadline)
@@ -402,33 +424,47 @@ class Relay:
                                 yield failure
                                 return
                             yield PING
-                            last_sent = clock()
+                            self._last_sent = clock()
                             continue
                         opened = self._opened.wait(min(limit - now, DISCONNECT_CHECK))
                         if not opened and self._client_gone():
                             return  # close() below stops the upstream
                         continue
+                    self._opener = None
+                    if self._error is not None:
+                        if self._may_resume(self._error):
+                            self._resume()
+                            continue
+                        yield self._fail(self._error)
+                        return
+                    item, self._first = self._first, None
+                    self._last_upstream = now
                 else:
                     assert stream is not None
                     limit = self._last_upstream + idle
                     if total_deadline < limit:
                         limit = total_deadline
-                    ping_at = last_sent + heartbeat
+                    ping_at = self._last_sent + heartbeat
                     if ping_at < limit:
                         limit = ping_at
-                    wait = limit - now
-                    if wait <= 0:
+                    if now >= limit:
                         if now >= ping_at and now < total_deadline and now < self._upstream_bound():
                             yield PING
-                            last_sent = clock()
+                            self._last_sent = clock()
                             continue
                         failure = self._expired(now >= total_deadline)
                         if failure is None:
                             continue
                         yield failure
                         return
+                    self._read_since = now
+                    if self._timer is None:
+                        self._arm(min(limit, now + DISCONNECT_CHECK) - now)
+                    self._reading = True
                     try:
-                        item = stream.read(wait if wait < DISCONNECT_CHECK else DISCONNECT_CHECK)
+                        item = stream.read(None)
+                    except ReadInterrupted:
+                        item = None
                     except AppError as exc:
                         self._drop_stream()
                         self._error = exc
@@ -437,8 +473,13 @@ class Relay:
                             continue
                         yield self._fail(exc)
                         return
+                    finally:
+                        self._reading = False
                     if item is None:
-                        if now + DISCONNECT_CHECK <= limit and self._client_gone():
+                        # The watchdog woke us: a bound or keep-alive is due (the
+                        # top of the loop handles those), or it is time to look
+                        # at the client.
+                        if clock() < limit and self._client_gone():
                             return
                         continue
                     self._last_upstream = now = clock()
@@ -447,7 +488,7 @@ class Relay:
                     if self.first_token_at is None:
                         self.first_token_at = now
                     yield item
-                    last_sent = now
+                    self._last_sent = now
                     continue
                 assert isinstance(item, Final)
                 self._final = item
@@ -458,6 +499,34 @@ class Relay:
                 return
         finally:
             self.close()
+
+    # The watchdog: one timer per answer, re-armed only when it fires ------------
+
+    def _arm(self, delay: float) -> None:
+        timer = get_hub().loop.timer(max(delay, 0.001))
+        timer.start(self._on_timer)
+        self._timer = timer
+
+    def _on_timer(self) -> None:
+        """Runs in the hub. Interrupts the upstream read if something is due,
+        otherwise waits again until the next thing could be."""
+        self._timer = None
+        if self._closed or self._stream is None:
+            return
+        now = self.clock()
+        due = min(
+            self._last_upstream + self.config.idle_timeout,
+            self._total_deadline,
+            self._last_sent + self.config.heartbeat_interval,
+            self._read_since + DISCONNECT_CHECK,
+        )
+        if now < due:
+            self._arm(due - now)
+        elif self._reading:
+            # As gevent's own Timeout does: raise inside the waiting greenlet.
+            self._greenlet.throw(ReadInterrupted)
+        # Otherwise the greenlet is busy (e.g. writing to a slow client); the loop
+        # checks the bounds itself before its next read, and arms a new timer.
 
     def _expired(self, total: bool) -> Failed | None:
         """A bound passed: the Failed to send, or None if a resume carries on."""
@@ -562,6 +631,9 @@ class Relay:
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
         try:
             if not self._ended and self.outcome == "pending":
                 self.outcome = "client_disconnected"
