@@ -21,6 +21,7 @@ from typing import Any
 import httpx2
 import openai
 import orjson
+from gevent import monkey
 from openai._models import FinalRequestOptions
 
 from webapp.config import Config
@@ -70,6 +71,11 @@ class OpenAIProvider(Provider):
             )
         )
         self._url = str(template.url)
+        # Under gevent (always, in gunicorn) the relay's watchdog interrupts a
+        # blocked read. Without it (the in-process test client, a REPL) nothing
+        # can, so reads wake on their own twice a second and the relay checks its
+        # bounds then.
+        self._poll = None if monkey.is_module_patched("socket") else 0.5
         # The relay enforces the exact bounds; this timeout on the request head is
         # only a backstop for a server that takes a request and never answers.
         self._pool = wire.Pool(
@@ -130,7 +136,7 @@ class OpenAIProvider(Provider):
             except wire.WireError:
                 body = b""
             raise self._status_error(response, body)
-        return SSEStream(response)
+        return SSEStream(response, self._poll)
 
     def _status_error(self, response: wire.Response, body: bytes) -> AppError:
         # The SDK extracts the upstream's message the way it does for its own calls.
@@ -238,13 +244,16 @@ def parse_sse(chunks: Iterator[bytes]) -> Iterator[str | Final]:
 class SSEStream(UpstreamStream):
     """An open chat-completion response, read in place with a timeout."""
 
-    __slots__ = ("_decoder", "_response")
+    __slots__ = ("_decoder", "_poll", "_response")
 
-    def __init__(self, response: wire.Response) -> None:
+    def __init__(self, response: wire.Response, poll: float | None = None) -> None:
         self._response = response
         self._decoder = SSEDecoder()
+        self._poll = poll
 
     def read(self, timeout: float | None) -> str | Final | None:
+        if timeout is None:
+            timeout = self._poll
         decoder = self._decoder
         if decoder.failure is not None:
             self.close()
