@@ -33,7 +33,6 @@ import gevent  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -73,14 +72,19 @@ def tree(pid: int) -> list[int]:
 
 
 def tree_cpu(pid: int) -> float:
+    """Seconds on CPU of every thread in the process tree, from schedstat (ns, not ticks)."""
     total = 0
     for p in tree(pid):
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            tasks = os.listdir(f"/proc/{p}/task")
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / TICK
+        for task in tasks:
+            try:
+                total += int(Path(f"/proc/{p}/task/{task}/schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total / 1e9
 
 
 def tree_rss(pid: int) -> int:
@@ -185,6 +189,7 @@ def run(
     rate: float,
     concurrency: int,
     sample_rss: bool = False,
+    stagger: float = 0.0,
 ) -> Result:
     cpu_before = tree_cpu(target.pid) if target.pid else 0.0
     rss_idle = tree_rss(target.pid) if (target.pid and sample_rss) else 0
@@ -208,7 +213,16 @@ def run(
 
     watcher = gevent.spawn(sampler) if (target.pid and sample_rss) else None
     started = time.monotonic()
-    Pool(concurrency).map(task, range(streams))
+    if stagger:
+        # Steady state: a new stream every `stagger` seconds, so that `concurrency`
+        # are open at once, as when many users come and go.
+        pool = Pool(concurrency)
+        for i in range(streams):
+            gevent.sleep(max(0.0, started + i * stagger - time.monotonic()))
+            pool.spawn(task, i)
+        pool.join()
+    else:
+        Pool(concurrency).map(task, range(streams))
     wall = time.monotonic() - started
     if watcher:
         watcher.kill()
@@ -313,16 +327,24 @@ def main() -> int:
     try:
         for t in targets:  # warm up: imports, connection pools, tiktoken
             run(t, "warmup", 20, 50, 0, 10)
-        scenarios = [("1 stream, 200 tok, fast", 40, 200, 0.0, 1, False)]
+        # (name, streams, tokens each, tokens/s, concurrency, sample memory, stagger s)
+        scenarios = [
+            ("1 stream, 200 tok, fast", 40, 200, 0.0, 1, False, 0.0),
+            ("1 stream at 50 tok/s", 6, 100, 50.0, 1, False, 0.0),
+        ]
         if not args.quick:
             scenarios += [
-                ("100 streams at 50 tok/s", 100, 200, 50.0, 100, False),
-                ("300 streams at 20 tok/s", 300, 100, 20.0, 300, False),
-                ("1000 streams at 5 tok/s", 1000, 25, 5.0, 1000, True),
+                ("100 streams at 50 tok/s", 100, 200, 50.0, 100, False, 0.0),
+                ("300 streams at 20 tok/s, all at once", 300, 100, 20.0, 300, False, 0.0),
+                # 100 tokens at 20/s last 5 s: one start every 5/300 s keeps 300 open.
+                ("300 streams at 20 tok/s, steady", 600, 100, 20.0, 300, False, 5.0 / 300),
+                ("1000 streams at 5 tok/s", 1000, 25, 5.0, 1000, True, 0.0),
             ]
-        for name, streams, tokens, rate, conc, rss in scenarios:
+        for name, streams, tokens, rate, conc, rss, stagger in scenarios:
             for t in targets:
-                results.append(run(t, name, streams, tokens, rate, conc, sample_rss=rss))
+                results.append(
+                    run(t, name, streams, tokens, rate, conc, sample_rss=rss, stagger=stagger)
+                )
                 r = results[-1]
                 print(
                     f"  {name:26} {t.name:7} ttft p50 {r.ttft_p50_ms:8.2f} ms  "
