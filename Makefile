@@ -42,10 +42,11 @@ run: $(STAMP)-core
 	fi; \
 	exec $(BIN)/gunicorn --config gunicorn.conf.py wsgi:app
 
-# redis-server and chromium for the Redis and browser tests; apt where it can.
+# redis-server, chromium and openssl (a test certificate) for the tests; apt where it can.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \

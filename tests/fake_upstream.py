@@ -29,6 +29,7 @@ import json
 import re
 import select
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ class Record:
 
 
 class FakeUpstream:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.lock = threading.Lock()
         self.records: list[Record] = []
         self.closed: list[Closed] = []
@@ -86,11 +87,18 @@ class FakeUpstream:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.server.request_queue_size = 1024
+        self.scheme = "http"
+        if tls is not None:
+            # The handshake happens in each handler thread, not in accept().
+            self.server.socket = tls.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False
+            )
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}/v1"
 
     def start(self) -> FakeUpstream:
         self.thread.start()
@@ -237,7 +245,8 @@ class FakeUpstream:
             next_ping = time.monotonic() + keepalive if keepalive else None
             while (now := time.monotonic()) < deadline:
                 ready, _, _ = select.select([sock], [], [], min(0.02, deadline - now))
-                if ready and sock.recv(1, socket.MSG_PEEK) == b"":
+                # socket.socket.recv: a peek at the raw bytes, under TLS too.
+                if ready and socket.socket.recv(sock, 1, socket.MSG_PEEK) == b"":
                     return False
                 if next_ping is not None and now >= next_ping:
                     chunk(b": keep-alive\n\n")
