@@ -73,12 +73,17 @@ class Origin:
 class Connection:
     """One socket, with the bytes read past the current message kept in `buffer`."""
 
-    __slots__ = ("buffer", "reused", "sock")
+    __slots__ = ("buffer", "drained", "reused", "sock", "waitable")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = b""
         self.reused = False
+        self.drained = False
+        # A plain gevent socket can wait for readability before reading (see read).
+        self.waitable = (
+            type(sock).__module__ == "gevent._socket3" and type(sock).__name__ == "socket"
+        )
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -143,7 +148,12 @@ class Response:
                 # Only part of a framing line so far: it waits in the buffer.
             try:
                 conn.sock.settimeout(timeout)
+                if conn.drained and conn.waitable:
+                    # The last read emptied the socket: wait for data, rather than
+                    # first trying a read that fails (a system call and an exception).
+                    conn.sock._wait(conn.sock._read_event)  # type: ignore[attr-defined]
                 data = conn.sock.recv(RECV)
+                conn.drained = len(data) < RECV
             except TimeoutError:
                 return None
             except OSError as exc:
