@@ -3,11 +3,13 @@
     make bench            (python -m bench.relay [--quick] [--json PATH])
 
 Starts the fast fake upstream (bench/upstream.py), the app under gunicorn
-exactly as the Procfile does (gunicorn.conf.py), and nginx with
-`proxy_buffering off` where it is installed. The same gevent client drives
-each target in turn: direct to the upstream (the baseline), through nginx,
-and through the app. CPU is read from /proc for each server's process tree;
-every figure is measured in this run, on this machine.
+exactly as the Procfile does (gunicorn.conf.py), nginx with
+`proxy_buffering off` where it is installed, and a bare gevent relay
+(bench/floor.py: what gevent itself costs, with no parsing or framework).
+The same gevent client drives each target in turn: direct to the upstream
+(the baseline), then through each relay. CPU is each server's process tree,
+all threads, from /proc schedstat; every figure is measured in this run, on
+this machine, and the goals of issue #7 are checked against them at the end.
 """
 
 from __future__ import annotations
@@ -255,7 +257,7 @@ def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen
 
 
 NGINX_CONF = """
-worker_processes auto;
+worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log;
 events {{ worker_connections 4096; }}
@@ -281,6 +283,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="only the single-stream figures")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes for the app and for nginx (default 1)"
+    )
     args = parser.parse_args()
 
     procs: list[subprocess.Popen[bytes]] = []
@@ -298,6 +303,9 @@ def main() -> int:
             # One client address drives every stream: the per-client limits would
             # refuse most of them, and the relay is what is measured here.
             "RATE_LIMIT": "off",
+            # One process per relay, nginx too: the load generator and the upstream
+            # need the other core of a 2-core machine (FIELD_NOTES measures so).
+            "WEB_CONCURRENCY": str(args.workers),
             "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
         }
     )
@@ -311,7 +319,7 @@ def main() -> int:
     if nginx:
         ng_port = free_port()
         Path(nginx_dir, "nginx.conf").write_text(
-            NGINX_CONF.format(dir=nginx_dir, up=up_port, port=ng_port)
+            NGINX_CONF.format(dir=nginx_dir, up=up_port, port=ng_port, workers=args.workers)
         )
         ng = start([nginx, "-c", f"{nginx_dir}/nginx.conf", "-g", "daemon off;"])
         procs.append(ng)
@@ -319,7 +327,12 @@ def main() -> int:
         targets.append(Target("nginx", ng_port, "/v1/chat/completions", ng.pid))
     else:
         print("nginx is not installed: its column is skipped (apt-get install nginx-light)")
+    bare_port = free_port()
+    bare = start([sys.executable, "-m", "bench.floor", str(bare_port), str(up_port)])
+    procs.append(bare)
     wait_port(up_port)
+    wait_port(bare_port)
+    targets.append(Target("gevent", bare_port, "/generate-code/", bare.pid))
     wait_port(app_port)
     targets.append(Target("app", app_port, "/generate-code/", app.pid))
 
@@ -363,6 +376,7 @@ def main() -> int:
         shutil.rmtree(nginx_dir, ignore_errors=True)
 
     print_table(results)
+    print_goals(results)
     failed = [r for r in results if r.errors]
     if failed:
         print(
@@ -407,12 +421,56 @@ def print_table(results: list[Result]) -> None:
             if nginx and nginx.cpu_us_per_token and r.cpu_us_per_token
             else ""
         )
+        bare = by.get((r.scenario, "gevent"))
+        if bare and bare.cpu_us_per_token and r.cpu_us_per_token and r.target == "app":
+            ratio += f" ({r.cpu_us_per_token / bare.cpu_us_per_token:.1f}× bare gevent)"
         cpu = f"{r.cpu_us_per_token} µs" if r.cpu_us_per_token is not None else "(upstream)"
         mem = f"{r.rss_per_stream_kib} KiB" if r.rss_per_stream_kib is not None else ""
         print(
             f"| {r.scenario} | {r.target} | {r.errors} | {r.ttft_p50_ms} ms | {r.ttft_p99_ms} ms "
             f"| {added} | {cpu} | {ratio} | {mem} |"
         )
+
+
+def print_goals(results: list[Result]) -> None:
+    """Issue #7's goals, judged on this run's figures."""
+    by = {(r.scenario, r.target): r for r in results}
+
+    def cpu_ratio(scenario: str) -> float | None:
+        app, nginx = by.get((scenario, "app")), by.get((scenario, "nginx"))
+        if not (app and nginx and app.cpu_us_per_token and nginx.cpu_us_per_token):
+            return None
+        return app.cpu_us_per_token / nginx.cpu_us_per_token
+
+    def added(scenario: str, p99: bool = False) -> float | None:
+        app, direct = by.get((scenario, "app")), by.get((scenario, "direct"))
+        if not (app and direct):
+            return None
+        if p99:
+            return app.ttft_p99_ms - direct.ttft_p99_ms
+        return app.ttft_p50_ms - direct.ttft_p50_ms
+
+    def line(goal: str, value: float | None, unit: str, limit: float) -> None:
+        if value is None:
+            print(f"- {goal}: not measured in this run")
+        else:
+            verdict = "met" if value <= limit else "NOT met"
+            print(f"- {goal}: {value:.2f}{unit} ({verdict})")
+
+    print("\nGoals (issue #7), from this run:")
+    for scenario in ("1 stream, 200 tok, fast", "1 stream at 50 tok/s"):
+        line(f"CPU per token <= 2x nginx, {scenario}", cpu_ratio(scenario), "x", 2.0)
+    for scenario in ("300 streams at 20 tok/s, all at once", "300 streams at 20 tok/s, steady"):
+        line(f"CPU per token <= 2x nginx, {scenario}", cpu_ratio(scenario), "x", 2.0)
+    for scenario in ("1 stream, 200 tok, fast", "1 stream at 50 tok/s"):
+        line(f"TTFT added p50 < 1 ms, {scenario}", added(scenario), " ms", 1.0)
+    for scenario in ("300 streams at 20 tok/s, all at once", "300 streams at 20 tok/s, steady"):
+        line(f"TTFT added p99 < 20 ms, {scenario}", added(scenario, p99=True), " ms", 20.0)
+    many = by.get(("1000 streams at 5 tok/s", "app"))
+    if many:
+        held = "met" if many.errors == 0 else "NOT met"
+        print(f"- 1000 open streams with no errors: {many.errors} errors ({held})")
+        line("memory per open stream < 64 KiB", many.rss_per_stream_kib, " KiB", 64.0)
 
 
 if __name__ == "__main__":

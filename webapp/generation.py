@@ -1,19 +1,26 @@
 """prompt -> provider -> events, with one retry loop, three bounds and cancellation.
 
-A `Relay` is one answer in flight. A reader greenlet pulls the provider's
-stream into a list and sets an event; the response side waits on that event
-with a timeout, takes everything already buffered in one piece (never waiting
-for more), and enforces the bounds on its own clock:
+A `Relay` is one answer in flight, in two phases:
+
+- Opening: an opener greenlet connects, retries (tenacity, only before any
+  text) and reads up to the first text, while the response side waits on an
+  event with a timeout, so it can keep its bounds and send keep-alives.
+- Streaming: the response greenlet reads the provider's stream itself and
+  yields each read (everything that arrived, never waiting for more) as it
+  comes: one wake-up per upstream read. No timer is set per read; a watchdog
+  timer per answer interrupts the read only when something is due.
+
+The bounds, on the relay's own clock:
 
 - time to first token (queueing and retries included),
 - idle time between upstream chunks (keep-alives from us never reset it),
 - a total deadline.
 
-When a bound fires, or the client goes away, the reader is killed; killing
-it closes the upstream response, so generation and billing stop. Retries
-happen only while no text has arrived, so nothing is ever sent twice. With
-`RESUME_ON_FAILURE`, a stream that breaks after text arrived is continued by
-a new request that carries the partial answer.
+When a bound fires, or the client goes away, the upstream response is
+closed, so generation and billing stop. Retries happen only while no text
+has arrived, so nothing is ever sent twice. With `RESUME_ON_FAILURE`, a
+stream that breaks after text arrived is continued by a new request that
+carries the partial answer.
 """
 
 from __future__ import annotations
