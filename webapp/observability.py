@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
@@ -55,6 +55,19 @@ REJECTED = Counter("codegen_rate_limit_rejections_total", "Requests refused by a
 COST = Counter("codegen_cost_usd_total", "Estimated spend (MODEL_PRICES)", ["model"])
 
 
+_CHILDREN: dict[tuple[object, ...], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once: the label sets are few (models,
+    outcomes, routes), and `labels()` costs as much again as the update itself."""
+    key = (metric, *labels)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*labels)
+    return found
+
+
 class Observer(RelayHooks):
     """Relay hooks that keep the metrics and write the per-answer log line."""
 
@@ -65,24 +78,24 @@ class Observer(RelayHooks):
         ACTIVE.inc()
 
     def retried(self, relay: Relay, reason: str) -> None:
-        RETRIES.labels(reason).inc()
+        child(RETRIES, reason).inc()
 
     def finished(self, relay: Relay) -> None:
         model = relay.request.model
         timing = relay.timing()
         if relay.started:
             ACTIVE.dec()
-        ANSWERS.labels(model, relay.outcome).inc()
-        ATTEMPTS.labels(model).inc(relay.attempts)
-        DURATION.labels(model).observe(timing["duration_ms"] / 1000)
+        child(ANSWERS, model, relay.outcome).inc()
+        child(ATTEMPTS, model).inc(relay.attempts)
+        child(DURATION, model).observe(timing["duration_ms"] / 1000)
         if timing["ttft_ms"] >= 0:
-            TTFT.labels(model).observe(timing["ttft_ms"] / 1000)
+            child(TTFT, model).observe(timing["ttft_ms"] / 1000)
         usage = relay.usage
         if usage:
-            TOKENS.labels(model, "prompt").inc(usage.get("prompt_tokens", 0))
-            TOKENS.labels(model, "completion").inc(usage.get("completion_tokens", 0))
+            child(TOKENS, model, "prompt").inc(usage.get("prompt_tokens", 0))
+            child(TOKENS, model, "completion").inc(usage.get("completion_tokens", 0))
         if relay.cost_usd:
-            COST.labels(model).inc(relay.cost_usd)
+            child(COST, model).inc(relay.cost_usd)
         fields = {
             "request_id": relay.request_id,
             "client": relay.client,
@@ -100,14 +113,14 @@ class Observer(RelayHooks):
 
 
 def record_rejection(kind: str) -> None:
-    REJECTED.labels(kind).inc()
+    child(REJECTED, kind).inc()
 
 
 def init_app(app: Flask) -> None:
     @app.after_request
     def count_request(response: Response) -> Response:
         rule = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUESTS.labels(rule, str(response.status_code)).inc()
+        child(REQUESTS, rule, str(response.status_code)).inc()
         return response
 
     @app.after_request
