@@ -12,7 +12,7 @@ Tokens are `t0 `, `t1 `, ... unless `answer=` names a canned text. Options:
     stall_after=N, drop_after=N      after N tokens: go silent / cut the connection
     malformed_after=N, error_after=N after N tokens: a bad `data:` line / an in-band error
     keepalive=S                      while stalled, send an SSE comment every S seconds
-    forever=1                        never finish (a token every `delay`)
+    forever=1, pad=N                 never finish (a token every `delay`, N bytes longer)
     no_usage=1, no_done=1            omit the usage chunk / the [DONE] line
     faults_once=1                    faults apply only to requests without a partial answer
 
@@ -280,7 +280,7 @@ class FakeUpstream:
                 wait(3600)
                 return "client_closed"
             if opts.get("forever") == "1":
-                token = f"t{i} "
+                token = f"t{i} " + "x" * int(opts.get("pad", 0))
             elif i >= len(tokens):
                 break
             else:

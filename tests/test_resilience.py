@@ -338,3 +338,31 @@ def test_a_client_gone_during_silence_closes_the_upstream_within_a_second(
     closed = fake.wait_closed(1, timeout=5)
     assert closed and closed[0].how == "client_closed"
     assert closed[0].at - gone_at < 1.0
+
+
+def test_a_client_that_stops_reading_is_dropped_at_the_total_deadline(
+    server: Server, fake: FakeUpstream
+) -> None:
+    # A tiny receive window, and never a read after the first bytes: the relay's
+    # writes block, and only the total deadline (6 s here) can end the answer.
+    body = json.dumps({"prompt": prompt("forever=1 delay=0 pad=4000 id=stuck")}).encode()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+    started = time.monotonic()
+    try:
+        sock.sendall(
+            b"POST /generate-code/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Accept: text/event-stream\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")
+        closed = fake.wait_closed(1, timeout=6.0 + 3)
+        assert closed and fake.open_streams == 0
+        assert time.monotonic() - started < 6.0 + 2 * MARGIN
+        # The answer's log line follows the close (after counting ~1.5 MB of text).
+        deadline = time.monotonic() + 5
+        while '"outcome":"client_too_slow"' not in server.logs():
+            assert time.monotonic() < deadline, server.logs()[-2000:]
+            time.sleep(0.1)
+    finally:
+        sock.close()

@@ -25,6 +25,7 @@ carries the partial answer.
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import re
@@ -66,6 +67,14 @@ class ReadInterrupted(BaseException):
     A BaseException, like gevent's Timeout, so that no `except Exception` in a
     provider swallows it. Providers keep their state consistent at every
     blocking point, so an interrupted read loses nothing.
+    """
+
+
+class ClientTooSlow(ConnectionResetError):
+    """Thrown into a write the client has not drained by the total deadline.
+
+    ECONNRESET: gunicorn then drops the connection quietly, as for a client
+    that went away, and closing the answer closes the upstream.
     """
 
 
@@ -242,6 +251,7 @@ class Relay:
         self._closed = False
         # The watchdog's view of the response side (see events()).
         self._timer: Any = None
+        self._timer_at = 0.0
         self._reading = False
         self._read_since = 0.0
         self._last_sent = 0.0
@@ -465,8 +475,9 @@ class Relay:
                         yield failure
                         return
                     self._read_since = now
-                    if self._timer is None:
-                        self._arm(min(limit, now + DISCONNECT_CHECK) - now)
+                    wake_at = now + DISCONNECT_CHECK if now + DISCONNECT_CHECK < limit else limit
+                    if self._timer is None or self._timer_at > wake_at:
+                        self._arm(wake_at - now)
                     self._reading = True
                     try:
                         item = stream.read(None)
@@ -510,9 +521,12 @@ class Relay:
     # The watchdog: one timer per answer, re-armed only when it fires ------------
 
     def _arm(self, delay: float) -> None:
-        timer = get_hub().loop.timer(max(delay, 0.001))
+        if self._timer is not None:
+            self._timer.stop()
+        delay = max(delay, 0.001)
+        timer = get_hub().loop.timer(delay)
         timer.start(self._on_timer)
-        self._timer = timer
+        self._timer, self._timer_at = timer, self.clock() + delay
 
     def _on_timer(self) -> None:
         """Runs in the hub. Interrupts the upstream read if something is due,
@@ -521,6 +535,17 @@ class Relay:
         if self._closed or self._stream is None:
             return
         now = self.clock()
+        if not self._reading:
+            # The greenlet is blocked writing: the client is not reading. The loop
+            # checks every bound itself before its next read; only the total
+            # deadline needs this, or a client that never reads would hold the
+            # answer (and the upstream, by backpressure) for ever.
+            if now < self._total_deadline:
+                self._arm(self._total_deadline - now)
+            else:
+                self.outcome = "client_too_slow"
+                self._greenlet.throw(ClientTooSlow(errno.ECONNRESET, "client too slow"))
+            return
         due = min(
             self._last_upstream + self.config.idle_timeout,
             self._total_deadline,
@@ -529,11 +554,9 @@ class Relay:
         )
         if now < due:
             self._arm(due - now)
-        elif self._reading:
+        else:
             # As gevent's own Timeout does: raise inside the waiting greenlet.
             self._greenlet.throw(ReadInterrupted)
-        # Otherwise the greenlet is busy (e.g. writing to a slow client); the loop
-        # checks the bounds itself before its next read, and arms a new timer.
 
     def _expired(self, total: bool) -> Failed | None:
         """A bound passed: the Failed to send, or None if a resume carries on."""
