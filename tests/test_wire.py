@@ -215,3 +215,30 @@ def test_the_request_carries_host_headers_and_length(make_server: type[Server]) 
     assert f"Host: 127.0.0.1:{server.port}\r\n".encode() in request
     assert b"Authorization: Bearer k\r\n" in request
     assert request.endswith(b'Content-Length: 7\r\n\r\n{"a":1}')
+
+
+def test_an_empty_body_frees_its_connection_for_the_next_request(
+    make_server: type[Server],
+) -> None:
+    empty = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    no_content = b"HTTP/1.1 204 No Content\r\n\r\n"  # no length: still no body
+    server = make_server([[empty], [no_content], [HEAD + chunked(b"ok")]])
+    pool = pool_for(server)
+    assert body_of(send(pool)) == b""
+    started = time.monotonic()
+    assert send(pool).read_all() == b""
+    assert time.monotonic() - started < 1
+    assert body_of(send(pool)) == b"ok"
+    assert server.connections == 1
+
+
+def test_a_connection_idle_too_long_is_not_reused(
+    make_server: type[Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok = HEAD + chunked(b"hi")
+    server = make_server([[ok], [ok]])
+    pool = pool_for(server)
+    assert body_of(send(pool)) == b"hi"
+    monkeypatch.setattr(wire, "MAX_IDLE_AGE", 0.0)  # as if a balancer forgot it
+    assert body_of(send(pool)) == b"hi"
+    assert server.connections == 2

@@ -29,7 +29,6 @@ import errno
 import logging
 import random
 import re
-import select
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +50,7 @@ from webapp.errors import (
     UpstreamTimeout,
 )
 from webapp.providers import Final, GenerationRequest, Provider, UpstreamStream
+from webapp.providers.wire import readable_now
 from webapp.schema import GenerateCodeRequest, parse_generate
 
 log = logging.getLogger("webapp.relay")
@@ -59,6 +59,16 @@ CONTINUE_PROMPT = (
     "Your previous answer was cut off. Continue exactly where it stops, "
     "without repeating anything already written."
 )
+
+
+@dataclass(slots=True)
+class _Opening:
+    """What one opener greenlet produced: set before `done` is."""
+
+    done: Event
+    stream: UpstreamStream | None = None
+    first: str | Final | None = None
+    error: AppError | None = None
 
 
 class ReadInterrupted(BaseException):
@@ -87,6 +97,9 @@ PING = Ping()
 # While no token flows, the relay looks at the client's socket this often, so a
 # closed tab stops the upstream within a second even in a silent stretch.
 DISCONNECT_CHECK = 0.5
+# Seconds a client gets to take the last event (done or error), past the
+# total deadline if need be; a client that takes none is dropped then.
+WRITE_GRACE = 5.0
 
 
 @dataclass(slots=True)
@@ -242,8 +255,7 @@ class Relay:
     def __post_init__(self) -> None:
         self._stream: UpstreamStream | None = None
         self._opener: gevent.Greenlet[Any, Any] | None = None
-        self._opened = Event()
-        self._first: str | Final | None = None
+        self._opening: _Opening | None = None
         self._error: AppError | None = None
         self._final: Final | None = None
         self._last_upstream = 0.0
@@ -253,6 +265,8 @@ class Relay:
         self._timer: Any = None
         self._timer_at = 0.0
         self._reading = False
+        self._writing = False
+        self._write_limit = 0.0
         self._read_since = 0.0
         self._last_sent = 0.0
         self._total_deadline = 0.0
@@ -264,28 +278,32 @@ class Relay:
         """Open `request` in a greenlet, so the response side can keep its bounds
         and send keep-alives while connections, retries and back-offs happen."""
         self._error = None
-        self._opened.clear()
-        self._opener = gevent.spawn(self._open, request, retry)
+        opening = self._opening = _Opening(Event())
+        self._opener = gevent.spawn(self._open, request, retry, opening)
 
-    def _open(self, request: GenerationRequest, retry: bool) -> None:
+    def _open(self, request: GenerationRequest, retry: bool, opening: _Opening) -> None:
+        # Results go to this opening's own record: an opener that outlived a
+        # kill (a local model finishing its step) must not touch a newer one.
         try:
             try:
-                self._attempt(request)
+                self._attempt(request, opening)
             except AppError as exc:
                 if not (retry and should_retry(exc)):
                     raise
-                self._retry(request, exc)
+                self._retry(request, exc, opening)
         except AppError as exc:
-            self._error = exc
+            opening.error = exc
         except gevent.GreenletExit:
             raise
         except Exception:
             log.exception("relay failed to open request_id=%s", self.request_id)
-            self._error = InternalError("Internal error while generating.")
+            opening.error = InternalError("Internal error while generating.")
         finally:
-            self._opened.set()
+            opening.done.set()
+            if self._opening is not opening and opening.stream is not None:
+                opening.stream.close()  # nobody will read it
 
-    def _retry(self, request: GenerationRequest, first: AppError) -> None:
+    def _retry(self, request: GenerationRequest, first: AppError, opening: _Opening) -> None:
         """The retry loop, built only once an attempt failed: most answers never
         need it, and setting tenacity up costs ~90 µs of each request."""
         retrying = RetryPolicy.from_config(self.config).retrying(
@@ -302,9 +320,9 @@ class Relay:
                     # counts it and waits as it says (Retry-After included).
                     failure, failed = failed, None
                     raise failure
-                self._attempt(request)
+                self._attempt(request, opening)
 
-    def _attempt(self, request: GenerationRequest) -> None:
+    def _attempt(self, request: GenerationRequest, opening: _Opening) -> None:
         self.attempts += 1
         stream = self.provider.open(request)
         try:
@@ -318,7 +336,7 @@ class Relay:
         except BaseException:
             stream.close()
             raise
-        self._stream, self._first = stream, item
+        opening.stream, opening.first = stream, item
 
     def _may_resume(self, exc: AppError) -> bool:
         return (
@@ -393,7 +411,9 @@ class Relay:
         limit = self.started + self.config.first_token_timeout
         if commit_at is not None:
             limit = min(limit, commit_at)
-        while not self._opened.is_set():
+        opening = self._opening
+        assert opening is not None
+        while not opening.done.is_set():
             remaining = limit - self.clock()
             if remaining <= 0:
                 if commit_at is not None and commit_at <= limit:
@@ -401,11 +421,11 @@ class Relay:
                 self.outcome = "first_token_timeout"
                 self._stop()
                 raise self._first_token_timeout()
-            if not self._opened.wait(min(remaining, DISCONNECT_CHECK)) and self._client_gone():
+            if not opening.done.wait(min(remaining, DISCONNECT_CHECK)) and self._client_gone():
                 raise ClientClosed("The client went away before the first token.")
-        if self._error is not None:
-            self.outcome = self._error.code
-            raise self._error
+        if opening.error is not None:
+            self.outcome = opening.error.code
+            raise opening.error
 
     def events(self) -> Iterator[Event_]:
         """Text (everything that arrived in one read), pings, then Done or Failed.
@@ -423,6 +443,7 @@ class Relay:
         # first keep-alive now, not one interval later.
         self._last_sent = self.started
         self._greenlet = gevent.getcurrent()
+        self._write_limit = total_deadline
         item: str | Final | None
         try:
             while True:
@@ -430,7 +451,9 @@ class Relay:
                 stream = self._stream
                 if self._opener is not None:
                     # Opening (the start, or a resume): wait for the opener.
-                    if not self._opened.is_set():
+                    opening = self._opening
+                    assert opening is not None
+                    if not opening.done.is_set():
                         bound = self._upstream_bound()
                         limit = min(bound, total_deadline, self._last_sent + heartbeat)
                         if now >= limit:
@@ -438,23 +461,28 @@ class Relay:
                                 failure = self._expired(now >= total_deadline)
                                 if failure is None:
                                     continue
+                                self._guard_write(now + WRITE_GRACE)
                                 yield failure
                                 return
+                            self._guard_write(total_deadline)
                             yield PING
+                            self._writing = False
                             self._last_sent = clock()
                             continue
-                        opened = self._opened.wait(min(limit - now, DISCONNECT_CHECK))
+                        opened = opening.done.wait(min(limit - now, DISCONNECT_CHECK))
                         if not opened and self._client_gone():
                             return  # close() below stops the upstream
                         continue
                     self._opener = None
-                    if self._error is not None:
-                        if self._may_resume(self._error):
+                    if opening.error is not None:
+                        self._error = opening.error
+                        if self._may_resume(opening.error):
                             self._resume()
                             continue
-                        yield self._fail(self._error)
+                        self._guard_write(max(now, total_deadline) + WRITE_GRACE)
+                        yield self._fail(opening.error)
                         return
-                    item, self._first = self._first, None
+                    self._stream, item = opening.stream, opening.first
                     self._last_upstream = now
                 else:
                     assert stream is not None
@@ -466,12 +494,15 @@ class Relay:
                         limit = ping_at
                     if now >= limit:
                         if now >= ping_at and now < total_deadline and now < self._upstream_bound():
+                            self._guard_write(total_deadline)
                             yield PING
+                            self._writing = False
                             self._last_sent = clock()
                             continue
                         failure = self._expired(now >= total_deadline)
                         if failure is None:
                             continue
+                        self._guard_write(now + WRITE_GRACE)
                         yield failure
                         return
                     self._read_since = now
@@ -479,20 +510,24 @@ class Relay:
                     if self._timer is None or self._timer_at > wake_at:
                         self._arm(wake_at - now)
                     self._reading = True
+                    broke: AppError | None = None
                     try:
                         item = stream.read(None)
                     except ReadInterrupted:
                         item = None
                     except AppError as exc:
-                        self._drop_stream()
-                        self._error = exc
-                        if self._may_resume(exc):
-                            self._resume()
-                            continue
-                        yield self._fail(exc)
-                        return
+                        item, broke = None, exc
                     finally:
                         self._reading = False
+                    if broke is not None:
+                        self._drop_stream()
+                        self._error = broke
+                        if self._may_resume(broke):
+                            self._resume()
+                            continue
+                        self._guard_write(max(now, total_deadline) + WRITE_GRACE)
+                        yield self._fail(broke)
+                        return
                     if item is None:
                         # The watchdog woke us: a bound or keep-alive is due (the
                         # top of the loop handles those), or it is time to look
@@ -505,7 +540,10 @@ class Relay:
                     parts.append(item)
                     if self.first_token_at is None:
                         self.first_token_at = now
+                    # The timer armed for the read covers this write (see _on_timer).
+                    self._writing = True
                     yield item
+                    self._writing = False
                     self._last_sent = now
                     continue
                 assert isinstance(item, Final)
@@ -513,7 +551,9 @@ class Relay:
                 self._drop_stream()
                 self.outcome = "ok"
                 self._ended = True
-                yield self._done()
+                done = self._done()
+                self._guard_write(max(now, total_deadline) + WRITE_GRACE)
+                yield done
                 return
         finally:
             self.close()
@@ -528,35 +568,44 @@ class Relay:
         timer.start(self._on_timer)
         self._timer, self._timer_at = timer, self.clock() + delay
 
+    def _guard_write(self, limit: float) -> None:
+        """The next yield is a write the client must take by `limit`."""
+        self._writing = True
+        self._write_limit = limit
+        if self._timer is None or self._timer_at > limit:
+            self._arm(limit - self.clock())
+
     def _on_timer(self) -> None:
-        """Runs in the hub. Interrupts the upstream read if something is due,
-        otherwise waits again until the next thing could be."""
+        """Runs in the hub. While reading: interrupts the upstream read if a
+        bound, a keep-alive or a look at the client is due. While writing: drops
+        a client that has not taken the write by its limit. Otherwise waits
+        again until the next thing could be due."""
         self._timer = None
-        if self._closed or self._stream is None:
+        if self._closed:
             return
         now = self.clock()
-        if not self._reading:
-            # The greenlet is blocked writing: the client is not reading. The loop
-            # checks every bound itself before its next read; only the total
-            # deadline needs this, or a client that never reads would hold the
-            # answer (and the upstream, by backpressure) for ever.
-            if now < self._total_deadline:
-                self._arm(self._total_deadline - now)
+        if self._reading:
+            due = min(
+                self._last_upstream + self.config.idle_timeout,
+                self._total_deadline,
+                self._last_sent + self.config.heartbeat_interval,
+                self._read_since + DISCONNECT_CHECK,
+            )
+            if now < due:
+                self._arm(due - now)
+            else:
+                # As gevent's own Timeout does: raise inside the waiting greenlet.
+                self._greenlet.throw(ReadInterrupted)
+        elif self._writing:
+            # Blocked in a write: the client is not reading. Without this, a
+            # client that never reads would hold the answer (and the upstream, by
+            # backpressure) for ever.
+            if now < self._write_limit:
+                self._arm(self._write_limit - now)
             else:
                 self.outcome = "client_too_slow"
                 self._greenlet.throw(ClientTooSlow(errno.ECONNRESET, "client too slow"))
-            return
-        due = min(
-            self._last_upstream + self.config.idle_timeout,
-            self._total_deadline,
-            self._last_sent + self.config.heartbeat_interval,
-            self._read_since + DISCONNECT_CHECK,
-        )
-        if now < due:
-            self._arm(due - now)
-        else:
-            # As gevent's own Timeout does: raise inside the waiting greenlet.
-            self._greenlet.throw(ReadInterrupted)
+        # Otherwise the response side waits for the opener, with its own timeouts.
 
     def _expired(self, total: bool) -> Failed | None:
         """A bound passed: the Failed to send, or None if a resume carries on."""
@@ -591,8 +640,9 @@ class Relay:
         if self.client_socket is None:
             return False
         try:
-            readable, _, _ = select.select([self.client_socket], [], [], 0)
-            return bool(readable) and self.client_socket.recv(1, socket.MSG_PEEK) == b""
+            return readable_now(self.client_socket) and (
+                self.client_socket.recv(1, socket.MSG_PEEK) == b""
+            )
         except (OSError, ValueError):
             return True
 
@@ -615,8 +665,12 @@ class Relay:
     def _stop(self) -> None:
         """End the upstream side, whatever it is doing: opening or streaming."""
         opener, self._opener = self._opener, None
+        # Dropped first: an opener that outlives the kill closes its own stream.
+        opening, self._opening = self._opening, None
         if opener is not None and not opener.dead:
             opener.kill(block=True, timeout=1.0)
+        if opening is not None and opening.stream not in (None, self._stream):
+            opening.stream.close()
         self._drop_stream()
 
     def _done(self) -> Done:

@@ -8,9 +8,11 @@ stack. The relay can then read the upstream from the same greenlet that writes
 to the client: one wake-up per upstream read, no handoff. It also costs a
 fraction of urllib3's per-request set-up (no http.client, no header objects).
 
-Keep-alive connections are pooled per origin. A reused connection that turns
-out to be closed before any byte of the answer is replaced once, as browsers
-and urllib3 do; after that, failures are the caller's to retry.
+Keep-alive connections are pooled per origin (for at most MAX_IDLE_AGE
+seconds idle). A reused connection that turns out to be closed before any
+byte of the answer is set aside and the request goes on another (the next
+idle one, else a new one), as browsers and urllib3 do; a failure on a new
+connection is the caller's to retry.
 """
 
 from __future__ import annotations
@@ -23,9 +25,15 @@ import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
+from typing import Any
+
+from gevent import monkey
 
 MAX_HEAD = 64 * 1024
 MAX_ERROR_BODY = 1024 * 1024
+# Pooled connections older than this are not reused: load balancers and NATs
+# commonly forget idle connections after 60 s or more, without telling either end.
+MAX_IDLE_AGE = 50.0
 RECV = 65536
 
 
@@ -73,16 +81,20 @@ class Origin:
 class Connection:
     """One socket, with the bytes read past the current message kept in `buffer`."""
 
-    __slots__ = ("buffer", "drained", "reused", "sock", "waitable")
+    __slots__ = ("buffer", "drained", "idle_since", "reused", "sock", "waitable")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = b""
         self.reused = False
         self.drained = False
+        self.idle_since = 0.0
         # A plain gevent socket can wait for readability before reading (see read).
         self.waitable = (
-            type(sock).__module__ == "gevent._socket3" and type(sock).__name__ == "socket"
+            type(sock).__module__ == "gevent._socket3"
+            and type(sock).__name__ == "socket"
+            and hasattr(sock, "_wait")  # private gevent API: without it, plain reads
+            and hasattr(sock, "_read_event")
         )
 
     def close(self) -> None:
@@ -119,7 +131,11 @@ class Response:
             self._left = 0 if self._chunked or length is None else int(length)
         except ValueError:
             raise ProtocolError(f"bad content-length: {length!r:.40}") from None
-        self._done = not self._chunked and length is not None and self._left == 0
+        # 204 and 304 have no body whatever the headers say.
+        if status in (204, 304):
+            self._chunked = self._until_close = False
+            self._left = 0
+        self._done = not self._chunked and not self._until_close and self._left == 0
         # Chunked framing: "size" (a size line is next), "data", "crlf" (after data).
         self._stage = "size"
 
@@ -135,6 +151,7 @@ class Response:
         """
         conn = self._conn
         if self._done or conn is None:
+            self._finish()  # a body that was empty from the start: pool it now
             return b""
         while True:
             if conn.buffer:
@@ -305,7 +322,7 @@ class Pool:
         return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
     def send(self, head: bytes, body: bytes) -> Response:
-        """Send one request and read its head. A stale pooled connection is replaced once."""
+        """Send one request and read its head. A stale pooled connection is replaced."""
         message = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
         while True:
             conn = self._idle_connection() or self._connect()
@@ -371,8 +388,9 @@ class Pool:
             raise WireTimeout(f"connecting to {target.host}:{target.port} timed out") from None
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {target.host}:{target.port}: {exc}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if self.proxy is not None and self._ssl is not None:
                 self._tunnel(sock)
             if self._ssl is not None:
@@ -384,6 +402,9 @@ class Pool:
         except (OSError, ssl.SSLError) as exc:
             sock.close()
             raise ConnectFailed(f"cannot set up the connection: {exc}") from None
+        except BaseException:
+            sock.close()  # the proxy refused the tunnel, or the greenlet was killed
+            raise
         return Connection(sock)
 
     def _tunnel(self, sock: socket.socket) -> None:
@@ -407,8 +428,10 @@ class Pool:
         while self._idle:
             conn = self._idle.pop()
             try:
-                # Readable while idle means closed by the server (or stray bytes).
-                if not select.select([conn.sock], [], [], 0)[0]:
+                # Readable while idle means closed by the server (or stray bytes);
+                # long idle, a NAT or balancer may have dropped it without a word.
+                fresh = time.monotonic() - conn.idle_since < MAX_IDLE_AGE
+                if fresh and not readable_now(conn.sock):
                     return conn
             except (OSError, ValueError):
                 pass
@@ -420,11 +443,23 @@ class Pool:
             conn.close()  # stray bytes after a body: never reuse
             return
         conn.reused = True
+        conn.idle_since = time.monotonic()
         self._idle.append(conn)
 
     def clear(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+
+_poll = monkey.get_original("select", "poll")
+
+
+def readable_now(sock: Any) -> bool:
+    """Bytes or an end are waiting on `sock`; never blocks, any descriptor number
+    (select() refuses those past 1024, which a worker with 500 streams reaches)."""
+    poller = _poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _path_of(url: str) -> str:

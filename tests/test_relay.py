@@ -1,0 +1,118 @@
+"""The relay in-process, with scripted providers: the watchdog and the opener at
+the edges a real upstream rarely reaches (gevent, no sockets to the client)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+from collections.abc import Iterator
+
+import gevent
+import pytest
+
+from webapp import generation
+from webapp.config import Config
+from webapp.errors import UpstreamError
+from webapp.generation import ClientTooSlow, Done, Failed, Relay
+from webapp.providers.base import Final, GenerationRequest, IteratorStream, UpstreamStream
+from webapp.providers.wire import readable_now
+
+
+def relay_for(streams: list[Iterator[str | Final]], **settings: str) -> Relay:
+    config = Config.from_env({"OPENAI_API_KEY": "x", "HEARTBEAT_INTERVAL": "10", **settings})
+
+    class Scripted:
+        models = ("m",)
+
+        def open(self, request: GenerationRequest) -> UpstreamStream:
+            return IteratorStream(streams.pop(0))
+
+        def count_tokens(self, text: str) -> int:
+            return len(text)
+
+    request = GenerationRequest([{"role": "user", "content": "x"}], "m", 100)
+    return Relay(Scripted(), request, config, "rid", len, 1)  # type: ignore[arg-type]
+
+
+def test_an_opener_that_outlives_its_kill_cannot_touch_the_next_attempt() -> None:
+    def one_token_then_silence() -> Iterator[str | Final]:
+        yield "hello "
+        gevent.sleep(100)
+
+    def slow_to_stop() -> Iterator[str | Final]:
+        try:
+            gevent.sleep(100)
+        finally:
+            gevent.sleep(1.5)  # longer than the relay's 1 s kill wait
+        yield "never"
+
+    relay = relay_for(
+        [one_token_then_silence(), slow_to_stop(), slow_to_stop(), slow_to_stop()],
+        IDLE_TIMEOUT="0.5",
+        TOTAL_TIMEOUT="20",
+        RESUME_ON_FAILURE="true",
+        RESUME_MAX="3",
+    )
+    relay.start(commit_after=None)
+    events = list(relay.events())
+    assert events[0] == "hello "
+    assert isinstance(events[-1], Failed) and events[-1].error.code == "idle_timeout"
+    assert relay.resumes == 3
+
+
+def test_a_last_event_the_client_never_takes_is_dropped_after_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(generation, "WRITE_GRACE", 0.5)
+
+    def one_token_then_break() -> Iterator[str | Final]:
+        yield "tok "
+        gevent.sleep(0.05)
+        raise UpstreamError("boom", code="upstream_error")
+
+    released: list[int] = []
+    relay = relay_for([one_token_then_break()], TOTAL_TIMEOUT="1", IDLE_TIMEOUT="5")
+    relay.cleanups.append(lambda: released.append(1))
+    relay.start(commit_after=None)
+    events = relay.events()
+    assert next(events) == "tok "
+    assert isinstance(next(events), Failed)
+    # The server now writes the error event; a client that does not read blocks
+    # that write, as a sleep does here. The watchdog must end it.
+    with pytest.raises(ClientTooSlow):
+        gevent.sleep(3)
+    events.close()
+    assert relay.outcome == "client_too_slow" and released == [1]
+
+
+def test_a_client_reading_normally_is_never_dropped() -> None:
+    def steady() -> Iterator[str | Final]:
+        for i in range(30):
+            gevent.sleep(0.05)
+            yield f"t{i} "
+        yield Final("stop")
+
+    relay = relay_for([steady()], TOTAL_TIMEOUT="10", IDLE_TIMEOUT="1")
+    relay.start(commit_after=None)
+    events = list(relay.events())
+    assert "".join(e for e in events if isinstance(e, str)) == "".join(f"t{i} " for i in range(30))
+    assert isinstance(events[-1], Done) and relay.outcome == "ok"
+
+
+def test_readable_now_works_past_descriptor_1024() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2100:
+        pytest.skip(f"the hard file limit ({hard}) is below 2100")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2100), hard))
+    a, b = socket.socketpair()
+    high = socket.socket(fileno=os.dup2(a.fileno(), 2000))
+    try:
+        assert high.fileno() >= 1024
+        assert not readable_now(high)
+        b.sendall(b"x")
+        assert readable_now(high)
+    finally:
+        for s in (a, b, high):
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
