@@ -10,19 +10,25 @@ both get the machine's cores. The ratio is app / direct.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
-import sys
-import time
+from gevent import monkey
 
-import requests
+# bench.relay's helpers patch for gevent when imported: patch first, before
+# requests imports ssl.
+monkey.patch_all()
 
-from bench.relay import ROOT, free_port, start, wait_port  # first: it patches for gevent
-from webapp.config import Config
-from webapp.generation import build_messages
-from webapp.models import model_file
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import requests  # noqa: E402
+
+from bench.relay import ROOT, free_port, start, wait_port  # noqa: E402
+from webapp.config import Config  # noqa: E402
+from webapp.generation import build_messages  # noqa: E402
+from webapp.models import model_file  # noqa: E402
 
 PROMPT = "Write a Python function that checks whether a string is a palindrome, then explain it."
 
