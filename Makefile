@@ -71,7 +71,13 @@ test: $(STAMP)-dev $(STAMP)-local system-deps lint
 	@set +e; $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
+# nginx is the bench's reference relay; apt installs it where it can (else its column is skipped).
 bench: $(STAMP)-dev
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			echo ">> apt-get install nginx-light"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
+		fi; }
 	$(BIN)/python -m bench.relay
 
 clean:
