@@ -256,7 +256,6 @@ class Relay:
         self._stream: UpstreamStream | None = None
         self._opener: gevent.Greenlet[Any, Any] | None = None
         self._opening: _Opening | None = None
-        self._error: AppError | None = None
         self._final: Final | None = None
         self._last_upstream = 0.0
         self._ended = False
@@ -277,7 +276,6 @@ class Relay:
     def _begin(self, request: GenerationRequest, retry: bool) -> None:
         """Open `request` in a greenlet, so the response side can keep its bounds
         and send keep-alives while connections, retries and back-offs happen."""
-        self._error = None
         opening = self._opening = _Opening(Event())
         self._opener = gevent.spawn(self._open, request, retry, opening)
 
@@ -348,16 +346,20 @@ class Relay:
             and self.clock() < self.started + self.config.total_timeout
         )
 
-    def _resume(self) -> None:
+    def _resume_or_fail(self, exc: AppError) -> Failed | None:
+        """After a break: None if a continuation carries on, else the Failed to send."""
+        if not self._may_resume(exc):
+            return self._fail(exc)
         self.resumes += 1
         log.warning(
             "resuming stream request_id=%s after %s (%d chars kept)",
             self.request_id,
-            self._error.code if self._error else "?",
+            exc.code,
             sum(map(len, self.parts)),
         )
         self._last_upstream = self.clock()
         self._begin(self._continuation(), retry=False)
+        return None
 
     def _continuation(self) -> GenerationRequest:
         partial = self.text()
@@ -454,20 +456,13 @@ class Relay:
                     opening = self._opening
                     assert opening is not None
                     if not opening.done.is_set():
-                        bound = self._upstream_bound()
-                        limit = min(bound, total_deadline, self._last_sent + heartbeat)
+                        limit = min(
+                            self._upstream_bound(), total_deadline, self._last_sent + heartbeat
+                        )
                         if now >= limit:
-                            if now >= total_deadline or now >= bound:
-                                failure = self._expired(now >= total_deadline)
-                                if failure is None:
-                                    continue
-                                self._guard_write(now + WRITE_GRACE)
-                                yield failure
+                            yield from self._when_due(now)
+                            if self._ended:
                                 return
-                            self._guard_write(total_deadline)
-                            yield PING
-                            self._writing = False
-                            self._last_sent = clock()
                             continue
                         opened = opening.done.wait(min(limit - now, DISCONNECT_CHECK))
                         if not opened and self._client_gone():
@@ -475,12 +470,11 @@ class Relay:
                         continue
                     self._opener = None
                     if opening.error is not None:
-                        self._error = opening.error
-                        if self._may_resume(opening.error):
-                            self._resume()
+                        failure = self._resume_or_fail(opening.error)
+                        if failure is None:
                             continue
                         self._guard_write(max(now, total_deadline) + WRITE_GRACE)
-                        yield self._fail(opening.error)
+                        yield failure
                         return
                     self._stream, item = opening.stream, opening.first
                     self._last_upstream = now
@@ -493,18 +487,10 @@ class Relay:
                     if ping_at < limit:
                         limit = ping_at
                     if now >= limit:
-                        if now >= ping_at and now < total_deadline and now < self._upstream_bound():
-                            self._guard_write(total_deadline)
-                            yield PING
-                            self._writing = False
-                            self._last_sent = clock()
-                            continue
-                        failure = self._expired(now >= total_deadline)
-                        if failure is None:
-                            continue
-                        self._guard_write(now + WRITE_GRACE)
-                        yield failure
-                        return
+                        yield from self._when_due(now)
+                        if self._ended:
+                            return
+                        continue
                     self._read_since = now
                     wake_at = now + DISCONNECT_CHECK if now + DISCONNECT_CHECK < limit else limit
                     if self._timer is None or self._timer_at > wake_at:
@@ -521,12 +507,11 @@ class Relay:
                         self._reading = False
                     if broke is not None:
                         self._drop_stream()
-                        self._error = broke
-                        if self._may_resume(broke):
-                            self._resume()
+                        failure = self._resume_or_fail(broke)
+                        if failure is None:
                             continue
                         self._guard_write(max(now, total_deadline) + WRITE_GRACE)
-                        yield self._fail(broke)
+                        yield failure
                         return
                     if item is None:
                         # The watchdog woke us: a bound or keep-alive is due (the
@@ -607,6 +592,22 @@ class Relay:
                 self._greenlet.throw(ClientTooSlow(errno.ECONNRESET, "client too slow"))
         # Otherwise the response side waits for the opener, with its own timeouts.
 
+    def _when_due(self, now: float) -> Iterator[Event_]:
+        """The nearest of the bounds and the next keep-alive has come: yields a
+        PING, or the failure (the answer has then ended), or nothing (a resume
+        carries on)."""
+        total_deadline = self._total_deadline
+        if now >= total_deadline or now >= self._upstream_bound():
+            failure = self._expired(now >= total_deadline)
+            if failure is not None:
+                self._guard_write(now + WRITE_GRACE)
+                yield failure
+            return
+        self._guard_write(total_deadline)
+        yield PING
+        self._writing = False
+        self._last_sent = self.clock()
+
     def _expired(self, total: bool) -> Failed | None:
         """A bound passed: the Failed to send, or None if a resume carries on."""
         cfg = self.config
@@ -620,15 +621,12 @@ class Relay:
             )
         if not self.parts:
             return self._fail(self._first_token_timeout())
-        idle = UpstreamTimeout(
-            f"The model server went silent for {cfg.idle_timeout:g} s mid-answer.",
-            code="idle_timeout",
+        return self._resume_or_fail(
+            UpstreamTimeout(
+                f"The model server went silent for {cfg.idle_timeout:g} s mid-answer.",
+                code="idle_timeout",
+            )
         )
-        self._error = idle
-        if self._may_resume(idle):
-            self._resume()
-            return None
-        return self._fail(idle)
 
     def _fail(self, error: AppError) -> Failed:
         self.outcome = error.code
