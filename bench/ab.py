@@ -19,35 +19,17 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
-import os  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from bench.relay import ROOT, Target, free_port, run, start, wait_port  # noqa: E402
+from bench.relay import APP, ROOT, Target, app_env, free_port, run, start, wait_port  # noqa: E402
 
 
 def serve(tree: Path, upstream: int, workers: int) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PROVIDER"))}
-    env.update(
-        {
-            "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream}/v1",
-            "OPENAI_API_KEY": "bench",
-            "PORT": str(port),
-            "LOG_LEVEL": "WARNING",
-            "MAX_OUTPUT_TOKENS": "10000",
-            "FIRST_TOKEN_TIMEOUT": "60",
-            "RATE_LIMIT": "off",
-            "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
-            "WEB_CONCURRENCY": str(workers),
-        }
-    )
-    command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"]
-    process = subprocess.Popen(
-        command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    process = start(APP, app_env(upstream, port, workers), cwd=tree)
     wait_port(port)
     return process, port
 

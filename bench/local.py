@@ -25,7 +25,7 @@ import time  # noqa: E402
 
 import requests  # noqa: E402
 
-from bench.relay import ROOT, free_port, start, wait_port  # noqa: E402
+from bench.relay import APP, ROOT, free_port, start, wait_port  # noqa: E402
 from webapp.config import Config  # noqa: E402
 from webapp.generation import build_messages  # noqa: E402
 from webapp.models import model_file  # noqa: E402
@@ -68,7 +68,7 @@ def through_app(model: str, tokens: int, runs: int) -> list[float]:
             "FIRST_TOKEN_TIMEOUT": "120",
         }
     )
-    app = start([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"], env)
+    app = start(APP, env)
     rates = []
     try:
         wait_port(port)

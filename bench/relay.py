@@ -250,10 +250,39 @@ def run(
     )
 
 
-def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(
+    cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+
+
+# The app exactly as the Procfile serves it.
+APP = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"]
+
+
+def app_env(upstream_port: int, port: int, workers: int) -> dict[str, str]:
+    """The app's settings for a benchmark against the fake upstream."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PROVIDER"))}
+    env.update(
+        {
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+            "OPENAI_API_KEY": "bench",
+            "PORT": str(port),
+            "LOG_LEVEL": "WARNING",
+            "MAX_OUTPUT_TOKENS": "10000",
+            "FIRST_TOKEN_TIMEOUT": "60",
+            # One client address drives every stream: the per-client limits would
+            # refuse most of them, and the relay is what is measured here.
+            "RATE_LIMIT": "off",
+            "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
+            # One process per relay, nginx too: the load generator and the upstream
+            # need the other core of a 2-core machine (FIELD_NOTES measures so).
+            "WEB_CONCURRENCY": str(workers),
+        }
+    )
+    return env
 
 
 NGINX_CONF = """
@@ -291,25 +320,7 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     up_port, app_port = free_port(), free_port()
     procs.append(start([sys.executable, "-m", "bench.upstream", str(up_port)]))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PROVIDER"))}
-    env.update(
-        {
-            "OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
-            "OPENAI_API_KEY": "bench",
-            "PORT": str(app_port),
-            "LOG_LEVEL": "WARNING",
-            "MAX_OUTPUT_TOKENS": "10000",
-            "FIRST_TOKEN_TIMEOUT": "60",
-            # One client address drives every stream: the per-client limits would
-            # refuse most of them, and the relay is what is measured here.
-            "RATE_LIMIT": "off",
-            # One process per relay, nginx too: the load generator and the upstream
-            # need the other core of a 2-core machine (FIELD_NOTES measures so).
-            "WEB_CONCURRENCY": str(args.workers),
-            "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
-        }
-    )
-    app = start([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"], env)
+    app = start(APP, app_env(up_port, app_port, args.workers))
     procs.append(app)
     targets = [Target("direct", up_port, "/v1/chat/completions", None)]
     nginx_dir = tempfile.mkdtemp()
