@@ -224,20 +224,25 @@ def test_text_plain_failure_is_a_truncated_transfer(server: Server, fake: FakeUp
     assert received.decode() == "t0 t1 t2 "
 
 
-def test_client_disconnect_closes_the_upstream_within_a_second(
-    server: Server, fake: FakeUpstream
-) -> None:
+def leave_mid_stream(server: Server, marker: str, reads: int) -> float:
+    """Take `reads` chunks of an endless answer, then go away; returns when."""
     with requests.post(
         server.url + "/generate-code/",
-        json={"prompt": prompt("forever=1 delay=0.05 id=gone")},
+        json={"prompt": prompt(f"forever=1 delay=0.05 id={marker}")},
         stream=True,
         timeout=30,
     ) as response:
         chunks = response.iter_content(chunk_size=None)
-        assert next(chunks)
-        assert next(chunks)
+        for _ in range(reads):
+            assert next(chunks)
         response.raw._fp.fp.raw._sock.shutdown(2)  # the client goes away mid-stream
-        gone_at = time.monotonic()
+        return time.monotonic()
+
+
+def test_client_disconnect_closes_the_upstream_within_a_second(
+    server: Server, fake: FakeUpstream
+) -> None:
+    gone_at = leave_mid_stream(server, "gone", reads=2)
     closed = fake.wait_closed(1, timeout=3)
     assert closed and closed[0].how == "client_closed"
     assert closed[0].at - gone_at < 1.0

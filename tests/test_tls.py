@@ -9,7 +9,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import requests
 from tests.conftest import require_binary
 from tests.fake_upstream import FakeUpstream
 from tests.test_api import TOKENS, prompt
-from tests.test_resilience import MARGIN, sse, text_of
+from tests.test_resilience import MARGIN, leave_mid_stream, sse, text_of
 
 
 @pytest.fixture(scope="module")
@@ -114,16 +113,7 @@ def test_streams_over_tls_with_bounds_and_cancel(
     assert tls_fake.wait_closed(2) and tls_fake.open_streams == 0
 
     # A client that leaves mid-stream stops the upstream within a second.
-    with requests.post(
-        server.url + "/generate-code/",
-        json={"prompt": prompt("forever=1 delay=0.05 id=tls-gone")},
-        stream=True,
-        timeout=30,
-    ) as streaming:
-        chunks = streaming.iter_content(chunk_size=None)
-        assert next(chunks)
-        streaming.raw._fp.fp.raw._sock.shutdown(2)
-        gone_at = time.monotonic()
+    gone_at = leave_mid_stream(server, "tls-gone", reads=1)
     closed = tls_fake.wait_closed(3, timeout=3)
     assert closed[-1].how == "client_closed" and closed[-1].at - gone_at < 1.0
 
