@@ -23,12 +23,24 @@ marks the failures the retry loop may try again (before the first token only).
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 import orjson
 from flask import Flask, Response, current_app, g, render_template, request
 from flask_wtf.csrf import CSRFError, generate_csrf
 from werkzeug.exceptions import HTTPException
+
+
+class TruncatedStream(ConnectionResetError):
+    """Raised to make the WSGI server drop the connection without the last chunk.
+
+    gunicorn treats ECONNRESET as a client going away: it closes the socket
+    quietly, without writing the terminating zero-length chunk.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(errno.ECONNRESET, reason)
 
 
 class AppError(Exception):

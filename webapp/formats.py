@@ -8,13 +8,13 @@ before the final chunk and clients see a truncated transfer, not a clean end.
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
 import orjson
 
+from webapp.errors import TruncatedStream
 from webapp.generation import Done, Event_, Failed, Ping
 
 TEXT = "text/plain"
@@ -22,17 +22,6 @@ SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
 JSON = "application/json"
 MIMETYPES = (TEXT, SSE, NDJSON)
-
-
-class TruncatedStream(ConnectionResetError):
-    """Raised to make the WSGI server drop the connection without the last chunk.
-
-    gunicorn treats ECONNRESET as a client going away: it closes the socket
-    quietly, without writing the terminating zero-length chunk.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(errno.ECONNRESET, reason)
 
 
 def done_payload(done: Done) -> dict[str, Any]:

@@ -25,7 +25,6 @@ carries the partial answer.
 
 from __future__ import annotations
 
-import errno
 import logging
 import random
 import re
@@ -46,6 +45,7 @@ from webapp.errors import (
     BadRequest,
     ClientClosed,
     InternalError,
+    TruncatedStream,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -80,12 +80,9 @@ class ReadInterrupted(BaseException):
     """
 
 
-class ClientTooSlow(ConnectionResetError):
-    """Thrown into a write the client has not drained by the total deadline.
-
-    ECONNRESET: gunicorn then drops the connection quietly, as for a client
-    that went away, and closing the answer closes the upstream.
-    """
+class ClientTooSlow(TruncatedStream):
+    """Thrown into a write the client has not drained by the total deadline:
+    gunicorn drops the connection, and closing the answer closes the upstream."""
 
 
 class Ping:
@@ -589,7 +586,7 @@ class Relay:
                 self._arm(self._write_limit - now)
             else:
                 self.outcome = "client_too_slow"
-                self._greenlet.throw(ClientTooSlow(errno.ECONNRESET, "client too slow"))
+                self._greenlet.throw(ClientTooSlow("client_too_slow"))
         # Otherwise the response side waits for the opener, with its own timeouts.
 
     def _when_due(self, now: float) -> Iterator[Event_]:
