@@ -175,6 +175,10 @@
         const secs = (performance.now() - started) / 1000;
         const tps = u.completion_tokens && secs > 0 ? (u.completion_tokens / secs).toFixed(1) : "?";
         stats.textContent = `First token ${Math.round(event.timing.ttft_ms)} ms · ${u.completion_tokens ?? "?"} tokens · ${tps} tokens/s · ${secs.toFixed(1)} s`;
+        if (event.finish_reason === "length") {
+          // Never a silent cut: the model stopped at the limit, not at the end.
+          stats.textContent += ` · ${stats.dataset.cut}`;
+        }
         stats.hidden = false;
         break;
       }

@@ -14,6 +14,7 @@ Tokens are `t0 `, `t1 `, ... unless `answer=` names a canned text. Options:
     keepalive=S                      while stalled, send an SSE comment every S seconds
     forever=1, pad=N                 never finish (a token every `delay`, N bytes longer)
     no_usage=1, no_done=1            omit the usage chunk / the [DONE] line
+    finish=length                    the finish reason sent at the end (default stop)
     faults_once=1                    faults apply only to requests without a partial answer
 
 A continuation request (one that carries an assistant message) resumes at
@@ -290,7 +291,7 @@ class FakeUpstream:
             i += 1
             if delay and not wait(delay):
                 return "client_closed"
-        event(delta(None, "stop"))
+        event(delta(None, opts.get("finish", "stop")))
         if opts.get("no_usage") != "1":
             event(
                 {

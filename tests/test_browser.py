@@ -171,3 +171,22 @@ def test_the_form_works_without_javascript(page_for: Any, fake: FakeUpstream) ->
     page.wait_for_selector(".rendered figure.codeblock")
     assert "def is_palindrome" in page.inner_text(".rendered")
     assert "First token" in page.inner_text("main")
+
+
+def test_an_answer_cut_at_max_tokens_says_so(page_for: Any, fake: FakeUpstream) -> None:
+    page = page_for()
+    submit(page, "long one [[fake finish=length]]")
+    wait_idle(page)
+    page.wait_for_selector("#stats:not([hidden])")
+    assert "stopped at the Max tokens limit" in page.inner_text("#stats")
+
+    submit(page, "short one [[fake]]")  # a complete answer carries no such note
+    wait_idle(page)
+    page.wait_for_selector("#stats:not([hidden])")
+    assert "Max tokens limit" not in page.inner_text("#stats")
+
+    page = page_for(java_script_enabled=False)
+    page.fill("#prompt", "long one, no js [[fake finish=length]]")
+    page.click("#generate")
+    page.wait_for_selector(".rendered")
+    assert "stopped at the Max tokens limit" in page.inner_text("main")

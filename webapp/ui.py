@@ -74,9 +74,13 @@ def _form() -> PromptForm:
     return form
 
 
+# Shown when the model stopped at max_tokens, so a cut answer never looks whole.
+CUT_AT_LIMIT = "stopped at the Max tokens limit: raise it and regenerate for the rest"
+
+
 def _page(**context: object) -> str:
     info = codegen().provider.info()
-    return render_template("index.html", provider=info, **context)
+    return render_template("index.html", provider=info, cut_at_limit=CUT_AT_LIMIT, **context)
 
 
 @bp.get("/")
@@ -107,6 +111,7 @@ def submit() -> Response | tuple[str, int]:
 
 def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
     failure: AppError | None = None
+    cut = False
     try:
         yield head.encode()
         yield b'<pre class="raw" id="noscript-answer">'
@@ -115,6 +120,8 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
                 yield str(escape(event)).encode()
             elif isinstance(event, Failed):
                 failure = event.error
+            elif isinstance(event, Done):
+                cut = event.finish_reason == "length"
     finally:
         # A client gone during the page head never reaches events(): stop here too.
         relay.close()
@@ -124,6 +131,7 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
             "answer_tail.html",
             html=render_answer(relay.text()),
             error=failure,
+            cut_at_limit=CUT_AT_LIMIT if cut else None,
             timing=relay.timing(),
         )
     ).encode()
