@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
 """A small client for POST /generate-code/.
 
-Interactive (no arguments): a menu with
+Interactive (no arguments): a menu first, then the prompt for the choice:
   1 stream a valid prompt to the console,
-  2 a timeout test (a client read timeout far below the answer's length),
-  3 an invalid payload (shows the server's 400 error).
+  2 a timeout test: a long answer with a client timeout of 0.05 s, shorter than
+    any model's time to first token and than the whole answer, so it always
+    ends with "timed out after 0.05 s",
+  3 an invalid payload (shows the server's 400 error),
+  q quit. Ctrl-D or Ctrl-C at a prompt says "bye" and exits with 0.
 
 Non-interactive:
   python api_client.py "Write a Python palindrome check" --format sse
   python api_client.py "..." --no-stream --url http://localhost:8000
 
 Exit codes: 0 success, 2 client error (4xx or bad usage), 3 server error
-(5xx or unreachable), 4 a stream that ended early (truncated or an error event).
+(5xx, unreachable or timed out), 4 a stream that ended early (truncated or an
+error event), 130 interrupted by Ctrl-C while a request was running.
 """
 
 from __future__ import annotations
@@ -19,15 +23,46 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 import requests
+from urllib3.exceptions import ReadTimeoutError
 
 DEFAULT_URL = "http://localhost:8000"
 DEFAULT_PROMPT = "Write a Python function that checks whether a string is a palindrome."
+LONG_PROMPT = (
+    "Write a complete, thoroughly commented Python implementation of a red-black tree "
+    "with insert, delete, search and in-order traversal, followed by a full pytest suite."
+)
 ACCEPT = {"text": "text/plain", "sse": "text/event-stream", "ndjson": "application/x-ndjson"}
+# Option 2: far below any model's time to first token, and below the time a
+# long answer takes to stream even from a fast one.
+TIMEOUT_TEST_SECONDS = 0.05
+CONNECT_TIMEOUT = 5.0
+MENU = (
+    "1) stream a valid prompt\n"
+    f"2) timeout test (a long answer; the client gives up after {TIMEOUT_TEST_SECONDS:g} s)\n"
+    "3) invalid payload (the server answers 400)\n"
+    "q) quit"
+)
 
-OK, CLIENT_ERROR, SERVER_ERROR, TRUNCATED = 0, 2, 3, 4
+OK, CLIENT_ERROR, SERVER_ERROR, TRUNCATED, INTERRUPTED = 0, 2, 3, 4, 130
+
+T = TypeVar("T")
+
+
+class _DeadlinePassed(Exception):
+    """The whole answer took longer than the client's total timeout."""
+
+
+def _until(items: Iterable[T], deadline: float | None) -> Iterator[T]:
+    """The items, until the monotonic clock passes `deadline` (None: no limit)."""
+    for item in items:
+        if deadline is not None and time.monotonic() > deadline:
+            raise _DeadlinePassed
+        yield item
 
 
 def _error_exit(response: requests.Response) -> int:
@@ -42,11 +77,11 @@ def _error_exit(response: requests.Response) -> int:
     return CLIENT_ERROR if response.status_code < 500 else SERVER_ERROR
 
 
-def _stream_events(response: requests.Response, fmt: str) -> int:
+def _stream_events(response: requests.Response, fmt: str, deadline: float | None) -> int:
     """Print deltas as they come; report the end or the error event."""
     final: dict[str, Any] | None = None
     if fmt == "ndjson":
-        for line in response.iter_lines():
+        for line in _until(response.iter_lines(), deadline):
             if not line:
                 continue
             event = json.loads(line)
@@ -56,7 +91,7 @@ def _stream_events(response: requests.Response, fmt: str) -> int:
                 final = event
     else:
         name = ""
-        for line in response.iter_lines(decode_unicode=True):
+        for line in _until(response.iter_lines(decode_unicode=True), deadline):
             if line.startswith("event: "):
                 name = line[7:]
             elif line.startswith("data: "):
@@ -82,12 +117,20 @@ def _stream_events(response: requests.Response, fmt: str) -> int:
 
 
 def generate(
-    url: str, body: Any, fmt: str = "text", stream: bool = True, timeout: float = 300.0
+    url: str,
+    body: Any,
+    fmt: str = "text",
+    stream: bool = True,
+    timeout: float = 300.0,
+    total_timeout: float | None = None,
 ) -> int:
+    """POST the body and print the answer; `timeout` bounds each wait for the
+    server (the first byte included), `total_timeout` the whole answer."""
     endpoint = url.rstrip("/") + "/generate-code/"
     headers = {"Accept": ACCEPT[fmt]}
     if not stream and isinstance(body, dict):
         body = {**body, "stream": False}
+    deadline = None if total_timeout is None else time.monotonic() + total_timeout
     try:
         data = body if isinstance(body, str) else json.dumps(body)
         with requests.post(
@@ -95,7 +138,7 @@ def generate(
             data=data,
             headers={**headers, "Content-Type": "application/json"},
             stream=stream,
-            timeout=(5, timeout),
+            timeout=(CONNECT_TIMEOUT, timeout),
         ) as response:
             if response.status_code != 200:
                 return _error_exit(response)
@@ -105,41 +148,78 @@ def generate(
                 print(f"[done] {answer['usage']}", file=sys.stderr)
                 return OK
             if fmt != "text":
-                return _stream_events(response, fmt)
-            for chunk in response.iter_content(chunk_size=None, decode_unicode=True):
+                return _stream_events(response, fmt, deadline)
+            chunks = response.iter_content(chunk_size=None, decode_unicode=True)
+            for chunk in _until(chunks, deadline):
                 print(chunk, end="", flush=True)
             print()
             return OK
+    except _DeadlinePassed:
+        print(
+            f"\n[timed out after {total_timeout:g} s: the answer was still streaming]",
+            file=sys.stderr,
+        )
+        return SERVER_ERROR
     except requests.exceptions.ChunkedEncodingError:
         print(
             "\n[stream truncated: the server ended it before the answer was complete]",
             file=sys.stderr,
         )
         return TRUNCATED
+    except requests.exceptions.ConnectTimeout:
+        print(
+            f"\n[timed out after {CONNECT_TIMEOUT:g} s connecting to {endpoint}]", file=sys.stderr
+        )
+        return SERVER_ERROR
     except requests.exceptions.Timeout:
         print(f"\n[timed out after {timeout:g} s waiting for the server]", file=sys.stderr)
         return SERVER_ERROR
     except requests.exceptions.ConnectionError as exc:
+        if exc.args and isinstance(exc.args[0], ReadTimeoutError):
+            # requests reports a read timeout in the middle of a body this way.
+            print(
+                f"\n[timed out after {timeout:g} s waiting for more of the answer]", file=sys.stderr
+            )
+            return SERVER_ERROR
         print(f"\n[cannot reach {endpoint}: {exc.__class__.__name__}]", file=sys.stderr)
         return SERVER_ERROR
 
 
+class _Quit(Exception):
+    """The person ended the session at a prompt (q, Ctrl-D or Ctrl-C)."""
+
+
+def _ask(question: str) -> str:
+    try:
+        return input(question).strip()
+    except (EOFError, KeyboardInterrupt):
+        print()  # the cursor is still on the question's line
+        raise _Quit from None
+
+
 def menu(url: str) -> int:
-    prompt = input(f"Prompt (Enter for the default: {DEFAULT_PROMPT!r}): ").strip()
-    prompt = prompt or DEFAULT_PROMPT
-    print(
-        "1) stream a valid prompt\n2) timeout test (client gives up after 0.5 s)\n"
-        "3) invalid payload"
-    )
-    choice = input("Choose 1, 2 or 3: ").strip()
-    if choice == "1":
-        return generate(url, {"prompt": prompt})
-    if choice == "2":
-        return generate(url, {"prompt": prompt}, timeout=0.5)
-    if choice == "3":
-        return generate(url, {"prompt": "", "temperature": "hot", "colour": "blue"})
-    print("Please choose 1, 2 or 3.", file=sys.stderr)
-    return CLIENT_ERROR
+    """The menu first, then (for 1 and 2) the prompt. One request, then exit with its code."""
+    try:
+        print(MENU)
+        choice = _ask("Choose 1, 2, 3 or q: ").lower()
+        while choice not in ("1", "2", "3", "q", "quit", "exit"):
+            print("Please choose 1, 2, 3 or q.", file=sys.stderr)
+            choice = _ask("Choose 1, 2, 3 or q: ").lower()
+        if choice == "1":
+            prompt = _ask(f"Prompt (Enter for the default: {DEFAULT_PROMPT!r}): ")
+            return generate(url, {"prompt": prompt or DEFAULT_PROMPT})
+        if choice == "2":
+            prompt = _ask(f"Prompt for a long answer (Enter for the default: {LONG_PROMPT!r}): ")
+            seconds = TIMEOUT_TEST_SECONDS
+            return generate(
+                url, {"prompt": prompt or LONG_PROMPT}, timeout=seconds, total_timeout=seconds
+            )
+        if choice == "3":
+            return generate(url, {"prompt": "", "temperature": "hot", "colour": "blue"})
+        raise _Quit
+    except _Quit:
+        print("bye", file=sys.stderr)
+        return OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,15 +233,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--language")
     parser.add_argument("--model")
     parser.add_argument("--timeout", type=float, default=300.0, help="client read timeout, s")
+    parser.add_argument(
+        "--total-timeout", type=float, help="give up when the whole answer takes longer, s"
+    )
     args = parser.parse_args(argv)
-    if args.prompt is None:
-        return menu(args.url)
-    body: dict[str, Any] = {"prompt": args.prompt}
-    if args.language:
-        body["language"] = args.language
-    if args.model:
-        body["model"] = args.model
-    return generate(args.url, body, args.format, not args.no_stream, args.timeout)
+    try:
+        if args.prompt is None:
+            return menu(args.url)
+        body: dict[str, Any] = {"prompt": args.prompt}
+        if args.language:
+            body["language"] = args.language
+        if args.model:
+            body["model"] = args.model
+        return generate(
+            args.url, body, args.format, not args.no_stream, args.timeout, args.total_timeout
+        )
+    except KeyboardInterrupt:
+        print("\n[interrupted] bye", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

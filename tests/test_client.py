@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import re
+import select
+import signal
 import subprocess
 import sys
+import time
 
 from tests.conftest import ROOT, Server
 from tests.fake_upstream import FakeUpstream
 from tests.test_api import prompt
+
+NOWHERE = "http://127.0.0.1:9"  # nothing listens: the menu must not need a server
 
 
 def client(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -36,13 +43,110 @@ def test_exit_codes_tell_failures_apart(server: Server, fake: FakeUpstream) -> N
     assert truncated.returncode == 4 and "truncated" in truncated.stderr
     errored = client(prompt("drop_after=3 id=c3"), "--url", server.url, "--format", "sse")
     assert errored.returncode == 4 and "upstream_disconnected" in errored.stderr
-    assert client("x", "--url", "http://127.0.0.1:9").returncode == 3  # nothing listens
+    assert client("x", "--url", NOWHERE).returncode == 3  # nothing listens
 
 
-def test_the_interactive_menu(server: Server, fake: FakeUpstream) -> None:
-    valid = client("--url", server.url, stdin=f"{prompt()}\n1\n")
-    assert valid.returncode == 0 and "t0 t1" in valid.stdout
-    slow = client("--url", server.url, stdin=f"{prompt('first_delay=1.5 id=menu')}\n2\n")
-    assert slow.returncode == 3 and "timed out" in slow.stderr
-    invalid = client("--url", server.url, stdin="\n3\n")
-    assert invalid.returncode == 2 and "400" in invalid.stderr
+def test_total_timeout_stops_a_long_fast_answer(server: Server, fake: FakeUpstream) -> None:
+    run = client(
+        prompt("forever=1 delay=0.01 id=tt"), "--url", server.url, "--total-timeout", "0.3"
+    )
+    assert run.returncode == 3, run.stderr
+    assert "timed out after 0.3 s" in run.stderr and "Traceback" not in run.stderr
+    assert "t0" in run.stdout  # it did stream before giving up
+
+
+def test_the_menu_comes_first_then_the_prompt(server: Server, fake: FakeUpstream) -> None:
+    run = client("--url", server.url, stdin=f"1\n{prompt()}\n")
+    assert run.returncode == 0, run.stderr
+    assert "t0 t1" in run.stdout
+    out = run.stdout
+    positions = [out.index(s) for s in ("1) stream", "2) timeout", "3) invalid", "q) quit")]
+    assert positions == sorted(positions)
+    assert out.index("q) quit") < out.index("Choose") < out.index("Prompt")
+
+
+def test_an_unknown_choice_asks_again(server: Server, fake: FakeUpstream) -> None:
+    run = client("--url", server.url, stdin=f"7\n\n1\n{prompt()}\n")
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("Please choose") == 2 and "t0 t1" in run.stdout
+
+
+def test_option_2_times_out_on_a_slow_first_token(server: Server, fake: FakeUpstream) -> None:
+    run = client("--url", server.url, stdin=f"2\n{prompt('first_delay=1.5 id=menu-slow')}\n")
+    assert run.returncode == 3, run.stderr
+    assert "timed out after 0.05 s" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_option_2_times_out_on_a_fast_model_too(server: Server, fake: FakeUpstream) -> None:
+    # The first token comes at once and the rest quickly: the answer is just long.
+    run = client("--url", server.url, stdin=f"2\n{prompt('forever=1 delay=0.005 id=menu-fast')}\n")
+    assert run.returncode == 3, run.stderr
+    assert "timed out after 0.05 s" in run.stderr and "Traceback" not in run.stderr
+    # The client hung up: the app closed its upstream stream as well.
+    closed = fake.wait_closed(1, timeout=10)
+    assert closed and closed[0].how == "client_closed"
+
+
+def test_option_3_shows_the_api_error(server: Server, fake: FakeUpstream) -> None:
+    run = client("--url", server.url, stdin="3\n")
+    assert run.returncode == 2, run.stderr
+    # The API's status and error code, e.g. "[400] unknown_fields: Unknown fields: colour."
+    assert re.search(r"^\[400\] [a-z_]+: ", run.stderr, re.M), run.stderr
+    assert "Prompt" not in run.stdout  # a fixed bad payload: nothing to ask
+
+
+def test_eof_or_quit_at_any_prompt_ends_cleanly() -> None:
+    for stdin in ("", "1\n", "2\n", "9\n", "q\n"):
+        run = client("--url", NOWHERE, stdin=stdin)
+        assert run.returncode == 0, (stdin, run.stderr)
+        assert "bye" in run.stderr and "Traceback" not in run.stderr, (stdin, run.stderr)
+        assert "cannot reach" not in run.stderr  # no request was sent
+
+
+def _read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float = 20) -> bytes:
+    assert proc.stdout is not None
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"{marker!r} never came: {seen!r}"
+        ready, _, _ = select.select([proc.stdout], [], [], remaining)
+        if ready:
+            data = os.read(proc.stdout.fileno(), 4096)
+            assert data, f"the client exited before {marker!r}: {seen!r}"
+            seen += data
+    return seen
+
+
+def _interactive(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-u", str(ROOT / "api_client.py"), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_ctrl_c_at_a_prompt_ends_cleanly() -> None:
+    for answers in (b"", b"1\n"):
+        proc = _interactive("--url", NOWHERE)
+        assert proc.stdin is not None
+        proc.stdin.write(answers)
+        proc.stdin.flush()
+        _read_until(proc, b"Prompt" if answers else b"Choose")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert b"bye" in err and b"Traceback" not in err
+
+
+def test_ctrl_c_during_an_answer_ends_cleanly(server: Server, fake: FakeUpstream) -> None:
+    proc = _interactive("--url", server.url)
+    assert proc.stdin is not None
+    proc.stdin.write(f"1\n{prompt('forever=1 delay=0.02 id=sigint')}\n".encode())
+    proc.stdin.flush()
+    _read_until(proc, b"t2 ")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert b"interrupted" in err and b"Traceback" not in err
