@@ -19,20 +19,26 @@
 - no preload: the app must be imported after the worker patches the process.
 """
 
+import glob
 import importlib.util
 import os
+import re
 import secrets
-import shutil
 import sys
 import tempfile
 
 # Prometheus multiprocess mode: every worker writes its samples to one folder,
 # and /metrics adds them up. It must be set before anything imports the client.
+# An operator's own folder (even /tmp) loses only the client's sample files from
+# an earlier run, never anything else.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="codegen-metrics-")
 else:
-    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(_metrics_dir, exist_ok=True)
+    for _old in glob.glob(os.path.join(_metrics_dir, "*.db")):
+        if re.fullmatch(r"(counter|gauge_\w+|histogram|summary)_\d+\.db", os.path.basename(_old)):
+            os.unlink(_old)
 
 # Read the settings from webapp/config.py alone: importing the `webapp` package
 # here would import ssl and friends in the master, before gevent patches them.
@@ -76,4 +82,4 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     # After gevent patched this process: the relay's writes skip a system call.
     from webapp import fastio
 
-    fastio.install()
+    fastio.install(read_timeout=_config.client_read_timeout)

@@ -32,6 +32,8 @@
     upstream_disconnected: () => "The model server broke off the answer. What arrived is shown; try Regenerate.",
     local_model_busy: () => "The local model is busy with other requests. Try again in a moment.",
     csrf_invalid: () => "Your session expired. Please submit again.",
+    sign_in_required: () => "Your sign-in has ended. Reload the page to sign in again.",
+    request_timeout: () => "The request took too long to reach the server. Please submit again.",
   };
 
   function friendly(err) {

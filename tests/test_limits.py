@@ -194,14 +194,53 @@ def test_api_keys(keyed: Server, headers: dict[str, str], status: int) -> None:
     assert "sk-live" not in keyed.logs() and "sk-wrong" not in keyed.logs()
 
 
-def test_the_page_needs_no_api_key(keyed: Server) -> None:
-    session = requests.Session()
-    page = session.get(keyed.url + "/").text
-    token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    response = session.post(
+def csrf_token_of(html: str) -> str:
+    return html.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+
+
+def test_with_api_keys_the_page_needs_a_sign_in(keyed: Server) -> None:
+    """Every way to generate needs a key: a CSRF token from the page is not enough."""
+    visitor = requests.Session()
+    landing = visitor.get(keyed.url + "/")
+    assert landing.url.endswith("/signin") and 'type="password"' in landing.text
+    token = csrf_token_of(landing.text)
+    refused = visitor.post(
         keyed.url + "/ui/stream", json={"prompt": prompt()}, headers={"X-CSRFToken": token}
     )
-    assert response.status_code == 200
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "sign_in_required"
+    no_js = visitor.post(keyed.url + "/", data={"csrf_token": token, "prompt": prompt()})
+    assert no_js.status_code == 401 and "Sign in" in no_js.text
+    wrong = visitor.post(keyed.url + "/signin", data={"csrf_token": token, "key": "sk-wrong"})
+    assert wrong.status_code == 401 and "not valid" in wrong.text
+    signed = visitor.post(keyed.url + "/signin", data={"csrf_token": token, "key": "sk-live-two"})
+    assert signed.status_code == 200 and 'id="prompt-form"' in signed.text  # after the redirect
+    token = csrf_token_of(signed.text)
+    answer = visitor.post(
+        keyed.url + "/ui/stream", json={"prompt": prompt()}, headers={"X-CSRFToken": token}
+    )
+    assert answer.status_code == 200 and '"type":"done"' in answer.text
+    visitor.post(keyed.url + "/signout", data={"csrf_token": token})
+    again = visitor.post(
+        keyed.url + "/ui/stream", json={"prompt": prompt()}, headers={"X-CSRFToken": token}
+    )
+    assert again.status_code == 401
+    assert "sk-live" not in keyed.logs() and "sk-wrong" not in keyed.logs()
+
+
+def test_wrong_keys_are_limited_per_address(serve: Any, fake: FakeUpstream) -> None:
+    server = serve(API_KEYS="sk-live-one", AUTH_FAILURE_LIMIT="3/minute", RATE_LIMIT="3/minute")
+    statuses = [post(server, headers={"X-API-Key": f"sk-guess-{i}"}).status_code for i in range(10)]
+    assert statuses == [401] * 3 + [429] * 7
+    locked = post(server, headers={"X-API-Key": "sk-live-one"})
+    assert locked.status_code == 429  # guessing right after the bound gains nothing
+    assert locked.json()["error"]["code"] == "too_many_failed_auth"
+    assert int(locked.headers["Retry-After"]) >= 1
+    # The page's sign-in shares the count.
+    visitor = requests.Session()
+    token = csrf_token_of(visitor.get(server.url + "/signin").text)
+    page = visitor.post(server.url + "/signin", data={"csrf_token": token, "key": "sk-live-one"})
+    assert page.status_code == 429
 
 
 # -- accounting, metrics, logs ------------------------------------------------------

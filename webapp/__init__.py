@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import secrets
@@ -13,16 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, request, session
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 from itsdangerous import URLSafeTimedSerializer
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webapp.config import Config
-from webapp.errors import register_error_handlers
+from webapp.errors import (
+    ClientReadTimeout,
+    PayloadTooLarge,
+    RequestTimeout,
+    register_error_handlers,
+)
 from webapp.generation import CodeGen
-from webapp.guard import Guard
+from webapp.guard import Guard, Unauthorized
 from webapp.observability import LIMITED_ENDPOINTS, Observer
 from webapp.providers import build_provider
 from webapp.tokens import count_tokens
@@ -40,7 +46,9 @@ SECURITY_HEADERS = {
         "form-action 'self'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: over HTTPS, Flask-WTF refuses a POST without a same-origin
+    # Referer (WTF_CSRF_SSL_STRICT), so the page broke exactly behind TLS proxies.
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
 }
 _SECURITY_ITEMS = list(SECURITY_HEADERS.items())
@@ -80,6 +88,11 @@ class CachedSerializerSessions(SecureCookieSessionInterface):
     or not: ~40 µs of each API call, measured with py-spy.
     """
 
+    def get_cookie_secure(self, app: Flask) -> bool:
+        # Secure whenever the request came over HTTPS (directly or, with
+        # TRUST_FORWARDED_FOR, through a TLS proxy): plain HTTP keeps working.
+        return request.is_secure
+
     def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
         cached: URLSafeTimedSerializer | None = app.extensions.get("session_serializer")
         if cached is None:
@@ -107,6 +120,8 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         SECRET_KEY=config.secret_key or secrets.token_hex(32),
         MAX_CONTENT_LENGTH=config.max_body_bytes,
         WTF_CSRF_TIME_LIMIT=None,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_HTTPONLY=True,
         JSON_SORT_KEYS=False,
     )
     provider = build_provider(config)
@@ -126,16 +141,51 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         g.started = time.monotonic()
 
+    def page_key(guard: Guard) -> str | None:
+        """With API keys set, the page needs a sign-in: the key's id, kept in the
+        signed session. A key removed from the config signs its sessions out."""
+        if not guard.key_digests:
+            return None
+        key_id = session.get("key_id")
+        if isinstance(key_id, str) and guard.knows(key_id):
+            return key_id
+        raise Unauthorized("Sign in with an API key first.", code="sign_in_required")
+
+    @app.before_request
+    def read_body_within_limit() -> None:
+        """Read any body now, bounded, so a chunked one over MAX_BODY_BYTES is a 413
+        (Werkzeug cuts it at the limit without a word), and views get it whole."""
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return
+        environ = request.environ
+        limit = config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
+        try:
+            body = environ["wsgi.input"].read(limit + 1)
+        except ClientReadTimeout:
+            raise RequestTimeout(
+                f"The request body did not arrive within {config.client_read_timeout:g} s."
+            ) from None
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ["wsgi.input_terminated"] = True  # a chunked body has no length to go by
+
     @app.before_request
     def identify_and_limit() -> None:
-        """Auth for the API, then the rate limit, before any work is done."""
+        """Auth for every way to generate, then the rate limit, before any work is done."""
         g.client_id = f"ip:{request.remote_addr}"
         if request.method != "POST" or request.endpoint not in LIMITED_ENDPOINTS:
             return
-        if request.blueprint == "api":
-            key_id = guard.authenticate(request.headers)
-            if key_id is not None:
-                g.client_id = f"key:{key_id}"
+        key_id = (
+            guard.authenticate(request.headers, request.remote_addr or "")
+            if request.blueprint == "api"
+            else page_key(guard)
+        )
+        if key_id is not None:
+            g.client_id = f"key:{key_id}"
         guard.check_rate(g.client_id)
 
     csrf.init_app(app)  # after the request id, so CSRF errors carry one
@@ -156,6 +206,8 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         # No view sets its own, so one look decides for all (5 µs, not 11).
         if "Content-Security-Policy" not in headers:
             headers.extend(_SECURITY_ITEMS)
+            if request.is_secure:
+                headers["Strict-Transport-Security"] = "max-age=31536000"
         return response
 
     info = provider.info()

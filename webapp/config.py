@@ -75,6 +75,12 @@ class Config:
     max_output_tokens: int = _setting(2048, "Upper bound for a request's `max_tokens`.")
     max_prompt_tokens: int = _setting(4000, "Longest prompt accepted, counted with tiktoken.")
     max_body_bytes: int = _setting(65536, "Largest request body accepted (413 above).")
+    max_answer_chars: int = _setting(
+        1_000_000,
+        "Hard cap on one answer's text; an answer is also cut at 32 characters per requested "
+        "token. Past either, the stream ends with an `answer_too_large` error and the "
+        "upstream is closed.",
+    )
     connect_timeout: float = _setting(5.0, "Seconds to open a connection to the upstream.")
     first_token_timeout: float = _setting(
         30.0, "Seconds from the request to the first token, retries and queueing included."
@@ -113,6 +119,15 @@ class Config:
     local_threads: int = _setting(0, "CPU threads for the local model; 0 means all cores.")
     local_context: int = _setting(4096, "Context window of the local model, in tokens.")
     local_queue_size: int = _setting(8, "Requests that may wait for the local model; more get 503.")
+    llama_native: bool = _setting(
+        False,
+        "Build llama.cpp for exactly this CPU (`make run` / `make test`). Faster on some CPUs, "
+        "but it also enables AMX, which segfaults on current Xeons; off: a portable build "
+        "chosen from the CPU's flags (AVX-512 without AMX, AVX2, or baseline).",
+    )
+    local_runtime_fault: str = _setting(
+        "", "Tests only: `crash` makes the runtime's start-up probe die with SIGSEGV."
+    )
     api_keys: tuple[str, ...] = _setting(
         (),
         "Comma-separated API keys for `/generate-code/` (plain, or `sha256:<hex>` of the key). "
@@ -124,6 +139,16 @@ class Config:
     rate_limit: str = _setting(
         "60/minute",
         "Requests per client per window (`N/second|minute|hour|day`); `off` disables it.",
+    )
+    auth_failure_limit: str = _setting(
+        "10/minute",
+        "Wrong API keys (API or page sign-in) allowed per address and window; past it, "
+        "429 for every attempt from that address until the window ends. `off` disables it.",
+    )
+    client_read_timeout: float = _setting(
+        30.0,
+        "Seconds a client has to send a request's head and body, from its first byte; "
+        "a slower connection is closed (slow-client attacks hold a worker otherwise).",
     )
     max_concurrent_streams_per_client: int = _setting(
         8, "Answers one client may have in flight at once; 0 disables the bound."
@@ -227,8 +252,10 @@ class Config:
             fail("retry_max_delay", "must be at least RETRY_BASE_DELAY")
         if self.allowed_models and self.model not in self.allowed_models:
             fail("model", "must be one of ALLOWED_MODELS")
-        if self.rate_limit.lower() != "off" and not _RATE.fullmatch(self.rate_limit.strip()):
-            fail("rate_limit", "must look like 20/minute, or be off")
+        for name in ("rate_limit", "auth_failure_limit"):
+            value = getattr(self, name)
+            if value.lower() != "off" and not _RATE.fullmatch(value.strip()):
+                fail(name, "must look like 20/minute, or be off")
         try:
             self.prices  # noqa: B018 - parsing is the check
         except ValueError:

@@ -4,12 +4,16 @@
     ├── BadRequest                 400     invalid_json, invalid_request, unknown_fields,
     │                                      model_not_allowed, prompt_too_long,
     │                                      upstream_bad_request
+    ├── Unauthorized (guard.py)    401     unauthorized, sign_in_required
+    ├── RequestTimeout             408     request_timeout              (head/body too slow)
     ├── PayloadTooLarge            413     body_too_large
     ├── UnsupportedMediaType       415     unsupported_media_type       (the API takes JSON only)
     ├── RateLimited                429     upstream_rate_limited        (.retry_after)
+    │   └── TooManyRequests (guard) 429    rate_limited, too_many_streams, too_many_failed_auth
     ├── ClientClosed               499     client_closed                (nobody is listening)
     ├── InternalError              500     internal_error               (details only in the log)
-    └── UpstreamError              502     upstream_error, upstream_disconnected
+    └── UpstreamError              502     upstream_error, upstream_disconnected,
+        │                                  answer_too_large             (a flood, cut)
         ├── UpstreamAuthError      502     upstream_auth                (server key refused)
         ├── UpstreamMalformed      502     upstream_malformed
         ├── UpstreamUnavailable    503     upstream_unavailable, local_model_busy
@@ -41,6 +45,17 @@ class TruncatedStream(ConnectionResetError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(errno.ECONNRESET, reason)
+
+
+class ClientReadTimeout(ConnectionResetError):
+    """The client did not send its request head and body within CLIENT_READ_TIMEOUT.
+
+    Raised by the server's request reader (webapp.fastio); a ConnectionResetError,
+    so gunicorn drops the connection quietly if the app does not answer first.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(errno.ECONNRESET, "client_read_timeout")
 
 
 class AppError(Exception):
@@ -79,6 +94,11 @@ class BadRequest(AppError):
 class PayloadTooLarge(AppError):
     status = 413
     code = "body_too_large"
+
+
+class RequestTimeout(AppError):
+    status = 408
+    code = "request_timeout"
 
 
 class UnsupportedMediaType(AppError):
@@ -129,7 +149,8 @@ class UpstreamTimeout(UpstreamError):
 
 
 def wants_json_response() -> bool:
-    if request.blueprint != "ui":
+    # The page's streaming route speaks JSON whatever the Accept header says.
+    if request.blueprint != "ui" or request.endpoint == "ui.stream":
         return True
     accept = request.accept_mimetypes
     return accept["application/json"] > accept["text/html"]
@@ -146,6 +167,8 @@ def error_response(exc: AppError, **extra: Any) -> Response:
         response = Response(html, status=exc.status, mimetype="text/html")
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.499)))
+    if exc.status == 408:
+        response.headers["Connection"] = "close"  # what is left of the body is not read
     return response
 
 

@@ -1,6 +1,7 @@
-"""Fewer system calls on the write path gunicorn's gevent workers give every answer.
+"""Fewer system calls on the write path gunicorn's gevent workers give every answer,
+and a deadline on reading each request.
 
-Two changes, installed once per worker by gunicorn.conf.py (`install()`):
+Three changes, installed once per worker by gunicorn.conf.py (`install()`):
 
 - gevent's `sendall` asks the kernel for SO_SNDBUF (a getsockopt call) before
   every write, to size its slices: profiled here at 12% of a worker's CPU when
@@ -13,15 +14,25 @@ Two changes, installed once per worker by gunicorn.conf.py (`install()`):
   same write, so the client sees status and first token in one segment and the
   worker makes one system call fewer per answer. Nothing is held back that is
   ready: the head is sent, at the latest, with the first body byte.
+- gunicorn waits for a request's head for as long as its keep-alive (95 s),
+  and for a body for ever: a slow client (a byte now and then) holds a
+  connection, and 2,000 of them fill a worker. A request's head and body must
+  now arrive within CLIENT_READ_TIMEOUT of its first byte (and a new
+  connection's first request within that of the accept); past it the read
+  raises ClientReadTimeout, and the connection closes. The wait for the next
+  request on a kept-alive connection keeps gunicorn's own bound.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from gevent import _socket3
 from gunicorn import util  # type: ignore[import-untyped]
-from gunicorn.http import wsgi  # type: ignore[import-untyped]
+from gunicorn.http import parser, unreader, wsgi  # type: ignore[import-untyped]
+
+from webapp.errors import ClientReadTimeout
 
 _plain = _socket3.socket
 _original_sendall = _plain.sendall
@@ -75,8 +86,54 @@ class HeadWithFirstChunk(wsgi.Response):  # type: ignore[misc]
         return False
 
 
-def install() -> None:
+_original_chunk = unreader.SocketUnreader.chunk
+_original_init = unreader.SocketUnreader.__init__
+_original_next = parser.Parser.__next__
+_read_timeout = 30.0
+
+
+def _unreader_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    _original_init(self, *args, **kwargs)
+    # A new connection owes its first request promptly.
+    self.deadline = time.monotonic() + _read_timeout
+
+
+def _chunk(self: Any, size_hint: int | None = None) -> bytes:
+    deadline = self.deadline
+    if deadline is None:
+        # Waiting for the next request on a kept-alive connection: gunicorn's
+        # keep-alive bound applies. Its first byte starts the clock.
+        data: bytes = _original_chunk(self, size_hint)
+        self.deadline = time.monotonic() + _read_timeout
+        return data
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ClientReadTimeout()
+    sock = self.sock
+    previous = sock.gettimeout()
+    sock.settimeout(left)
+    try:
+        data = _original_chunk(self, size_hint)
+    except TimeoutError:
+        raise ClientReadTimeout() from None
+    finally:
+        sock.settimeout(previous)
+    return data
+
+
+def _next(self: Any) -> Any:
+    if self.mesg is not None and isinstance(self.unreader, unreader.SocketUnreader):
+        self.unreader.deadline = None  # a kept-alive connection, between requests
+    return _original_next(self)
+
+
+def install(read_timeout: float = 30.0) -> None:
     """Once per process, in a gevent worker, after gevent patched it."""
+    global _read_timeout
+    _read_timeout = read_timeout
     if _plain.sendall is not _sendall:
         _plain.sendall = _sendall
     wsgi.Response = HeadWithFirstChunk
+    unreader.SocketUnreader.__init__ = _unreader_init
+    unreader.SocketUnreader.chunk = _chunk
+    parser.Parser.__next__ = parser.Parser.next = _next

@@ -94,6 +94,8 @@ PING = Ping()
 # While no token flows, the relay looks at the client's socket this often, so a
 # closed tab stops the upstream within a second even in a silent stretch.
 DISCONNECT_CHECK = 0.5
+# Characters allowed per requested token before an answer counts as a flood.
+CHARS_PER_TOKEN_BOUND = 32
 # Seconds a client gets to take the last event (done or error), past the
 # total deadline if need be; a client that takes none is dropped then.
 WRITE_GRACE = 5.0
@@ -206,7 +208,9 @@ def build_messages(prompt: str, language: str | None, system_prompt: str) -> lis
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
 
 
-FENCE = re.compile(r"^```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:^```[ \t]*$|\Z)", re.M | re.S)
+# Groups: the language tag, the code, and the closing fence (None while the
+# block is still open: it then runs to the end of the text).
+FENCE = re.compile(r"^```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:^(```)[ \t]*$|\Z)", re.M | re.S)
 
 
 def extract_code_blocks(text: str) -> list[dict[str, str]]:
@@ -443,6 +447,9 @@ class Relay:
         self._last_sent = self.started
         self._greenlet = gevent.getcurrent()
         self._write_limit = total_deadline
+        # Characters the answer may still take (see answer_bound): a flooding
+        # upstream is cut here, and memory and the final count stay bounded.
+        room = self.answer_bound() - sum(map(len, parts))
         item: str | Final | None
         try:
             while True:
@@ -519,14 +526,24 @@ class Relay:
                         continue
                     self._last_upstream = now = clock()
                 if type(item) is str:
-                    parts.append(item)
-                    if self.first_token_at is None:
-                        self.first_token_at = now
-                    # The timer armed for the read covers this write (see _on_timer).
-                    self._writing = True
-                    yield item
-                    self._writing = False
-                    self._last_sent = now
+                    room -= len(item)
+                    if room < 0:
+                        # Past the size bound: send what fits, then say so.
+                        item = item[: len(item) + room]
+                    if item:
+                        parts.append(item)
+                        if self.first_token_at is None:
+                            self.first_token_at = now
+                        # The timer armed for the read covers this write (see _on_timer).
+                        self._writing = True
+                        yield item
+                        self._writing = False
+                        self._last_sent = now
+                    if room < 0:
+                        self._stop()
+                        self._guard_write(max(now, total_deadline) + WRITE_GRACE)
+                        yield self._fail(self._too_large())
+                        return
                     continue
                 assert isinstance(item, Final)
                 self._final = item
@@ -623,6 +640,18 @@ class Relay:
                 f"The model server went silent for {cfg.idle_timeout:g} s mid-answer.",
                 code="idle_timeout",
             )
+        )
+
+    def answer_bound(self) -> int:
+        """The most characters an answer may have: generous for `max_tokens` (real
+        tokens average about 4), and never over MAX_ANSWER_CHARS."""
+        return min(self.config.max_answer_chars, self.request.max_tokens * CHARS_PER_TOKEN_BOUND)
+
+    def _too_large(self) -> UpstreamError:
+        return UpstreamError(
+            f"The model server sent more than {self.answer_bound():,} characters for "
+            f"{self.request.max_tokens} tokens: the answer was cut there.",
+            code="answer_too_large",
         )
 
     def _fail(self, error: AppError) -> Failed:

@@ -79,6 +79,9 @@ class Guard:
         )
         self.limiter = FixedWindowRateLimiter(self.storage)
         self.rate = None if config.rate_limit.lower() == "off" else parse(config.rate_limit)
+        self.auth_rate = (
+            None if config.auth_failure_limit.lower() == "off" else parse(config.auth_failure_limit)
+        )
         # Stream slots: a counter per client. In Redis its expiry is refreshed on
         # every change, so it only lapses for a client idle that long (a process
         # that died mid-stream cannot hold slots for ever), and a release never
@@ -93,7 +96,7 @@ class Guard:
 
     # -- identity ------------------------------------------------------------
 
-    def authenticate(self, headers: Any) -> str | None:
+    def authenticate(self, headers: Any, address: str) -> str | None:
         """The key's short id if the API needs keys and one matches; raise if not."""
         if not self.key_digests:
             return None
@@ -105,14 +108,61 @@ class Guard:
             raise Unauthorized(
                 "An API key is required: send Authorization: Bearer <key> or X-API-Key."
             )
+        key_id = self.check_key(presented, address)
+        if key_id is None:
+            raise Unauthorized("The API key is not valid.")
+        return key_id
+
+    def check_key(self, presented: str, address: str) -> str | None:
+        """The key's short id, or None if it is wrong (counted against `address`).
+
+        Past AUTH_FAILURE_LIMIT wrong keys from one address, every attempt from
+        it is refused with 429 until the window passes, right key or not: that
+        is what stops guessing.
+        """
+        self._check_failures(address)
         digest = _digest(presented)
         # Compare against every key, always, so timing says nothing about which matched.
         matched = False
         for known in self.key_digests:
             matched |= hmac.compare_digest(digest, known)
-        if not matched:
-            raise Unauthorized("The API key is not valid.")
-        return digest.hex()[:12]
+        if matched:
+            return digest.hex()[:12]
+        self._count_failure(address)
+        return None
+
+    def knows(self, key_id: str) -> bool:
+        """`key_id` (from a signed session) still belongs to a configured key."""
+        return any(hmac.compare_digest(d.hex()[:12], key_id) for d in self.key_digests)
+
+    def _check_failures(self, address: str) -> None:
+        if self.auth_rate is None:
+            return
+        try:
+            allowed = self.limiter.test(self.auth_rate, "auth-failures", address)
+            if not allowed:
+                reset = self.limiter.get_window_stats(
+                    self.auth_rate, "auth-failures", address
+                ).reset_time
+        except Exception as exc:  # noqa: BLE001 - any store failure is handled alike
+            self._store_failed(exc)
+            return
+        if not allowed:
+            record_rejection("auth")
+            raise TooManyRequests(
+                "Too many wrong keys from this address; try again later "
+                f"(the limit is {self.config.auth_failure_limit}).",
+                code="too_many_failed_auth",
+                retry_after=max(1.0, reset - time.time()),
+            )
+
+    def _count_failure(self, address: str) -> None:
+        if self.auth_rate is None:
+            return
+        try:
+            self.limiter.hit(self.auth_rate, "auth-failures", address)
+        except Exception as exc:  # noqa: BLE001
+            self._store_failed(exc)
 
     # -- limits ------------------------------------------------------------------
 
@@ -176,7 +226,11 @@ class Guard:
             if self._redis is not None:
                 self._release_script(keys=[key], args=[self._stream_ttl])
             else:
-                self._local_streams[key] = max(0, self._local_streams[key] - 1)
+                left = self._local_streams[key] - 1
+                if left > 0:
+                    self._local_streams[key] = left
+                else:  # an entry per client that ever streamed would grow for ever
+                    self._local_streams.pop(key, None)
         except Exception as exc:  # noqa: BLE001
             log.error("could not release a stream slot: %s", type(exc).__name__)
 

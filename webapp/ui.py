@@ -9,20 +9,33 @@ from flask import (
     Blueprint,
     Response,
     current_app,
+    redirect,
     render_template,
     request,
+    session,
     stream_with_context,
+    url_for,
 )
 from flask_wtf import FlaskForm
+from gevent import get_hub
 from markupsafe import escape
-from wtforms import FloatField, IntegerField, SelectChoice, SelectField, TextAreaField
+from werkzeug.wrappers import Response as BaseResponse
+from wtforms import (
+    FloatField,
+    IntegerField,
+    PasswordField,
+    SelectChoice,
+    SelectField,
+    TextAreaField,
+)
 from wtforms.validators import DataRequired, NumberRange, Optional
 
 from webapp import formats
-from webapp.api import STREAM_HEADERS, codegen, new_relay
+from webapp.api import STREAM_HEADERS, codegen, new_relay, read_json_body
 from webapp.config import Config
 from webapp.errors import AppError
 from webapp.generation import FENCE, Done, Event_, Failed, Relay
+from webapp.guard import Guard
 from webapp.render import code_block_html, render_answer
 
 bp = Blueprint("ui", __name__)
@@ -80,7 +93,63 @@ CUT_AT_LIMIT = "stopped at the Max tokens limit: raise it and regenerate for the
 
 def _page(**context: object) -> str:
     info = codegen().provider.info()
-    return render_template("index.html", provider=info, cut_at_limit=CUT_AT_LIMIT, **context)
+    signed = bool(_guard().key_digests)
+    return render_template(
+        "index.html", provider=info, cut_at_limit=CUT_AT_LIMIT, can_sign_out=signed, **context
+    )
+
+
+class SignInForm(FlaskForm):  # type: ignore[misc]
+    key = PasswordField("API key", validators=[DataRequired()])
+
+
+def _guard() -> Guard:
+    guard: Guard = current_app.extensions["guard"]
+    return guard
+
+
+def signed_in() -> bool:
+    """With API_KEYS set, the page is for key holders: has this session signed in?"""
+    guard = _guard()
+    key_id = session.get("key_id")
+    return not guard.key_digests or (isinstance(key_id, str) and guard.knows(key_id))
+
+
+@bp.before_request
+def require_sign_in() -> BaseResponse | None:
+    # Generating routes check the key in the app's before_request (401); the
+    # page itself sends a signed-out visitor to the sign-in form.
+    if request.method == "GET" and request.endpoint != "ui.signin" and not signed_in():
+        return redirect(url_for("ui.signin"))
+    return None
+
+
+@bp.route("/signin", methods=["GET", "POST"])
+def signin() -> BaseResponse | tuple[str, int]:
+    """A key, once, for a signed session cookie; wrong keys count against the address."""
+    guard = _guard()
+    if not guard.key_digests:
+        return redirect(url_for("ui.index"))
+    form = SignInForm()
+    if not form.validate_on_submit():
+        status = 400 if request.method == "POST" else 200
+        return _signin_page(form, _form_error(form) if status == 400 else None), status
+    key_id = guard.check_key(form.key.data or "", request.remote_addr or "")
+    if key_id is None:
+        return _signin_page(form, "That key is not valid."), 401
+    session.clear()  # a fresh session: nothing from before the sign-in carries over
+    session["key_id"] = key_id
+    return redirect(url_for("ui.index"), code=303)
+
+
+@bp.post("/signout")
+def signout() -> BaseResponse:
+    session.pop("key_id", None)
+    return redirect(url_for("ui.signin"), code=303)
+
+
+def _signin_page(form: SignInForm, error: str | None) -> str:
+    return render_template("signin.html", form=form, form_error=error)
 
 
 @bp.get("/")
@@ -129,7 +198,7 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
     yield str(
         render_template(
             "answer_tail.html",
-            html=render_answer(relay.text()),
+            html=get_hub().threadpool.apply(render_answer, (relay.text(),)),
             error=failure,
             cut_at_limit=CUT_AT_LIMIT if cut else None,
             timing=relay.timing(),
@@ -141,8 +210,8 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
 @bp.post("/ui/stream")
 def stream() -> Response:
     """NDJSON for the page's script, with highlighted HTML for each closed block."""
-    body = request.get_json(silent=True)
-    params = codegen().validate(body)
+    # orjson, as the API: deep nesting is a 400, never a RecursionError.
+    params = codegen().validate(read_json_body())
     relay = new_relay(params)
     relay.start(commit_after=_config().heartbeat_interval)
     events = _with_blocks(relay.events(), relay)
@@ -155,28 +224,30 @@ def stream() -> Response:
 
 
 def _with_blocks(events: Iterator[Event_], relay: Relay) -> Iterator[Event_ | dict[str, object]]:
-    """Add a `block` event with highlighted HTML each time a code fence closes."""
+    """Add a `block` event with highlighted HTML each time a code fence closes.
+
+    A block counts once its closing fence arrived (an opening fence alone is
+    not a block), or at the end. The search starts after the last block sent,
+    so a long answer is not scanned again on every backtick. Highlighting runs
+    in a native thread: the event loop keeps serving the other streams.
+    """
     emitted = 0
+    searched_from = 0
+    pool = get_hub().threadpool
     for event in events:
         yield event
-        if (type(event) is str and "`" in event) or isinstance(event, Done):
-            blocks = list(FENCE.finditer(relay.text()))
-            closed = (
-                blocks
-                if isinstance(event, Done)
-                else [
-                    m for m in blocks if m.group(0).rstrip().endswith("```") and m.end() > m.start()
-                ]
-            )
-            for match in closed[emitted:]:
-                yield {
-                    "type": "block",
-                    "index": emitted,
-                    "html": code_block_html(match.group(2).rstrip("\n"), match.group(1)),
-                }
+        done = isinstance(event, Done)
+        if (type(event) is str and "`" in event) or done:
+            text = relay.text()
+            for match in FENCE.finditer(text, searched_from):
+                if match.group(3) is None and not done:
+                    break  # still open: wait for its closing fence
+                html = pool.apply(code_block_html, (match.group(2).rstrip("\n"), match.group(1)))
+                yield {"type": "block", "index": emitted, "html": html}
                 emitted += 1
-        if isinstance(event, Done):
-            yield {"type": "html", "html": str(render_answer(relay.text()))}
+                searched_from = match.end()
+        if done:
+            yield {"type": "html", "html": str(pool.apply(render_answer, (relay.text(),)))}
 
 
 def csrf_failed_page(message: str) -> str:

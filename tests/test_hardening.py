@@ -1,0 +1,224 @@
+"""Hostile or careless clients, and a flooding upstream, against the app served for real.
+
+Each case here once held a worker, exhausted its memory, cut a body silently or
+answered 500 with a traceback; each now ends cleanly with a clear status.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+from flask import Flask
+
+from tests.conftest import Server
+from tests.fake_upstream import FakeUpstream
+from tests.test_api import prompt
+from webapp.generation import CHARS_PER_TOKEN_BOUND, Done
+from webapp.guard import Guard
+from webapp.ui import _with_blocks
+
+# -- a flooding upstream ---------------------------------------------------------------
+
+
+def worker_rss_kb(server: Server) -> int:
+    """Resident memory of the server's (only) worker process."""
+    pid = server.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    status = Path(f"/proc/{children[0]}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0])
+
+
+def test_a_flooding_upstream_is_cut_at_the_answer_bound(server: Server, fake: FakeUpstream) -> None:
+    before = worker_rss_kb(server)
+    started = time.monotonic()
+    response = requests.post(
+        server.url + "/generate-code/",
+        json={"prompt": prompt("flood=200 id=flood"), "max_tokens": 100},
+        headers={"Accept": "application/x-ndjson"},
+        timeout=30,
+    )
+    events = [json.loads(line) for line in response.text.splitlines()]
+    text = "".join(e["text"] for e in events if e["type"] == "delta")
+    assert len(text) == 100 * CHARS_PER_TOKEN_BOUND  # exactly up to the bound, then the error
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "answer_too_large"
+    closed = fake.wait_closed(1, timeout=3)
+    assert closed and closed[0].how == "client_closed"  # the app stopped reading the flood
+    assert time.monotonic() - started < 6  # well within TOTAL_TIMEOUT (6 s in tests)
+    assert worker_rss_kb(server) - before < 100_000  # 200 MB offered, far less held
+
+    whole = requests.post(
+        server.url + "/generate-code/",
+        json={"prompt": prompt("flood=50"), "max_tokens": 10, "stream": False},
+        timeout=30,
+    )
+    assert whole.status_code == 502 and whole.json()["error"]["code"] == "answer_too_large"
+
+
+def test_the_hard_cap_holds_whatever_max_tokens_says(serve: Any, fake: FakeUpstream) -> None:
+    server = serve(MAX_ANSWER_CHARS="5000")
+    response = requests.post(
+        server.url + "/generate-code/",
+        json={"prompt": prompt("flood=20"), "max_tokens": 500},
+        headers={"Accept": "application/x-ndjson"},
+        timeout=30,
+    )
+    events = [json.loads(line) for line in response.text.splitlines()]
+    assert sum(len(e["text"]) for e in events if e["type"] == "delta") == 5000
+    assert events[-1]["code"] == "answer_too_large"
+
+
+# -- request bodies ------------------------------------------------------------------
+
+
+def chunked(body: bytes, size: int = 1000) -> Iterator[bytes]:
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_cut(serve: Any, fake: FakeUpstream) -> None:
+    server = serve(MAX_BODY_BYTES="2000")
+    big = json.dumps({"prompt": "x" * 5000}).encode()
+    response = requests.post(
+        server.url + "/generate-code/",
+        data=chunked(big),  # a generator: requests sends Transfer-Encoding: chunked
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "body_too_large"
+    small = json.dumps({"prompt": prompt(), "stream": False}).encode()
+    fine = requests.post(
+        server.url + "/generate-code/",
+        data=chunked(small, 7),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert fine.status_code == 200 and fine.json()["text"]
+
+
+def test_deep_json_on_the_page_route_is_a_400(app: Flask) -> None:
+    client = app.test_client()
+    page = client.get("/").get_data(as_text=True)
+    token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    response = client.post(
+        "/ui/stream",
+        data="[" * 30_000 + "]" * 30_000,
+        headers={
+            "X-CSRFToken": token,
+            "Content-Type": "application/json",
+            "Accept": "application/x-ndjson, application/json",
+        },
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_json"
+
+
+# -- slow clients ------------------------------------------------------------------
+
+
+def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Read until the server closes; (closed in time, what it sent)."""
+    sock.settimeout(0.2)
+    received = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return True, received
+        if not data:
+            return True, received
+        received += data
+    return False, received
+
+
+def test_slow_clients_are_closed_after_the_read_timeout(serve: Any, fake: FakeUpstream) -> None:
+    server = serve(CLIENT_READ_TIMEOUT="1")
+    address = ("127.0.0.1", server.port)
+    # Half a request head, then nothing.
+    with socket.create_connection(address) as half_head:
+        half_head.sendall(b"POST /generate-code/ HTTP/1.1\r\nHost: x\r\n")
+        closed, _ = closed_within(half_head, 4)
+        assert closed
+    # A head that drips in a byte at a time, never finishing within the bound.
+    with socket.create_connection(address) as drip:
+        drip.settimeout(0.2)
+        started = time.monotonic()
+        try:
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+                drip.sendall(bytes([byte]))
+                time.sleep(0.1)
+                if time.monotonic() - started > 4:
+                    break
+        except OSError:
+            pass  # closed under our feet: what we want
+        closed, _ = closed_within(drip, 2)
+        assert closed and time.monotonic() - started < 4
+    # A whole head, then half the body it announced.
+    with socket.create_connection(address) as half_body:
+        half_body.sendall(
+            b"POST /generate-code/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n" + b'{"prompt": "'
+        )
+        closed, sent = closed_within(half_body, 4)
+        assert closed and sent.startswith(b"HTTP/1.1 408")
+    # An idle kept-alive connection is not a slow client: it keeps gunicorn's own bound.
+    with socket.create_connection(address) as idle:
+        for _ in range(2):
+            idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            idle.settimeout(5)
+            assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(1.5)
+    assert requests.get(server.url + "/healthz", timeout=5).ok
+
+
+# -- the page's code blocks --------------------------------------------------------
+
+
+class _Answer:
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def test_a_bare_opening_fence_is_not_a_block_until_it_closes(app: Flask) -> None:
+    answer = _Answer()
+
+    def events() -> Iterator[Any]:
+        for piece in ["Here:\n", "```\n", "print(1)\n", "print(2)\n", "```\n", "Done."]:
+            answer.parts.append(piece)
+            yield piece
+        yield Done("stop", {}, [], "r", {})
+
+    seen = []
+    with app.app_context():
+        for event in _with_blocks(events(), answer):  # type: ignore[arg-type]
+            seen.append(event)
+    blocks = [(i, e) for i, e in enumerate(seen) if isinstance(e, dict) and e["type"] == "block"]
+    assert len(blocks) == 1
+    at, block = blocks[0]
+    assert seen[at - 1] == "```\n"  # sent as soon as the closing fence came, not at the end
+    assert "print" in block["html"] and "2" in block["html"]
+
+
+# -- bookkeeping -------------------------------------------------------------------
+
+
+def test_the_stream_counter_forgets_clients_at_zero(app: Flask) -> None:
+    from webapp.config import Config
+
+    guard = Guard(Config.from_env({"MAX_CONCURRENT_STREAMS_PER_CLIENT": "2"}))
+    for client in range(100):
+        slot = guard.acquire_stream(f"ip:10.0.0.{client}")
+        guard.release_stream(slot)
+    assert len(guard._local_streams) == 0
