@@ -10,44 +10,48 @@ STAMP := $(VENV)/.stamp
 # The model `make test` loads: the smallest, so CI stays quick.
 TEST_MODEL ?= smollm2-135m
 
-.PHONY: run test lint format bench bench-local install install-dev install-local system-deps clean fuzz
+.PHONY: run test lint format bench bench-local install install-dev install-local system-deps clean fuzz lock
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
+# Both are hashed locks of the whole tree (see `make lock`).
 $(STAMP)-core: requirements.txt | $(BIN)/python
-	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --require-hashes -r requirements.txt
 	touch $@
 
 $(STAMP)-dev: requirements-dev.txt $(STAMP)-core
-	$(PIP) install -q -r requirements-dev.txt
+	$(PIP) install -q --require-hashes -r requirements-dev.txt
 	touch $@
 
-$(STAMP)-local: requirements-local.txt $(STAMP)-core
-	@echo ">> Installing llama-cpp-python. The first time it compiles llama.cpp from source:"
-	@echo ">> about 5 minutes on 2 cores (pip caches the wheel; later installs take seconds)."
-	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" $(PIP) install --progress-bar on --no-deps --require-hashes -r requirements-local.txt \
-		|| { echo "llama-cpp-python failed to build: it needs gcc, g++ and cmake (apt-get install build-essential cmake)"; exit 1; }
-	touch $@
+# The embedded model's runtime. Not a stamp: `webapp.runtime install` checks which
+# llama.cpp build the venv holds against the one this CPU gets (portable unless
+# LLAMA_NATIVE=1) and installs it from a cache keyed by its flags, compiling once.
+install-local: $(STAMP)-core
+	$(BIN)/python -m webapp.runtime install
 
 install: $(STAMP)-core
 install-dev: $(STAMP)-dev
-install-local: $(STAMP)-local
 
 run: $(STAMP)-core
 	@provider=$$($(BIN)/python -c 'from webapp.config import Config; print(Config.from_env().resolved_provider)') || exit 1; \
 	if [ "$$provider" = local ]; then \
 		echo ">> No OPENAI_API_KEY or OPENAI_BASE_URL: using the embedded local model."; \
-		$(MAKE) --no-print-directory install-local && $(BIN)/python -m webapp.models prepare || exit 1; \
+		$(MAKE) --no-print-directory install-local || exit 1; \
+		$(BIN)/python -m webapp.models prepare; rc=$$?; \
+		if [ $$rc = 3 ]; then \
+			echo ">> Serving anyway: the page and the API answer 503 local_model_invalid until this is fixed."; \
+		elif [ $$rc != 0 ]; then exit $$rc; fi; \
 	fi; \
 	exec $(BIN)/gunicorn --config gunicorn.conf.py wsgi:app
 
-# redis-server, chromium and openssl (a test certificate) for the tests; apt where it can.
+# redis-server, chromium, nginx (a TLS proxy) and openssl (a test certificate) for the tests; apt where it can.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 			echo ">> apt-get install$$missing"; \
@@ -66,7 +70,7 @@ format: $(STAMP)-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: $(STAMP)-dev $(STAMP)-local system-deps lint
+test: $(STAMP)-dev install-local system-deps lint
 	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.models prepare
 	@set +e; $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
@@ -83,10 +87,27 @@ bench: $(STAMP)-dev
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/artifacts
 
-bench-local: $(STAMP)-dev $(STAMP)-local
+bench-local: $(STAMP)-dev install-local
 	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.models prepare
 	$(BIN)/python -m bench.local --model $(TEST_MODEL)
 
 # A longer fuzzing run than make test's bounded one.
 fuzz: $(STAMP)-dev
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest -q tests/test_openapi.py -k fuzz
+
+# Recompile the hashed locks from requirements.in and requirements-dev.in, with a pinned
+# pip-tools in its own venv, against PyPI alone: a machine's pip config may add a local
+# mirror or find-links, whose files must not feed the lock that Heroku installs from.
+LOCK_VENV := .cache/lock-venv
+LOCK_ENV := env -u PIP_FIND_LINKS -u PIP_CONSTRAINT -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null
+PIP_COMPILE := $(LOCK_ENV) $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras $(LOCK_ARGS)
+
+$(LOCK_VENV)/bin/pip-compile:
+	$(PY) -m venv $(LOCK_VENV)
+	$(LOCK_ENV) $(LOCK_VENV)/bin/python -m pip install -q pip==26.3 pip-tools==7.6.2
+
+# make lock                          after editing a .in file
+# make lock LOCK_ARGS=--upgrade      also move the unpinned (transitive) packages to their latest
+lock: $(LOCK_VENV)/bin/pip-compile
+	$(PIP_COMPILE) requirements.in -o requirements.txt
+	$(PIP_COMPILE) requirements-dev.in -o requirements-dev.txt

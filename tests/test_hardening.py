@@ -222,3 +222,14 @@ def test_the_stream_counter_forgets_clients_at_zero(app: Flask) -> None:
         slot = guard.acquire_stream(f"ip:10.0.0.{client}")
         guard.release_stream(slot)
     assert len(guard._local_streams) == 0
+
+
+def test_an_operators_metrics_folder_loses_only_our_files(serve: Any, tmp_path: Path) -> None:
+    keep = tmp_path / "keep.txt"
+    keep.write_text("the operator's")
+    stale = tmp_path / "counter_99999.db"
+    stale.write_bytes(b"old samples")
+    server = serve(PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    assert requests.get(server.url + "/metrics", timeout=5).ok
+    assert keep.read_text() == "the operator's"
+    assert not stale.exists()

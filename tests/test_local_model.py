@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,6 +17,7 @@ import pytest
 import requests
 
 from tests.conftest import IN_CI, Server
+from webapp import runtime
 from webapp.config import Config
 from webapp.models import SPECS, ModelFileError, join_parts, model_file
 
@@ -180,6 +184,8 @@ def test_corrupt_or_truncated_weights_are_refused(serve: Any, tmp_path: Path) ->
     error = response.json()["error"]
     assert error["code"] == "local_model_invalid"
     assert "corrupt" in error["message"] and "make run" in error["message"]
+    assert str(tmp_path) not in response.text  # paths stay in the log
+    assert str(tmp_path) not in requests.get(server.url + "/healthz", timeout=5).text
     assert health(server)["model_state"] == "error"
 
 
@@ -230,3 +236,106 @@ def test_the_model_loads_once_at_start_up(serve: Any) -> None:
     assert response.status_code == 200
     assert health(server)["model_state"] == "loaded"
     assert server.logs().count("local model loaded") == 1  # warm-up and request share one load
+
+
+# -- the runtime's build and its probe (webapp/runtime.py) ----------------------
+
+# A Sapphire Rapids Xeon, as a fresh cloud VM reports it: AMX and AVX-512.
+XEON_AMX = (
+    "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma bmi1 bmi2 avx2 avx512f avx512dq "
+    "avx512cd avx512bw avx512vl avx512vbmi avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16\n"
+)
+HASWELL = "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma bmi1 bmi2 avx2\n"
+OLD_X86 = "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2\n"
+
+
+def test_the_build_for_each_cpu_names_its_instructions_and_never_amx() -> None:
+    xeon = runtime.choose(runtime.cpu_flags(XEON_AMX), machine="x86_64")
+    assert xeon.name == "avx512"
+    haswell = runtime.choose(runtime.cpu_flags(HASWELL), machine="x86_64")
+    assert haswell.name == "avx2"
+    assert runtime.choose(runtime.cpu_flags(OLD_X86), machine="x86_64").name == "baseline"
+    assert runtime.choose(frozenset(), machine="aarch64").name == "baseline"
+    for variant in runtime.VARIANTS:
+        assert "-DGGML_NATIVE=OFF" in variant.cmake
+        assert not any("AMX" in flag for flag in variant.cmake)
+    # Native only when asked for: it is the build that crashed on AMX machines.
+    native = runtime.choose(runtime.cpu_flags(XEON_AMX), native=True, machine="x86_64")
+    assert "-DGGML_NATIVE=ON" in native.cmake
+    # Each build has its own cache folder: no wheel built with other flags comes back.
+    keys = {runtime.Build.of(v).key for v in (*runtime.VARIANTS, runtime.NATIVE)}
+    assert len(keys) == len(runtime.VARIANTS) + 1
+
+
+def test_the_installed_runtime_is_the_portable_build() -> None:
+    """Catches a regression on any machine, AMX or not: the record says what was
+    compiled, and llama.cpp's own report of its compiled features must agree."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        message = "llama-cpp-python is not installed (make test installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    config = Config.from_env()
+    build = runtime.installed()
+    if build is None:
+        pytest.fail("the venv has no llama-build.json: install with `make test`")
+    assert build == runtime.wanted(config), "the venv holds another build than this CPU gets"
+    if not config.llama_native:
+        assert "-DGGML_NATIVE=OFF" in build.cmake_args
+        assert "AMX" not in build.cmake_args
+    features = subprocess.run(  # in a child: llama_cpp leaves files open at exit
+        [sys.executable, "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if not config.llama_native:
+        assert "AMX_INT8 = 1" not in features, features
+        if build.variant != "avx512":
+            assert "AVX512 = 1" not in features, features
+
+
+@pytest.mark.local_model
+def test_a_runtime_that_crashes_is_a_clear_error_not_a_crash_loop(serve: Any) -> None:
+    server = serve(**local_env(LOCAL_RUNTIME_FAULT="crash", INSTANCE="crash"))
+    for _ in range(2):
+        response = requests.post(
+            server.url + "/generate-code/", json={"prompt": PROMPT, "max_tokens": 5}, timeout=120
+        )
+        assert response.status_code == 503
+        error = response.json()["error"]
+        assert error["code"] == "local_model_invalid"
+        assert "crashed (SIGSEGV)" in error["message"] and "make run" in error["message"]
+    page = requests.Session()
+    token = page.get(server.url + "/").text.split('name="csrf_token" type="hidden" value="')[1]
+    streamed = page.post(
+        server.url + "/ui/stream",
+        json={"prompt": PROMPT, "max_tokens": 5},
+        headers={"X-CSRFToken": token.split('"')[0]},
+        timeout=120,
+    )
+    assert streamed.status_code == 503
+    assert streamed.json()["error"]["code"] == "local_model_invalid"
+    info = health(server)
+    assert info["model_state"] == "error" and "SIGSEGV" in info["model_error"]
+    assert "/" not in info["model_error"]  # no filesystem paths
+    assert "was sent SIGSEGV" not in server.logs()  # the worker itself never crashed
+
+
+def test_make_run_says_so_before_serving_when_the_runtime_crashes() -> None:
+    local_env()
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PROVIDER", "LOCAL_"))
+    }
+    env.update(LOCAL_MODEL="smollm2-135m", LOCAL_RUNTIME_FAULT="crash")
+    result = subprocess.run(
+        [sys.executable, "-m", "webapp.models", "prepare"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "crashed (SIGSEGV) on its first token" in result.stderr
+    assert "make run" in result.stderr and "Traceback" not in result.stderr

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from webapp.config import Config
+from webapp.runtime import RuntimeBroken, probe
 
 ROOT = Path(__file__).resolve().parent.parent
+# prepare's exit status when the weights are fine but the runtime cannot generate.
+RUNTIME_BROKEN = 3
 
 
 class ModelFileError(RuntimeError):
@@ -101,7 +104,7 @@ def verify(path: Path, sha256: str, what: str) -> None:
     actual = sha256_of(path)
     if actual != sha256:
         raise ModelFileError(
-            f"{what} at {path} is corrupt or not the pinned file (sha256 {actual[:16]}…, "
+            f"{what} is corrupt or not the pinned file (sha256 {actual[:16]}…, "
             f"expected {sha256[:16]}…). Delete it and run `make run` again to rebuild it."
         )
 
@@ -137,7 +140,7 @@ def model_file(config: Config) -> Path:
     if config.local_model_path:
         path = Path(config.local_model_path).expanduser()
         if not path.is_file():
-            raise ModelFileError(f"LOCAL_MODEL_PATH {path} does not exist.")
+            raise ModelFileError("The file LOCAL_MODEL_PATH names does not exist.")
         if config.local_model_sha256:
             verify(path, config.local_model_sha256, "The model file")
         return path
@@ -182,7 +185,12 @@ def prepare(config: Config) -> int:
     except ModelFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"Local model ready: {path}")
+    print(f"Local model ready: {path}. Checking that it runs on this CPU…")
+    try:
+        probe(config, path)
+    except RuntimeBroken as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return RUNTIME_BROKEN
     return 0
 
 

@@ -15,7 +15,8 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import gevent
 from gevent import get_hub
@@ -32,6 +33,7 @@ from webapp.providers.base import (
     ProviderInfo,
     UpstreamStream,
 )
+from webapp.runtime import RuntimeBroken, probe
 
 log = logging.getLogger("webapp.local")
 
@@ -73,11 +75,10 @@ class LocalProvider(Provider):
             detail["model_error"] = self._load_error
         return ProviderInfo(self.name, self.model_name, detail)
 
-    def _load(self) -> Any:
+    def _load(self, path: Path) -> Any:
         from llama_cpp import Llama
 
         started = time.monotonic()
-        path = model_file(self.config)
         llama = Llama(
             model_path=str(path),
             n_ctx=self.config.local_context,
@@ -104,17 +105,28 @@ class LocalProvider(Provider):
         """
         with self._loading:
             if self._llama is None:
+                pool = get_hub().threadpool
                 try:
-                    self._llama = get_hub().threadpool.apply(self._load)
-                except ModelFileError as exc:
-                    self._load_error = str(exc)
-                    raise UpstreamUnavailable(str(exc), code="local_model_invalid") from None
+                    path = pool.apply(model_file, (self.config,))
+                    # In a child first: a runtime that crashes on this CPU must
+                    # not take the worker down with it (and again on restart).
+                    probe(self.config, path)
+                    self._llama = pool.apply(self._load, (path,))
+                except (ModelFileError, RuntimeBroken) as exc:
+                    self._failed(str(exc), str(exc))
                 except (ValueError, RuntimeError, OSError) as exc:
-                    self._load_error = f"The local model could not be loaded: {exc}"
-                    raise UpstreamUnavailable(
-                        self._load_error, code="local_model_invalid"
-                    ) from None
+                    # llama.cpp's messages name the file: the log may, responses not.
+                    self._failed(
+                        "The local model file could not be loaded: it is not a GGUF model "
+                        "this runtime reads. Check LOCAL_MODEL_PATH, or run `make run`.",
+                        str(exc),
+                    )
         return self._llama
+
+    def _failed(self, public: str, detail: str) -> NoReturn:
+        log.error("local model unusable: %s", detail)
+        self._load_error = public
+        raise UpstreamUnavailable(public, code="local_model_invalid") from None
 
     def warm_up(self) -> None:
         """Load (and verify) the model now, so the first request does not wait for it."""
