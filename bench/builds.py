@@ -67,10 +67,8 @@ def main() -> None:
     args = parser.parse_args()
     path = model_file(Config.from_env({"LOCAL_MODEL": args.model}))
     builds = dict(b.split("=", 1) for b in args.builds)
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
-        "?",
-    )
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), "?")
     rates: dict[str, list[float]] = {name: [] for name in builds}
     with tempfile.TemporaryDirectory() as tmp:
         pythons = {n: scratch_venv(n, Path(d), Path(tmp)) for n, d in builds.items()}
