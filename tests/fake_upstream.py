@@ -17,6 +17,24 @@ Tokens are `t0 `, `t1 `, ... unless `answer=` names a canned text. Options:
     finish=length                    the finish reason sent at the end (default stop)
     faults_once=1                    faults apply only to requests without a partial answer
 
+Hostile upstreams (sizes in MB, sent as fast as the socket takes them):
+    flood=MB                         first, MB of answer text in small valid deltas
+                                     (`abcdefg ` each, ~16x that on the wire), as fast as the
+                                     socket takes them; then the tokens and a normal end
+    longline_after=N line_mb=MB      after N tokens: `data: xxx...` with no newline, MB long
+                                     (default 48), then silence
+    noise_after=N noise_mb=MB        after N tokens: events without text, SSE comments
+    noise=comment|empty              (default) or empty deltas, for ever (until the app
+                                     closes the stream) or MB of them then silence
+    bad_after=N bad=KIND             after N tokens: one event of the wrong shape (BAD_EVENTS:
+                                     content_int, choices_dict, delta_list, finish_int, ...)
+    usage=KIND                       the usage chunk's counts are BAD_USAGE[KIND] (negative,
+                                     float, bool, huge, str) or usage is not an object (list)
+    echo=json|text                   a failure (status=N, fail=) or error_after's in-band error
+                                     quotes the request head, Authorization included, as some
+                                     servers do; json puts it in error.message
+    err_code=X                       the `code` of those errors (e.g. model_not_found)
+
 A continuation request (one that carries an assistant message) resumes at
 the token after the ones that message already holds.
 
@@ -33,6 +51,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -56,6 +75,33 @@ ANSWERS = {
 }
 
 
+# One event of the wrong shape each: what the decoder must refuse.
+BAD_EVENTS: dict[str, Any] = {
+    "content_int": {"choices": [{"index": 0, "delta": {"content": 5}}]},
+    "content_list": {"choices": [{"index": 0, "delta": {"content": ["a"]}}]},
+    "content_dict": {"choices": [{"index": 0, "delta": {"content": {"a": 1}}}]},
+    "choices_dict": {"choices": {"0": {"delta": {"content": "x"}}}},
+    "choices_str": {"choices": "abc"},
+    "choice_str": {"choices": ["abc"]},
+    "delta_list": {"choices": [{"index": 0, "delta": ["x"]}]},
+    "delta_str": {"choices": [{"index": 0, "delta": "x"}]},
+    "finish_int": {"choices": [{"index": 0, "delta": {}, "finish_reason": 1}]},
+    "event_list": [1, 2],
+}
+
+BAD_USAGE: dict[str, Any] = {
+    "negative": {"prompt_tokens": -5, "completion_tokens": -7, "total_tokens": -12},
+    "float": {"prompt_tokens": 1.5, "completion_tokens": 2.0, "total_tokens": 3.5},
+    "bool": {"prompt_tokens": True, "completion_tokens": True, "total_tokens": False},
+    "huge": {"prompt_tokens": 2**60, "completion_tokens": 10**30, "total_tokens": 2**64},
+    "str": {"prompt_tokens": "11", "completion_tokens": "8", "total_tokens": "19"},
+    "list": [11, 8, 19],
+}
+
+MB = 1024 * 1024
+FLOOD_TOKEN = "abcdefg "
+
+
 def split_tokens(text: str) -> list[str]:
     return re.findall(r"\s*\S+|\s+", text)
 
@@ -76,6 +122,8 @@ class Record:
     started: float
     path: str
     tokens_sent: list[str] = field(default_factory=list)
+    flood_bytes: int = 0  # bytes of `flood` text sent (not in tokens_sent: too many)
+    raw_head: bytes = b""  # the request line and headers, as received
 
 
 class FakeUpstream:
@@ -163,6 +211,7 @@ class FakeUpstream:
         with self.lock:
             headers = {k.lower(): v for k, v in h.headers.items()}
             record = Record(len(self.records) + 1, body, headers, opts, time.monotonic(), h.path)
+            record.raw_head = (h.requestline + "\r\n" + str(h.headers)).encode()
             self.records.append(record)
             key = opts.get("id", "")
             attempt = self.attempts[key] = self.attempts.get(key, 0) + 1
@@ -174,9 +223,16 @@ class FakeUpstream:
             else (fails[attempt - 1] if attempt <= len(fails) else 200)
         )
         if status != 200:
-            payload = json.dumps({"error": {"message": f"scripted {status}", "type": "fake"}})
+            echo = opts.get("echo")
+            message = f"scripted {status}"
+            if echo:
+                message = f"no route for this request: {record.raw_head.decode()}"
+            error: dict[str, Any] = {"message": message, "type": "fake"}
+            if "err_code" in opts:
+                error["code"] = opts["err_code"]
+            payload = message if echo == "text" else json.dumps({"error": error})
             h.send_response(status)
-            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Type", "text/plain" if echo == "text" else "application/json")
             if "retry_after" in opts:
                 h.send_header("Retry-After", opts["retry_after"])
             if "retry_after_ms" in opts:
@@ -240,6 +296,28 @@ class FakeUpstream:
                 "choices": [{"index": 0, "delta": d, "finish_reason": finish}],
             }
 
+        def blast(
+            piece: bytes,
+            megabytes: float,
+            framed: bool = True,
+            sent: Callable[[int], None] | None = None,
+        ) -> None:
+            """Send whole copies of `piece`, ~64 KiB at a time, until `megabytes` went
+            (for ever if 0): in HTTP chunks of their own, or (framed=False) inside one
+            the caller opened. `sent` hears how many copies each write took."""
+            per_batch = max(1, 65536 // len(piece))
+            left = -(-int(megabytes * MB) // len(piece)) if megabytes else 2**62
+            while left > 0:
+                count = min(per_batch, left)
+                data = piece * count
+                if framed:
+                    chunk(data)
+                else:
+                    h.wfile.write(data)
+                left -= count
+                if sent is not None:
+                    sent(count)
+
         def wait(seconds: float, keepalive: float | None = None) -> bool:
             """Sleep, but notice the client going away; False if it did."""
             deadline = time.monotonic() + seconds
@@ -277,9 +355,44 @@ class FakeUpstream:
                 wait(3600)
                 return "client_closed"
             if faults and "error_after" in opts and sent == int(opts["error_after"]):
-                event({"error": {"message": "scripted in-band failure", "type": "server_error"}})
+                message = "scripted in-band failure"
+                if opts.get("echo"):
+                    message = f"cannot serve: {record.raw_head.decode()}"
+                error = {"message": message, "type": "server_error"}
+                if "err_code" in opts:
+                    error["code"] = opts["err_code"]
+                event({"error": error})
                 wait(3600)
                 return "client_closed"
+            if faults and "bad_after" in opts and sent == int(opts["bad_after"]):
+                chunk(b"data: " + json.dumps(BAD_EVENTS[opts["bad"]]).encode() + b"\n\n")
+                wait(3600)
+                return "client_closed"
+            if faults and "longline_after" in opts and sent == int(opts["longline_after"]):
+                size = int(float(opts.get("line_mb", 48)) * MB) // 65536 * 65536
+                # One HTTP chunk holds the whole line: only the SSE layer can object.
+                h.wfile.write(b"%x\r\ndata: " % (size + 6))
+                blast(b"x" * 65536, size / MB, framed=False)
+                h.wfile.write(b"\r\n")
+                wait(3600)
+                return "client_closed"
+            if faults and "noise_after" in opts and sent == int(opts["noise_after"]):
+                if opts.get("noise") == "empty":
+                    noise = b"data: " + json.dumps(delta(None)).encode() + b"\n\n"
+                else:
+                    noise = b": keep-alive\n\n"
+                blast(noise, float(opts.get("noise_mb", 0)))
+                wait(3600)
+                return "client_closed"
+            if faults and "flood" in opts and sent == 0:
+                piece = b"data: " + json.dumps(delta(FLOOD_TOKEN)).encode() + b"\n\n"
+                # MB of text: ~16 times as many bytes of SSE on the wire.
+                wire_mb = float(opts["flood"]) / len(FLOOD_TOKEN) * len(piece)
+
+                def tally(count: int) -> None:
+                    record.flood_bytes += count * len(FLOOD_TOKEN)
+
+                blast(piece, wire_mb, sent=tally)
             if opts.get("forever") == "1":
                 token = f"t{i} " + "x" * int(opts.get("pad", 0))
             elif i >= len(tokens):
@@ -298,7 +411,9 @@ class FakeUpstream:
                     "id": "fake",
                     "object": "chat.completion.chunk",
                     "choices": [],
-                    "usage": {
+                    "usage": BAD_USAGE[opts["usage"]]
+                    if "usage" in opts
+                    else {
                         "prompt_tokens": 11,
                         "completion_tokens": i - start,
                         "total_tokens": 11 + i - start,

@@ -6,6 +6,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import platform
+import re
 import subprocess
 import sys
 import threading
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import IN_CI, Server
+from tests.conftest import IN_CI, Server, require_binary
 from webapp import runtime
 from webapp.config import Config
 from webapp.models import SPECS, ModelFileError, join_parts, model_file
@@ -293,6 +295,51 @@ def test_the_installed_runtime_is_the_portable_build() -> None:
         assert "AMX_INT8 = 1" not in features, features
         if build.variant != "avx512":
             assert "AVX512 = 1" not in features, features
+
+
+AMX_MNEMONIC = re.compile(
+    r"\s(ldtilecfg|tileloadd\w*|tdpb[su][su]d|tdpbf16ps|tilezero|tilestored)\b"
+)
+AMX_SNIPPET = """
+#include <immintrin.h>
+void f(void *cfg, void *a, void *b, void *c) {
+    _tile_loadconfig(cfg); _tile_loadd(1, a, 64); _tile_loadd(2, b, 64);
+    _tile_dpbssd(0, 1, 2); _tile_stored(0, c, 64);
+}
+"""
+
+
+def amx_instructions(library: Path) -> list[str]:
+    listing = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", str(library)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return AMX_MNEMONIC.findall(listing)
+
+
+def test_the_runtime_holds_no_amx_instruction(tmp_path: Path) -> None:
+    """Whatever CPU runs this, the AMX crash cannot happen in a library that has no
+    AMX code: its disassembly is searched, and the search is first shown to find
+    AMX in a library compiled with it."""
+    if importlib.util.find_spec("llama_cpp") is None or platform.machine() != "x86_64":
+        pytest.skip("needs llama-cpp-python on x86-64")
+    if Config.from_env().llama_native:
+        pytest.skip("LLAMA_NATIVE=1 asked for a native build")
+    require_binary("objdump")
+    compiler = require_binary("gcc")
+    source, probe_lib = tmp_path / "amx.c", tmp_path / "amx.so"
+    source.write_text(AMX_SNIPPET)
+    amx_flags = ["-O2", "-mamx-tile", "-mamx-int8", "-shared", "-fPIC"]
+    subprocess.run([compiler, *amx_flags, str(source), "-o", str(probe_lib)], check=True)
+    assert len(amx_instructions(probe_lib)) >= 4  # the search works
+    spec = importlib.util.find_spec("llama_cpp")
+    assert spec is not None and spec.origin is not None
+    libraries = sorted(Path(spec.origin).parent.glob("lib/lib*.so"))
+    assert any("ggml-cpu" in lib.name for lib in libraries)
+    for library in libraries:
+        assert amx_instructions(library) == [], library.name
 
 
 @pytest.mark.local_model

@@ -346,11 +346,15 @@ def test_a_client_gone_during_silence_closes_the_upstream_within_a_second(
 
 
 def test_a_client_that_stops_reading_is_dropped_at_the_total_deadline(
-    server: Server, fake: FakeUpstream
+    serve: Any, fake: FakeUpstream
 ) -> None:
     # A tiny receive window, and never a read after the first bytes: the relay's
-    # writes block, and only the total deadline (6 s here) can end the answer.
-    body = json.dumps({"prompt": prompt("forever=1 delay=0 pad=4000 id=stuck")}).encode()
+    # writes block, and only the total deadline (6 s here) can end the answer. The
+    # answer bound is raised past what the socket buffers hold (~1.5 MB here).
+    server = serve(MAX_OUTPUT_TOKENS="1000000", MAX_ANSWER_CHARS="100000000")
+    body = json.dumps(
+        {"prompt": prompt("forever=1 delay=0 pad=4000 id=stuck"), "max_tokens": 1000000}
+    ).encode()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))

@@ -65,8 +65,11 @@ class Server:
                 for step in self.scripts.pop(0):
                     if isinstance(step, float):
                         time.sleep(step)
-                    else:
+                        continue
+                    try:
                         conn.sendall(step)
+                    except OSError:
+                        return  # the client gave up on this answer (a protocol error)
                 if self.close_after:
                     return
 
@@ -242,3 +245,162 @@ def test_a_connection_idle_too_long_is_not_reused(
     monkeypatch.setattr(wire, "MAX_IDLE_AGE", 0.0)  # as if a balancer forgot it
     assert body_of(send(pool)) == b"hi"
     assert server.connections == 2
+
+
+# -- strict HTTP/1.1: what Python's int() or a lenient split would let through ------
+
+
+def answer_with_size(size: bytes) -> bytes:
+    return HEAD + size + b"\r\nhello\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        b"0x5",  # int(_, 16) takes a 0x prefix
+        b"5_0",  # ... and underscores
+        b" +5 ",  # ... and a sign and spaces
+        b"-1",
+        b"",
+        b"5 ",  # spaces only before an extension
+        b"0" * 16 + b"5",  # more than 16 hex digits
+        b"\xd9\xa5",  # a non-ASCII digit
+    ],
+)
+def test_a_chunk_size_must_be_plain_hex_digits(make_server: type[Server], size: bytes) -> None:
+    server = make_server([[answer_with_size(size)]], close_after=True)
+    with pytest.raises(wire.ProtocolError):
+        body_of(send(pool_for(server)))
+
+
+@pytest.mark.parametrize("size", [b"5", b"05", b"0000000000000005", b"5;a=b", b"5 ;a=b", b"5\t;x"])
+def test_valid_chunk_sizes_still_decode(make_server: type[Server], size: bytes) -> None:
+    server = make_server([[answer_with_size(size)]])
+    assert body_of(send(pool_for(server))) == b"hello"
+
+
+def sized(length: str, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %s\r\n%s\r\nhello" % (length.encode(), extra)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        sized("-3"),
+        sized("1_0"),
+        sized("+5"),
+        sized("5x"),
+        sized(""),
+        sized("0x5"),
+        sized("5", b"Content-Length: 6\r\n"),  # two that disagree
+        sized("5, 6"),
+        sized("9" * 40),  # absurd
+    ],
+)
+def test_a_content_length_must_be_plain_digits_and_agree(
+    make_server: type[Server], raw: bytes
+) -> None:
+    server = make_server([[raw]], close_after=True)
+    with pytest.raises(wire.ProtocolError):
+        body_of(send(pool_for(server)))
+
+
+def test_a_repeated_content_length_that_agrees_is_fine(make_server: type[Server]) -> None:
+    server = make_server([[sized("5", b"Content-Length: 5\r\n")]])
+    assert body_of(send(pool_for(server))) == b"hello"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",  # which frames the body?
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: gzip, chunked\r\n",
+        b"Transfer-Encoding: identity\r\n",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: xchunked\r\n",
+    ],
+)
+def test_only_plain_chunked_transfer_encoding_is_accepted(
+    make_server: type[Server], headers: bytes
+) -> None:
+    raw = b"HTTP/1.1 200 OK\r\n" + headers + b"\r\n" + chunked(b"hello")
+    server = make_server([[raw]], close_after=True)
+    with pytest.raises(wire.ProtocolError):
+        body_of(send(pool_for(server)))
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def test_a_few_interim_heads_are_skipped(make_server: type[Server]) -> None:
+    early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+    server = make_server([[CONTINUE * 9 + early_hints + HEAD + chunked(b"ok")]])
+    response = send(pool_for(server))
+    assert response.status == 200
+    assert body_of(response) == b"ok"
+
+
+@pytest.mark.parametrize("count", [11, 5000])
+def test_endless_interim_heads_are_a_protocol_error(make_server: type[Server], count: int) -> None:
+    # 5,000 used to recurse once per head: RecursionError, not a clean failure.
+    server = make_server([[CONTINUE * count + HEAD + chunked(b"ok")]], close_after=True)
+    with pytest.raises(wire.ProtocolError):
+        send(pool_for(server))
+
+
+def test_a_101_without_an_upgrade_request_is_a_protocol_error(make_server: type[Server]) -> None:
+    raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n" + HEAD + chunked(b"ok")
+    server = make_server([[raw]], close_after=True)
+    with pytest.raises(wire.ProtocolError):
+        send(pool_for(server))
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"X-No-Colon",
+        b"Content-Length : 5",  # whitespace before the colon
+        b"Content-Length\t: 5",
+        b" folded: continuation",  # obsolete line folding
+        b": no name",
+        b"Bad@Name: 1",
+        b"X-A: 1\nX-B: 2",  # a bare LF: where does the line end?
+        b"X-A: 1\rX-B: 2",
+        b"X-A: a\0b",
+    ],
+)
+def test_a_malformed_header_line_is_a_protocol_error(
+    make_server: type[Server], line: bytes
+) -> None:
+    raw = HEAD[:-2] + line + b"\r\n\r\n" + chunked(b"hello")
+    server = make_server([[raw]], close_after=True)
+    with pytest.raises(wire.ProtocolError):
+        send(pool_for(server))
+
+
+@pytest.mark.parametrize("status", [b"2000", b"+20", b"2_0", b"abc", b"20"])
+def test_a_status_code_must_be_three_digits(make_server: type[Server], status: bytes) -> None:
+    server = make_server([[b"HTTP/1.1 " + status + b" OK\r\nContent-Length: 0\r\n\r\n"]])
+    with pytest.raises(wire.ProtocolError):
+        send(pool_for(server))
+
+
+def test_endless_trailers_are_a_protocol_error(make_server: type[Server]) -> None:
+    trailers = b"X-T: " + b"y" * 1000 + b"\r\n"
+    raw = HEAD + b"2\r\nok\r\n0\r\n" + trailers * 200 + b"\r\n"
+    server = make_server([[raw]], close_after=True)
+    response = send(pool_for(server))
+    with pytest.raises(wire.ProtocolError):
+        body_of(response)
+
+
+def test_an_endless_error_body_is_cut_at_the_limit(make_server: type[Server]) -> None:
+    # A close-delimited error body that goes on: read_all keeps `limit` bytes and
+    # stops there, rather than reading (and waiting) until the body's end.
+    head = b"HTTP/1.1 500 Oops\r\nContent-Type: text/plain\r\n\r\n"
+    server = make_server([[head, b"e" * 200_000, 30.0, b"never"]], close_after=True)
+    response = send(pool_for(server))
+    started = time.monotonic()
+    assert response.read_all(limit=1000, timeout=20) == b"e" * 1000
+    assert time.monotonic() - started < 10  # not the server's 30 s, nor the 20 s timeout

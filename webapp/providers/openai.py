@@ -13,11 +13,15 @@ owns the one retry loop.
 from __future__ import annotations
 
 import email.utils
+import logging
+import math
+import re
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import gevent
 import httpx2
 import openai
 import orjson
@@ -44,7 +48,30 @@ from webapp.providers.base import (
     UpstreamStream,
 )
 
+log = logging.getLogger("webapp.upstream")
+
 _RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+# The longest SSE line kept while waiting for its end: a real event is a few
+# hundred bytes; one that never ends would otherwise fill the worker's memory.
+MAX_LINE = 1024 * 1024
+# A socket that always has bytes waiting never blocks, so gevent never
+# switches: a stream lets the worker's other greenlets run before its next read
+# after this many reads in a row, and after every read that brought no text
+# (comments, empty deltas, part of a long line: nothing the relay must write).
+YIELD_EVERY = 4
+# Largest token count believed (beyond it floats lose integers, e.g. in Prometheus).
+MAX_COUNT = 2**53
+_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+# An upstream error's `code` or `type` may reach our client only if it looks like this.
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# What looks like a credential in upstream text (some servers echo the request head).
+_CREDENTIAL = re.compile(
+    r"(?i)(?:\b(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token)\s+)?\S+"
+    r"|\b(?:x-)?api[-_]?key[\"']?\s*[:=]\s*[\"']?\S+"
+    r"|\bbearer\s+\S+"
+    r"|sk-[A-Za-z0-9_-]{8,})"
+)
+REDACTED = "[redacted]"
 # Never compress a stream: a gzip layer buffers and costs a decode per read.
 _STREAM_HEADERS = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
 
@@ -120,7 +147,8 @@ class OpenAIProvider(Provider):
             raise UpstreamTimeout(
                 "The model server did not answer in time.", code="upstream_timeout", retryable=True
             ) from None
-        except (wire.ConnectFailed, wire.ProtocolError):
+        except (wire.ConnectFailed, wire.ProtocolError) as exc:
+            log.warning("model server unusable: %.300s", redact(str(exc), self._secrets))
             raise UpstreamUnavailable(
                 "The model server could not be reached.", code="upstream_unreachable"
             ) from None
@@ -136,10 +164,15 @@ class OpenAIProvider(Provider):
             except wire.WireError:
                 body = b""
             raise self._status_error(response, body)
-        return SSEStream(response, self._poll)
+        return SSEStream(response, self._poll, secrets=self._secrets)
+
+    @property
+    def _secrets(self) -> tuple[str, ...]:
+        return (self.config.openai_api_key,) if self.config.openai_api_key else ()
 
     def _status_error(self, response: wire.Response, body: bytes) -> AppError:
-        # The SDK extracts the upstream's message the way it does for its own calls.
+        # The SDK extracts the upstream's message and code the way it does for its
+        # own calls; they go to the log (redacted), never to our client.
         sdk_error = self.client._make_status_error_from_response(
             httpx2.Response(
                 response.status,
@@ -148,11 +181,24 @@ class OpenAIProvider(Provider):
                 request=httpx2.Request("POST", self._url),
             )
         )
-        return status_error(response.status, response.headers, sdk_error.message)
+        raw = sdk_error.body
+        detail = raw if isinstance(raw, str) and raw else sdk_error.message
+        return status_error(
+            response.status,
+            response.headers,
+            detail,
+            upstream_code=safe_identifier(sdk_error.code, sdk_error.type),
+            retry_after_max=self.config.retry_after_max,
+            secrets=self._secrets,
+        )
 
     def close(self) -> None:
         self._pool.clear()
         self.client.close()
+
+
+class _Malformed(Exception):
+    """An event that parses but is not what the API defines (a why, in our words)."""
 
 
 class SSEDecoder:
@@ -160,27 +206,66 @@ class SSEDecoder:
 
     `feed` returns the text of every complete event in what it was given,
     joined. Anything that is not a `data:` line (comments, keep-alives,
-    `event:`) is skipped. An in-band error or a malformed event is kept in
-    `failure`, to be raised after the text that came before it has gone out.
+    `event:`) is skipped. An in-band error or a malformed event (bad JSON,
+    wrong types, a line over MAX_LINE bytes) is kept in `failure`, to be
+    raised after the text that came before it has gone out. A partial line
+    waits in `_partial` (a list of pieces, joined once its end arrives).
     """
 
-    __slots__ = ("done", "failure", "finish_reason", "pending", "usage")
+    __slots__ = (
+        "_partial",
+        "_partial_size",
+        "done",
+        "failure",
+        "finish_reason",
+        "secrets",
+        "usage",
+    )
 
-    def __init__(self) -> None:
-        self.pending = b""
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._partial: list[bytes] = []
+        self._partial_size = 0
         self.finish_reason: str | None = None
-        self.usage: dict[str, Any] | None = None
+        self.usage: dict[str, int] | None = None
         self.done = False
         self.failure: AppError | None = None
+        self.secrets = tuple(secrets)
 
     def feed(self, chunk: bytes) -> str:
-        if self.pending:
-            chunk = self.pending + chunk
+        if self.failure is not None:
+            return ""
+        partial = self._partial
+        if partial:
+            # Only the new bytes are searched: a long line is never re-scanned.
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                self._partial_size += len(chunk)
+                if self._partial_size > MAX_LINE:
+                    self._too_long()
+                else:
+                    partial.append(chunk)
+                return ""
+            partial.append(chunk)
+            chunk = b"".join(partial)
+            partial.clear()
+        if b"data:" not in chunk and len(chunk) <= MAX_LINE:
+            # Only comments or keep-alives (or a flood of them): no line to look at.
+            tail = chunk[chunk.rfind(b"\n") + 1 :]
+            if tail:
+                partial.append(tail)
+            self._partial_size = len(tail)
+            return ""
         lines = chunk.split(b"\n")
-        self.pending = lines.pop()
+        tail = lines.pop()
+        if tail:
+            partial.append(tail)
+        self._partial_size = len(tail)
         texts: list[str] = []
         loads = orjson.loads
         for line in lines:
+            if len(line) > MAX_LINE:
+                self._too_long()
+                break
             if not line.startswith(b"data:"):
                 continue
             payload = line[5:].strip()
@@ -189,27 +274,63 @@ class SSEDecoder:
                 continue
             try:
                 event = loads(payload)
-                if "error" in event:
-                    self.failure = in_band_error(event["error"])
+                if type(event) is not dict:
+                    raise _Malformed("an event that is not a JSON object")
+                error = event.get("error")
+                if error is not None:
+                    self.failure = in_band_error(error, self.secrets)
                     break
                 choices = event.get("choices")
                 if choices:
+                    if type(choices) is not list:
+                        raise _Malformed("choices is not a list")
                     choice = choices[0]
-                    content = choice["delta"].get("content")
-                    if content:
-                        texts.append(content)
-                    if choice.get("finish_reason"):
-                        self.finish_reason = choice["finish_reason"]
-                if event.get("usage"):
-                    self.usage = event["usage"]
-            except (ValueError, TypeError, AttributeError, KeyError, IndexError):
-                self.failure = UpstreamMalformed(
-                    f"The model server sent a malformed event: {payload[:80]!r}"
-                )
+                    if type(choice) is not dict:
+                        raise _Malformed("a choice is not an object")
+                    delta = choice.get("delta")
+                    if delta is not None:
+                        if type(delta) is not dict:
+                            raise _Malformed("delta is not an object")
+                        content = delta.get("content")
+                        if content is not None:
+                            if type(content) is not str:
+                                raise _Malformed("content is not a string")
+                            if content:
+                                texts.append(content)
+                    finish = choice.get("finish_reason")
+                    if finish is not None:
+                        if type(finish) is not str:
+                            raise _Malformed("finish_reason is not a string")
+                        if finish:
+                            self.finish_reason = finish
+                elif choices is not None and type(choices) is not list:
+                    raise _Malformed("choices is not a list")
+                usage = event.get("usage")
+                if usage:
+                    # Counts feed metrics and prices: only plausible ones are kept,
+                    # the app counts the rest itself.
+                    self.usage = clean_usage(usage) or self.usage
+            except (_Malformed, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+                why = str(exc) if isinstance(exc, _Malformed) else "not valid JSON"
+                self._malformed(why, payload)
                 break
+        if self._partial_size > MAX_LINE and self.failure is None:
+            self._too_long()
         if not texts:
             return ""
         return texts[0] if len(texts) == 1 else "".join(texts)
+
+    def _malformed(self, why: str, payload: bytes) -> None:
+        snippet = redact(payload[:2000].decode("utf-8", "replace"), self.secrets)
+        log.warning("model server sent a malformed event (%s): %.200s", why, snippet)
+        self.failure = UpstreamMalformed(f"The model server sent a malformed event ({why}).")
+
+    def _too_long(self) -> None:
+        self._partial.clear()  # its memory goes now, not when the stream is dropped
+        log.warning("model server sent an event line over %d bytes", MAX_LINE)
+        self.failure = UpstreamMalformed(
+            f"The model server sent an event line over {MAX_LINE} bytes."
+        )
 
     def final(self) -> Final:
         """The end of the body: a Final, or an error if it ended before `[DONE]`."""
@@ -219,14 +340,19 @@ class SSEDecoder:
                 code="upstream_disconnected",
                 retryable=True,
             )
-        usage = self.usage
-        if usage is not None:
-            usage = {
-                k: usage[k]
-                for k in ("prompt_tokens", "completion_tokens", "total_tokens")
-                if isinstance(usage.get(k), int)
-            }
-        return Final(self.finish_reason, usage or None)
+        return Final(self.finish_reason, self.usage or None)
+
+
+def clean_usage(usage: Any) -> dict[str, int] | None:
+    """The token counts that are plain non-negative integers (not bool, not float)."""
+    if type(usage) is not dict:
+        return None
+    kept = {}
+    for key in _USAGE_KEYS:
+        value = usage.get(key)
+        if type(value) is int and 0 <= value <= MAX_COUNT:
+            kept[key] = value
+    return kept or None
 
 
 def parse_sse(chunks: Iterator[bytes]) -> Iterator[str | Final]:
@@ -244,12 +370,15 @@ def parse_sse(chunks: Iterator[bytes]) -> Iterator[str | Final]:
 class SSEStream(UpstreamStream):
     """An open chat-completion response, read in place with a timeout."""
 
-    __slots__ = ("_decoder", "_poll", "_response")
+    __slots__ = ("_decoder", "_poll", "_response", "_unyielded")
 
-    def __init__(self, response: wire.Response, poll: float | None = None) -> None:
+    def __init__(
+        self, response: wire.Response, poll: float | None = None, secrets: Iterable[str] = ()
+    ) -> None:
         self._response = response
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(secrets)
         self._poll = poll
+        self._unyielded = 0  # reads since the last explicit yield
 
     def read(self, timeout: float | None) -> str | Final | None:
         if timeout is None:
@@ -262,11 +391,21 @@ class SSEStream(UpstreamStream):
             return self._end()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self._unyielded >= YIELD_EVERY:
+                # Before a read, never with text in hand: if the relay's watchdog
+                # interrupts this sleep, nothing is lost.
+                self._unyielded = 0
+                gevent.sleep(0)
+            self._unyielded += 1
             try:
                 data = self._response.read(timeout)
             except wire.WireError as exc:
+                # The reason may quote upstream bytes: the log has it, redacted.
+                log.warning(
+                    "model server stream broke: %.300s", redact(str(exc), self._decoder.secrets)
+                )
                 raise UpstreamError(
-                    f"The model server broke off the stream ({exc}).",
+                    "The model server broke off the stream.",
                     code="upstream_disconnected",
                     retryable=True,
                 ) from None
@@ -282,6 +421,7 @@ class SSEStream(UpstreamStream):
                 raise decoder.failure
             if decoder.done:
                 return self._end()
+            self._unyielded = YIELD_EVERY  # nothing to write: let others run first
             if deadline is not None:
                 # Only comments or empty deltas came: wait for the rest of the time.
                 timeout = deadline - time.monotonic()
@@ -308,13 +448,67 @@ def _without_credentials(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def in_band_error(error: Any) -> UpstreamError:
-    message = error.get("message") if isinstance(error, dict) else str(error)
-    return UpstreamError(f"The model server reported an error: {message}", code="upstream_error")
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with anything that looks like a credential replaced, for the log."""
+    for secret in secrets:
+        if len(secret) >= 4:  # a tiny "secret" would redact half the text
+            text = text.replace(secret, REDACTED)
+    return _CREDENTIAL.sub(REDACTED, text)
 
 
-def status_error(status: int, headers: Any, message: str) -> AppError:
-    """Map an upstream HTTP status to the app's error, never echoing secrets."""
+def safe_identifier(*candidates: Any) -> str | None:
+    """The first candidate that is a short plain identifier (an upstream `code`
+    or `type`, e.g. `model_not_found`), safe to show our client."""
+    for candidate in candidates:
+        if type(candidate) is int:
+            candidate = str(candidate)
+        if isinstance(candidate, str) and _SAFE_ID.fullmatch(candidate):
+            return candidate
+    return None
+
+
+def in_band_error(error: Any, secrets: Iterable[str] = ()) -> UpstreamError:
+    """An `error` event inside the stream: our own words, plus the upstream's code
+    if it is a plain identifier; its message only goes to the log, redacted."""
+    if isinstance(error, dict):
+        message = error.get("message")
+        ident = safe_identifier(error.get("code"), error.get("type"))
+    else:
+        message, ident = error, None
+    log.warning(
+        "model server reported an error in the stream (%s): %.500s",
+        ident or "no code",
+        redact(str(message), secrets),
+    )
+    suffix = f" ({ident})" if ident else ""
+    return UpstreamError(f"The model server reported an error{suffix}.", code="upstream_error")
+
+
+def status_error(
+    status: int,
+    headers: Any,
+    detail: str = "",
+    *,
+    upstream_code: str | None = None,
+    retry_after_max: float = 30.0,
+    secrets: Iterable[str] = (),
+) -> AppError:
+    """Map an upstream HTTP status to the app's error, in our own words.
+
+    The upstream's text (`detail`) is logged, redacted, and never sent on: a
+    server may echo the request head, our key with it. Only `upstream_code`, if
+    it is a plain identifier, is named. A Retry-After beyond `retry_after_max`
+    is passed on as that maximum, and makes the error final (not retried).
+    """
+    ident = safe_identifier(upstream_code)
+    if detail:
+        log.warning(
+            "model server answered %d (%s): %.500s",
+            status,
+            ident or "no code",
+            redact(detail, secrets),
+        )
+    suffix = f" ({ident})" if ident else ""
     should_retry = headers.get("x-should-retry")
     retryable = (
         should_retry == "true" if should_retry in ("true", "false") else status in _RETRYABLE_STATUS
@@ -326,45 +520,66 @@ def status_error(status: int, headers: Any, message: str) -> AppError:
         )
     if status == 400:
         return BadRequest(
-            f"The model server refused the request: {message}", code="upstream_bad_request"
+            f"The model server refused the request{suffix}.", code="upstream_bad_request"
         )
+    hint: float | None = None
+    if status == 429 or status >= 500:
+        hint = retry_after(headers)
+        if hint is not None and hint > retry_after_max:
+            # Longer than we would wait: stop now, and tell our client the most
+            # we would have waited (not an hour, not infinity).
+            hint, retryable = retry_after_max, False
     if status == 429:
         return RateLimited(
             "The model server is rate limiting requests; try again shortly.",
-            retry_after=retry_after(headers),
+            retry_after=hint,
             retryable=retryable,
         )
     if status == 503:
         return UpstreamUnavailable(
             f"The model server is unavailable ({status}).",
-            retry_after=retry_after(headers),
+            retry_after=hint,
             retryable=retryable,
         )
     return UpstreamError(
-        f"The model server answered {status}: {message}",
+        f"The model server answered {status}{suffix}.",
         code="upstream_error",
         retryable=retryable,
-        retry_after=retry_after(headers) if status >= 500 else None,
+        retry_after=hint,
     )
 
 
-def retry_after(headers: Any, now: float | None = None) -> float | None:
-    """Seconds to wait, from `retry-after-ms` or `retry-after` (seconds or HTTP date)."""
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000)
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def retry_after(headers: Any, now: float | None = None, limit: float | None = None) -> float | None:
+    """Seconds to wait, from `retry-after-ms` or `retry-after` (seconds or HTTP date).
+
+    Anything else (negative, `inf`, `nan`, `1e400`, garbage) counts as absent;
+    with `limit`, longer waits are cut to it.
+    """
+    value = _retry_after(headers, time.time() if now is None else now)
+    if value is not None and limit is not None:
+        value = min(value, limit)
+    return value
+
+
+def _retry_after(headers: Any, now: float) -> float | None:
+    raw_ms = (headers.get("retry-after-ms") or "").strip()
+    if _SECONDS.fullmatch(raw_ms):
+        value = float(raw_ms) / 1000
+        if math.isfinite(value):
+            return value
+    raw = (headers.get("retry-after") or "").strip()
     if not raw:
         return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
+    if _SECONDS.fullmatch(raw):
+        value = float(raw)
+        return value if math.isfinite(value) else None
     try:
         moment = email.utils.parsedate_to_datetime(raw).timestamp()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, moment - (time.time() if now is None else now))
+    if not math.isfinite(moment):
+        return None
+    return max(0.0, moment - now)

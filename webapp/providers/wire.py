@@ -13,12 +13,18 @@ seconds idle). A reused connection that turns out to be closed before any
 byte of the answer is set aside and the request goes on another (the next
 idle one, else a new one), as browsers and urllib3 do; a failure on a new
 connection is the caller's to retry.
+
+Parsing is strict (RFC 9112): a status of three digits, header names that are
+tokens, chunk sizes of hex digits only, one plain Content-Length, chunked as
+the only transfer coding and never beside a length, a bounded head, trailer
+and run of 1xx heads. Anything else is a ProtocolError, not a guess.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import select
 import socket
 import ssl
@@ -31,6 +37,8 @@ from gevent import monkey
 
 MAX_HEAD = 64 * 1024
 MAX_ERROR_BODY = 1024 * 1024
+# Interim (1xx) heads accepted before the real one; a server sending more is broken.
+MAX_INTERIM = 10
 # Pooled connections older than this are not reused: load balancers and NATs
 # commonly forget idle connections after 60 s or more, without telling either end.
 MAX_IDLE_AGE = 50.0
@@ -55,6 +63,14 @@ class Broken(WireError):
 
 class ProtocolError(WireError):
     """The bytes were not HTTP/1.1 as expected (bad status line, chunk size...)."""
+
+
+# RFC 9112 grammar, strictly: anything looser (Python's int() takes "0x5", "5_0",
+# " +5 ") lets two parsers disagree about where a message ends.
+_STATUS = re.compile(r"[0-9]{3}")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name
+_DIGITS = re.compile(r"[0-9]{1,18}")  # a content-length
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")  # a chunk size (16 digits: 2**64, already absurd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +128,7 @@ class Response:
         "_left",
         "_pool",
         "_stage",
+        "_trailer",
         "_until_close",
         "headers",
         "status",
@@ -122,22 +139,29 @@ class Response:
         self.headers = headers
         self._conn: Connection | None = conn
         self._pool = pool
-        encoding = headers.get("transfer-encoding", "").lower()
-        self._chunked = "chunked" in encoding
+        encoding = headers.get("transfer-encoding")
         length = headers.get("content-length")
+        if encoding is not None:
+            # Only chunked is asked for (the request says Accept-Encoding: identity);
+            # with a length as well, which one frames the body is ambiguous, and
+            # RFC 9112 lets a client refuse such an answer.
+            if encoding.strip().lower() != "chunked":
+                raise ProtocolError(f"unsupported transfer-encoding: {encoding!r:.40}")
+            if length is not None:
+                raise ProtocolError("both transfer-encoding and content-length")
+        self._chunked = encoding is not None
         self._until_close = not self._chunked and length is None
         # Bytes left: of the body (content-length), or of the current chunk.
-        try:
-            self._left = 0 if self._chunked or length is None else int(length)
-        except ValueError:
-            raise ProtocolError(f"bad content-length: {length!r:.40}") from None
+        self._left = 0 if length is None else _content_length(length)
         # 204 and 304 have no body whatever the headers say.
         if status in (204, 304):
             self._chunked = self._until_close = False
             self._left = 0
         self._done = not self._chunked and not self._until_close and self._left == 0
-        # Chunked framing: "size" (a size line is next), "data", "crlf" (after data).
+        # Chunked framing: "size" (a size line is next), "data", "crlf" (after data),
+        # "trailer" (after the last chunk; `_trailer` counts its bytes).
         self._stage = "size"
+        self._trailer = 0
 
     @property
     def done(self) -> bool:
@@ -224,17 +248,21 @@ class Response:
                 continue
             if stage == "trailer":
                 blank = line_end == position
+                self._trailer += line_end + 2 - position
+                if self._trailer > MAX_HEAD:
+                    raise self._protocol("chunked trailer too large")
                 position = line_end + 2
                 if blank:
                     self._done = True
                     break
                 continue
-            try:  # a size line: hex, maybe with ";extensions"
-                left = int(raw[position:line_end].split(b";", 1)[0], 16)
-            except ValueError:
-                raise self._protocol("bad chunk size") from None
-            if left < 0:
-                raise self._protocol("bad chunk size")
+            # A size line: 1*HEXDIG, maybe then ";extensions" (spaces allowed before ";").
+            size, semicolon, _ = raw[position:line_end].partition(b";")
+            if semicolon:
+                size = size.rstrip(b" \t")
+            if not _HEX.fullmatch(size):
+                raise self._protocol(f"bad chunk size: {size[:20]!r}")
+            left = int(size, 16)
             position = line_end + 2
             stage = "trailer" if left == 0 else "data"
         self._stage, self._left = stage, left
@@ -277,6 +305,9 @@ class Response:
             if size < limit:
                 parts.append(data[: limit - size])
             size += len(data)
+            if size > limit:
+                self.close()  # the rest is not worth reading (it may never end)
+                break
         return b"".join(parts)
 
     def close(self) -> None:
@@ -348,37 +379,14 @@ class Pool:
                 raise
 
     def _read_head(self, conn: Connection) -> Response:
-        data = conn.buffer
-        conn.buffer = b""
-        while True:
-            end = data.find(b"\r\n\r\n")
-            if end >= 0:
-                break
-            if len(data) > MAX_HEAD:
-                raise ProtocolError("response head too large")
-            chunk = conn.sock.recv(RECV)
-            if not chunk:
-                raise Broken("the connection closed before the answer")
-            data += chunk
-        head, conn.buffer = data[:end].decode("latin-1"), data[end + 4 :]
-        lines = head.split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
-            raise ProtocolError(f"bad status line: {lines[0][:80]!r}")
-        try:
-            status = int(parts[1])
-        except ValueError:
-            raise ProtocolError(f"bad status line: {lines[0][:80]!r}") from None
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                key = name.strip().lower()
-                value = value.strip()
-                headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        if 100 <= status < 200:
-            return self._read_head(conn)  # 100 Continue and friends: the real head follows
-        return Response(status, headers, conn, self)
+        # 100 Continue and friends come before the real head: skip a few, in a loop.
+        for _ in range(MAX_INTERIM + 1):
+            status, headers = _parse_head(_head_bytes(conn))
+            if status == 101:
+                raise ProtocolError("unexpected 101 Switching Protocols")
+            if not 100 <= status < 200:
+                return Response(status, headers, conn, self)
+        raise ProtocolError(f"more than {MAX_INTERIM} interim (1xx) responses")
 
     def _connect(self) -> Connection:
         target = self.proxy or self.origin
@@ -449,6 +457,64 @@ class Pool:
     def clear(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+
+def _head_bytes(conn: Connection) -> bytes:
+    """The next head from `conn`, without its blank line; what follows stays buffered."""
+    data = conn.buffer
+    conn.buffer = b""
+    scanned = 0
+    while True:
+        end = data.find(b"\r\n\r\n", scanned)
+        if end >= 0:
+            break
+        if len(data) > MAX_HEAD:
+            raise ProtocolError("response head too large")
+        scanned = max(0, len(data) - 3)  # only new bytes can complete the blank line
+        chunk = conn.sock.recv(RECV)
+        if not chunk:
+            raise Broken("the connection closed before the answer")
+        data += chunk
+    if end > MAX_HEAD:
+        raise ProtocolError("response head too large")
+    conn.buffer = data[end + 4 :]
+    return data[:end]
+
+
+def _parse_head(raw: bytes) -> tuple[int, dict[str, str]]:
+    """Status and headers (names lower-cased, repeats joined with ", ")."""
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf or b"\0" in raw:
+        raise ProtocolError("a bare CR, LF or NUL in the response head")
+    lines = raw.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if (
+        len(parts) < 2
+        or parts[0] not in ("HTTP/1.1", "HTTP/1.0")
+        or not _STATUS.fullmatch(parts[1])
+    ):
+        raise ProtocolError(f"bad status line: {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        # No colon, a space before it, or a folded line: RFC 9112 says reject.
+        if not sep or not _TOKEN.fullmatch(name):
+            raise ProtocolError(f"bad header line: {line[:80]!r}")
+        key = name.lower()
+        value = value.strip(" \t")
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return int(parts[1]), headers
+
+
+def _content_length(raw: str) -> int:
+    """1*DIGIT; a repeated header (joined with ", ") only if every copy agrees."""
+    values = {v.strip(" \t") for v in raw.split(",")}
+    if len(values) != 1:
+        raise ProtocolError(f"conflicting content-length: {raw!r:.40}")
+    value = values.pop()
+    if not _DIGITS.fullmatch(value):
+        raise ProtocolError(f"bad content-length: {raw!r:.40}")
+    return int(value)
 
 
 _poll = monkey.get_original("select", "poll")
