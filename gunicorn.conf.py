@@ -20,11 +20,9 @@
 """
 
 import glob
-import importlib.util
 import os
 import re
 import secrets
-import sys
 import tempfile
 
 # Prometheus multiprocess mode: every worker writes its samples to one folder,
@@ -40,19 +38,13 @@ else:
         if re.fullmatch(r"(counter|gauge_\w+|histogram|summary)_\d+\.db", os.path.basename(_old)):
             os.unlink(_old)
 
-# Read the settings from webapp/config.py alone: importing the `webapp` package
-# here would import ssl and friends in the master, before gevent patches them.
-_spec = importlib.util.spec_from_file_location(
-    "codegen_settings",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "webapp", "config.py"),
-)
-assert _spec is not None and _spec.loader is not None
-_settings = importlib.util.module_from_spec(_spec)
-sys.modules["codegen_settings"] = _settings
-_spec.loader.exec_module(_settings)
+# `webapp` imports nothing at package level, so this reads the settings without
+# importing ssl and friends in the master, before gevent patches the workers.
+from webapp.config import Config, ConfigError
+
 try:
-    _config = _settings.Config.from_env()
-except _settings.ConfigError as exc:  # a bad setting stops start-up, naming it
+    _config = Config.from_env()
+except ConfigError as exc:  # a bad setting stops start-up, naming it
     raise SystemExit(f"configuration error: {exc}") from None
 
 bind = f"0.0.0.0:{_config.port}"

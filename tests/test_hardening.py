@@ -19,7 +19,8 @@ from flask import Flask
 from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
 from tests.test_api import prompt
-from webapp.generation import CHARS_PER_TOKEN_BOUND, Done
+from webapp.events import Done
+from webapp.generation import CHARS_PER_TOKEN_BOUND
 from webapp.guard import Guard
 from webapp.ui import _with_blocks
 

@@ -13,10 +13,11 @@ import pytest
 
 from webapp import generation
 from webapp.config import Config
-from webapp.errors import UpstreamError
-from webapp.generation import ClientTooSlow, Done, Failed, Relay
+from webapp.errors import ClientTooSlow, UpstreamError
+from webapp.events import Done, Failed
+from webapp.generation import Relay
 from webapp.providers.base import Final, GenerationRequest, IteratorStream, UpstreamStream
-from webapp.providers.wire import readable_now
+from webapp.sockets import readable_now
 
 
 def relay_for(streams: list[Iterator[str | Final]], **settings: str) -> Relay:

@@ -21,7 +21,7 @@ from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
 from tests.test_api import prompt, sse_events
 from webapp.errors import RateLimited, UpstreamError
-from webapp.generation import RetryPolicy, backoff, should_retry
+from webapp.opener import RetryPolicy, backoff, should_retry
 
 MARGIN = 1.0
 

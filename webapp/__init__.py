@@ -1,215 +1,24 @@
-"""Streaming Code Generator: the app factory."""
+"""Streaming Code Generator.
+
+Importing the package imports nothing else: `gunicorn.conf.py` reads
+`webapp.config` in gunicorn's master, before the workers' gevent patches, and
+must not pull in ssl or the web stack there. The app factory is `create_app`,
+in webapp/app.py.
+"""
 
 from __future__ import annotations
 
-import io
-import logging
-import re
-import secrets
-import sys
-import time
-import uuid
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import orjson
-from flask import Flask, Response, g, request, session
-from flask.sessions import SecureCookieSessionInterface
-from flask_wtf.csrf import CSRFProtect
-from itsdangerous import URLSafeTimedSerializer
-from werkzeug.middleware.proxy_fix import ProxyFix
+if TYPE_CHECKING:
+    from flask import Flask
 
-from webapp.config import Config
-from webapp.errors import (
-    ClientReadTimeout,
-    PayloadTooLarge,
-    RequestTimeout,
-    register_error_handlers,
-)
-from webapp.generation import CodeGen
-from webapp.guard import Guard, Unauthorized
-from webapp.observability import LIMITED_ENDPOINTS, Observer
-from webapp.providers import build_provider
-from webapp.tokens import count_tokens
-
-ROOT = Path(__file__).resolve().parent.parent
-csrf = CSRFProtect()
-log = logging.getLogger("webapp")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-# No inline script or style, nothing from another origin.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
-        "form-action 'self'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    # Not no-referrer: over HTTPS, Flask-WTF refuses a POST without a same-origin
-    # Referer (WTF_CSRF_SSL_STRICT), so the page broke exactly behind TLS proxies.
-    "Referrer-Policy": "same-origin",
-    "X-Frame-Options": "DENY",
-}
-_SECURITY_ITEMS = list(SECURITY_HEADERS.items())
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; `extra={"fields": {...}}` adds structured fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
-
-
-def configure_logging(level: str) -> None:
-    root = logging.getLogger("webapp")
-    if not any(getattr(h, "_webapp", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        handler._webapp = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-        root.propagate = False
-    root.setLevel(level.upper())
-
-
-class CachedSerializerSessions(SecureCookieSessionInterface):
-    """Flask's cookie sessions, with the signer built once per app, not per request.
-
-    Flask rebuilds (and test-serialises) its signer on every request, session
-    or not: ~40 µs of each API call, measured with py-spy.
-    """
-
-    def get_cookie_secure(self, app: Flask) -> bool:
-        # Secure whenever the request came over HTTPS (directly or, with
-        # TRUST_FORWARDED_FOR, through a TLS proxy): plain HTTP keeps working.
-        return request.is_secure
-
-    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
-        cached: URLSafeTimedSerializer | None = app.extensions.get("session_serializer")
-        if cached is None:
-            cached = super().get_signing_serializer(app)
-            app.extensions["session_serializer"] = cached
-        return cached
+    from webapp.config import Config
 
 
 def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     """Build the app from a Config, a mapping of settings (tests), or the environment."""
-    if config is None:
-        config = Config.from_env()
-    elif not isinstance(config, Config):
-        config = Config.from_env(config)
-    configure_logging(config.log_level)
+    from webapp.app import create_app as build
 
-    app = Flask(
-        __name__,
-        template_folder=str(ROOT / "templates"),
-        static_folder=str(ROOT / "static"),
-    )
-    app.session_interface = CachedSerializerSessions()
-    app.config.update(
-        APP_CONFIG=config,
-        SECRET_KEY=config.secret_key or secrets.token_hex(32),
-        MAX_CONTENT_LENGTH=config.max_body_bytes,
-        WTF_CSRF_TIME_LIMIT=None,
-        SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_HTTPONLY=True,
-        JSON_SORT_KEYS=False,
-    )
-    provider = build_provider(config)
-    guard = Guard(config)
-    app.extensions["guard"] = guard
-    app.extensions["codegen"] = CodeGen(
-        config, provider, count_tokens, hooks=Observer(config.log_prompts)
-    )
-    if config.trust_forwarded_for:
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app, x_for=config.trust_forwarded_for, x_proto=config.trust_forwarded_for
-        )
-
-    @app.before_request
-    def assign_request_id() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        g.started = time.monotonic()
-
-    def page_key(guard: Guard) -> str | None:
-        """With API keys set, the page needs a sign-in: the key's id, kept in the
-        signed session. A key removed from the config signs its sessions out."""
-        if not guard.key_digests:
-            return None
-        key_id = session.get("key_id")
-        if isinstance(key_id, str) and guard.knows(key_id):
-            return key_id
-        raise Unauthorized("Sign in with an API key first.", code="sign_in_required")
-
-    @app.before_request
-    def read_body_within_limit() -> None:
-        """Read any body now, bounded, so a chunked one over MAX_BODY_BYTES is a 413
-        (Werkzeug cuts it at the limit without a word), and views get it whole."""
-        if request.method in ("GET", "HEAD", "OPTIONS"):
-            return
-        environ = request.environ
-        limit = config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
-        try:
-            body = environ["wsgi.input"].read(limit + 1)
-        except ClientReadTimeout:
-            raise RequestTimeout(
-                f"The request body did not arrive within {config.client_read_timeout:g} s."
-            ) from None
-        if len(body) > limit:
-            raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
-        environ["wsgi.input"] = io.BytesIO(body)
-        environ["CONTENT_LENGTH"] = str(len(body))
-        environ["wsgi.input_terminated"] = True  # a chunked body has no length to go by
-
-    @app.before_request
-    def identify_and_limit() -> None:
-        """Auth for every way to generate, then the rate limit, before any work is done."""
-        g.client_id = f"ip:{request.remote_addr}"
-        if request.method != "POST" or request.endpoint not in LIMITED_ENDPOINTS:
-            return
-        key_id = (
-            guard.authenticate(request.headers, request.remote_addr or "")
-            if request.blueprint == "api"
-            else page_key(guard)
-        )
-        if key_id is not None:
-            g.client_id = f"key:{key_id}"
-        guard.check_rate(g.client_id)
-
-    csrf.init_app(app)  # after the request id, so CSRF errors carry one
-
-    from webapp import api, observability, openapi, ui
-
-    app.register_blueprint(api.bp)
-    csrf.exempt(api.bp)
-    app.register_blueprint(ui.bp)
-    app.register_blueprint(openapi.bp)
-    register_error_handlers(app)
-    observability.init_app(app)
-
-    @app.after_request
-    def add_headers(response: Response) -> Response:
-        headers = response.headers
-        headers["X-Request-ID"] = g.get("request_id", "")
-        # No view sets its own, so one look decides for all (5 µs, not 11).
-        if "Content-Security-Policy" not in headers:
-            headers.extend(_SECURITY_ITEMS)
-            if request.is_secure:
-                headers["Strict-Transport-Security"] = "max-age=31536000"
-        return response
-
-    info = provider.info()
-    log.info("started", extra={"fields": {"provider": info.name, "model": info.model}})
-    return app
+    return build(config)

@@ -5,58 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import orjson
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, request
 
 from webapp import formats
-from webapp.errors import BadRequest, UnsupportedMediaType
-from webapp.generation import CodeGen, Relay, explanation_of
-from webapp.guard import Guard
-from webapp.schema import GenerateCodeRequest
+from webapp.codeblocks import explanation_of
+from webapp.service import STREAM_HEADERS, codegen, guard, new_relay, read_json_body
 
 bp = Blueprint("api", __name__)
-
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def codegen() -> CodeGen:
-    service: CodeGen = current_app.extensions["codegen"]
-    return service
-
-
-def new_relay(params: GenerateCodeRequest) -> Relay:
-    """A Relay for validated parameters, holding one of the client's stream slots."""
-    relay = codegen().relay(
-        g.request_id,
-        params.prompt,
-        language=params.language,
-        model=params.model,
-        temperature=params.temperature,
-        max_tokens=params.max_tokens,
-        client=g.client_id,
-    )
-    relay.client_socket = request.environ.get("gunicorn.socket")
-    guard: Guard = current_app.extensions["guard"]
-    slot = guard.acquire_stream(g.client_id)
-    relay.cleanups.append(lambda: guard.release_stream(slot))
-    return relay
-
-
-def read_json_body() -> object:
-    # Only JSON: a cross-site form can post text/plain without a CORS preflight,
-    # and that must not drive generation on the operator's key.
-    if request.mimetype != "application/json":
-        raise UnsupportedMediaType(
-            "Send the body as JSON, with the header Content-Type: application/json."
-        )
-    raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
-    if not raw.strip():
-        raise BadRequest(
-            "The body is empty; send a JSON object with a prompt.", code="invalid_json"
-        )
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}.", code="invalid_json") from None
 
 
 def negotiate_stream_format() -> str:
@@ -103,12 +58,11 @@ def generate_code() -> Response:
 @bp.get("/healthz")
 def healthz() -> Response:
     info = codegen().provider.info()
-    guard: Guard = current_app.extensions["guard"]
     body = {
         "status": "ok",
         "provider": info.name,
         "model": info.model,
         **info.detail,
-        **guard.health(),
+        **guard().health(),
     }
     return Response(orjson.dumps(body), mimetype="application/json")

@@ -4,12 +4,12 @@
     ├── BadRequest                 400     invalid_json, invalid_request, unknown_fields,
     │                                      model_not_allowed, prompt_too_long,
     │                                      upstream_bad_request
-    ├── Unauthorized (guard.py)    401     unauthorized, sign_in_required
+    ├── Unauthorized               401     unauthorized, sign_in_required
     ├── RequestTimeout             408     request_timeout              (head/body too slow)
     ├── PayloadTooLarge            413     body_too_large
     ├── UnsupportedMediaType       415     unsupported_media_type       (the API takes JSON only)
     ├── RateLimited                429     upstream_rate_limited        (.retry_after)
-    │   └── TooManyRequests (guard) 429    rate_limited, too_many_streams, too_many_failed_auth
+    │   └── TooManyRequests        429     rate_limited, too_many_streams, too_many_failed_auth
     ├── ClientClosed               499     client_closed                (nobody is listening)
     ├── InternalError              500     internal_error               (details only in the log)
     └── UpstreamError              502     upstream_error, upstream_disconnected,
@@ -18,6 +18,9 @@
         ├── UpstreamMalformed      502     upstream_malformed
         ├── UpstreamUnavailable    503     upstream_unavailable, local_model_busy
         └── UpstreamTimeout        504     first_token_timeout, idle_timeout, deadline_exceeded
+
+This module imports nothing of the app's, nor Flask: every layer may raise
+these. `webapp/responses.py` turns them into responses.
 
 Before a stream starts, an AppError becomes a status and a JSON body
 `{"error": {"code", "message", "request_id"}}`; after it started, the same
@@ -30,11 +33,6 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-import orjson
-from flask import Flask, Response, current_app, g, render_template, request
-from flask_wtf.csrf import CSRFError, generate_csrf
-from werkzeug.exceptions import HTTPException
-
 
 class TruncatedStream(ConnectionResetError):
     """Raised to make the WSGI server drop the connection without the last chunk.
@@ -45,6 +43,11 @@ class TruncatedStream(ConnectionResetError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(errno.ECONNRESET, reason)
+
+
+class ClientTooSlow(TruncatedStream):
+    """Thrown into a write the client has not drained by the total deadline:
+    gunicorn drops the connection, and closing the answer closes the upstream."""
 
 
 class ClientReadTimeout(ConnectionResetError):
@@ -101,6 +104,11 @@ class RequestTimeout(AppError):
     code = "request_timeout"
 
 
+class Unauthorized(AppError):
+    status = 401
+    code = "unauthorized"
+
+
 class UnsupportedMediaType(AppError):
     status = 415
     code = "unsupported_media_type"
@@ -110,6 +118,13 @@ class RateLimited(AppError):
     status = 429
     code = "upstream_rate_limited"
     retryable = True
+
+
+class TooManyRequests(RateLimited):
+    """Over one of this server's own limits (not the upstream's): never retried."""
+
+    code = "rate_limited"
+    retryable = False
 
 
 class ClientClosed(AppError):
@@ -146,79 +161,3 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "first_token_timeout"
-
-
-def wants_json_response() -> bool:
-    # The page's streaming route speaks JSON whatever the Accept header says.
-    if request.blueprint != "ui" or request.endpoint == "ui.stream":
-        return True
-    accept = request.accept_mimetypes
-    return accept["application/json"] > accept["text/html"]
-
-
-def error_response(exc: AppError, **extra: Any) -> Response:
-    """The one way to build an error response, JSON for the API, HTML for the page."""
-    request_id = g.get("request_id", "")
-    if wants_json_response():
-        body = {"error": {**exc.to_dict(), "request_id": request_id, **extra}}
-        response = Response(orjson.dumps(body), status=exc.status, mimetype="application/json")
-    else:
-        html = render_template("error.html", error=exc, request_id=request_id)
-        response = Response(html, status=exc.status, mimetype="text/html")
-    if exc.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.499)))
-    if exc.status == 408:
-        response.headers["Connection"] = "close"  # what is left of the body is not read
-    return response
-
-
-_HTTP_CODES = {
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "body_too_large",
-    415: "unsupported_media_type",
-}
-
-
-_HTTP_MESSAGES = {404: "There is nothing at this address."}
-
-
-def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(AppError)
-    def on_app_error(exc: AppError) -> Response:
-        if isinstance(exc, InternalError):
-            app.logger.error("internal error: %s", exc.message)
-            exc = InternalError("Internal server error; the request id is in the log.")
-        return error_response(exc)
-
-    @app.errorhandler(CSRFError)
-    def on_csrf_error(exc: CSRFError) -> Response | tuple[str, int]:
-        err = BadRequest(
-            "Your session expired or the page was open too long. A fresh token is in "
-            "place: submit again.",
-            code="csrf_invalid",
-        )
-        if wants_json_response():
-            return error_response(err, csrf_token=generate_csrf())
-        from webapp.ui import csrf_failed_page
-
-        return csrf_failed_page(err.message), 400
-
-    @app.errorhandler(HTTPException)
-    def on_http_error(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        message = _HTTP_MESSAGES.get(status) or exc.description or exc.name
-        if status == 413:
-            limit = current_app.config["MAX_CONTENT_LENGTH"]
-            message = f"The request body is over the limit of {limit} bytes."
-        err = AppError(message, code=_HTTP_CODES.get(status, "http_error"))
-        err.status = status
-        response = error_response(err)
-        if status == 405 and exc.get_response().headers.get("Allow"):
-            response.headers["Allow"] = exc.get_response().headers["Allow"]
-        return response
-
-    @app.errorhandler(Exception)
-    def on_unexpected(exc: Exception) -> Response:
-        app.logger.exception("unhandled error")
-        return error_response(InternalError("Internal server error; the request id is in the log."))

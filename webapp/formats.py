@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from webapp.errors import TruncatedStream
-from webapp.generation import Done, Event_, Failed, Ping
+from webapp.events import Done, Failed, Ping, RelayEvent
 
 TEXT = "text/plain"
 SSE = "text/event-stream"
@@ -28,7 +28,7 @@ def done_payload(done: Done) -> dict[str, Any]:
     return asdict(done)
 
 
-def text_plain(events: Iterator[Event_]) -> Iterator[bytes]:
+def text_plain(events: Iterator[RelayEvent]) -> Iterator[bytes]:
     for event in events:
         if type(event) is str:
             yield event.encode()
@@ -36,7 +36,7 @@ def text_plain(events: Iterator[Event_]) -> Iterator[bytes]:
             raise TruncatedStream(event.error.code)
 
 
-def sse(events: Iterator[Event_]) -> Iterator[bytes]:
+def sse(events: Iterator[RelayEvent]) -> Iterator[bytes]:
     dumps = orjson.dumps
     for event in events:
         if type(event) is str:
@@ -49,7 +49,7 @@ def sse(events: Iterator[Event_]) -> Iterator[bytes]:
             yield b"event: error\ndata: " + dumps(event.error.to_dict()) + b"\n\n"
 
 
-def ndjson(events: Iterator[Event_ | dict[str, object]]) -> Iterator[bytes]:
+def ndjson(events: Iterator[RelayEvent | dict[str, object]]) -> Iterator[bytes]:
     """NDJSON; plain dicts (the page's extra `block`/`html` events) pass through as lines."""
     dumps = orjson.dumps
     for event in events:
@@ -65,7 +65,7 @@ def ndjson(events: Iterator[Event_ | dict[str, object]]) -> Iterator[bytes]:
             yield dumps(event) + b"\n"
 
 
-FORMATTERS: dict[str, Callable[[Iterator[Event_]], Iterator[bytes]]] = {
+FORMATTERS: dict[str, Callable[[Iterator[RelayEvent]], Iterator[bytes]]] = {
     TEXT: text_plain,
     SSE: sse,
     NDJSON: ndjson,

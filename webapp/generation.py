@@ -1,122 +1,53 @@
-"""prompt -> provider -> events, with one retry loop, three bounds and cancellation.
+"""prompt -> provider -> events: one answer in flight, within its bounds.
 
-A `Relay` is one answer in flight, in two phases:
+A `Relay` is one answer, in two phases:
 
-- Opening: an opener greenlet connects, retries (tenacity, only before any
-  text) and reads up to the first text, while the response side waits on an
-  event with a timeout, so it can keep its bounds and send keep-alives.
+- Opening: an `Opener` (webapp/opener.py) connects, retries (only before any
+  text) and reads up to the first text in a greenlet of its own, while the
+  response side waits with a timeout, so it can keep its bounds and send
+  keep-alives.
 - Streaming: the response greenlet reads the provider's stream itself and
-  yields each read (everything that arrived, never waiting for more) as it
-  comes: one wake-up per upstream read. No timer is set per read; a watchdog
-  timer per answer interrupts the read only when something is due.
+  yields each read (everything that arrived, never waiting for more): one
+  wake-up per upstream read. No timer is set per read; a `Watchdog`
+  (webapp/watchdog.py) interrupts the read only when something is due, as
+  `Deadlines` (webapp/deadlines.py) says.
 
-The bounds, on the relay's own clock:
-
-- time to first token (queueing and retries included),
-- idle time between upstream chunks (keep-alives from us never reset it),
-- a total deadline.
-
-When a bound fires, or the client goes away, the upstream response is
-closed, so generation and billing stop. Retries happen only while no text
-has arrived, so nothing is ever sent twice. With `RESUME_ON_FAILURE`, a
-stream that breaks after text arrived is continued by a new request that
-carries the partial answer.
+When a bound fires, the answer passes its size bound, or the client goes away,
+the upstream response is closed, so generation and billing stop. With
+`RESUME_ON_FAILURE`, a stream that breaks after text arrived is continued by
+a new request that carries the partial answer.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import re
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
-from gevent import get_hub
-from gevent.event import Event
-from tenacity import RetryCallState, Retrying, retry_if_exception
 
+from webapp import accounting
+from webapp.codeblocks import extract_code_blocks
 from webapp.config import Config
-from webapp.errors import (
-    AppError,
-    BadRequest,
-    ClientClosed,
-    InternalError,
-    TruncatedStream,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from webapp.deadlines import PING as PING_DUE
+from webapp.deadlines import TOTAL, Deadlines
+from webapp.errors import AppError, BadRequest, ClientClosed, UpstreamError, UpstreamTimeout
+from webapp.events import PING, Done, Failed, RelayEvent
+from webapp.opener import Opener, continuation, resumable
 from webapp.providers import Final, GenerationRequest, Provider, UpstreamStream
-from webapp.providers.wire import readable_now
 from webapp.schema import GenerateCodeRequest, parse_generate
+from webapp.sockets import peer_closed
+from webapp.watchdog import DISCONNECT_CHECK, ReadInterrupted, Watchdog
 
 log = logging.getLogger("webapp.relay")
 
-CONTINUE_PROMPT = (
-    "Your previous answer was cut off. Continue exactly where it stops, "
-    "without repeating anything already written."
-)
-
-
-@dataclass(slots=True)
-class _Opening:
-    """What one opener greenlet produced: set before `done` is."""
-
-    done: Event
-    stream: UpstreamStream | None = None
-    first: str | Final | None = None
-    error: AppError | None = None
-
-
-class ReadInterrupted(BaseException):
-    """Thrown by the relay's watchdog into its own upstream read; never escapes it.
-
-    A BaseException, like gevent's Timeout, so that no `except Exception` in a
-    provider swallows it. Providers keep their state consistent at every
-    blocking point, so an interrupted read loses nothing.
-    """
-
-
-class ClientTooSlow(TruncatedStream):
-    """Thrown into a write the client has not drained by the total deadline:
-    gunicorn drops the connection, and closing the answer closes the upstream."""
-
-
-class Ping:
-    """A keep-alive marker: formats write a comment or a ping line."""
-
-
-PING = Ping()
-
-# While no token flows, the relay looks at the client's socket this often, so a
-# closed tab stops the upstream within a second even in a silent stretch.
-DISCONNECT_CHECK = 0.5
 # Characters allowed per requested token before an answer counts as a flood.
 CHARS_PER_TOKEN_BOUND = 32
 # Seconds a client gets to take the last event (done or error), past the
 # total deadline if need be; a client that takes none is dropped then.
 WRITE_GRACE = 5.0
-
-
-@dataclass(slots=True)
-class Done:
-    finish_reason: str | None
-    usage: dict[str, int]
-    code_blocks: list[dict[str, str]]
-    request_id: str
-    timing: dict[str, float]
-    cost_usd: float | None = None
-
-
-@dataclass(slots=True)
-class Failed:
-    error: AppError
-
-
-Event_ = str | Ping | Done | Failed
 
 
 class RelayHooks:
@@ -133,99 +64,24 @@ class RelayHooks:
         pass
 
 
-# -- retry policy: small pure functions, so tests can assert exact delays ------
-
-
-def should_retry(exc: BaseException) -> bool:
-    return isinstance(exc, AppError) and exc.retryable
-
-
-def backoff(attempt: int, base: float, cap: float, rng: Callable[[], float]) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
-    return rng() * min(cap, base * 2.0 ** (attempt - 1))
-
-
-@dataclass
-class RetryPolicy:
-    max_attempts: int
-    base_delay: float
-    max_delay: float
-    retry_after_max: float
-    rng: Callable[[], float] = random.random
-
-    @classmethod
-    def from_config(cls, config: Config) -> RetryPolicy:
-        return cls(
-            config.retry_max_attempts,
-            config.retry_base_delay,
-            config.retry_max_delay,
-            config.retry_after_max,
-        )
-
-    def wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        hinted: float | None = getattr(exc, "retry_after", None)
-        if hinted is not None:
-            return hinted
-        return backoff(state.attempt_number, self.base_delay, self.max_delay, self.rng)
-
-    def retrying(
-        self,
-        deadline: float,
-        clock: Callable[[], float],
-        sleep: Callable[[float], Any],
-        may_retry: Callable[[BaseException], bool] = should_retry,
-        before_sleep: Callable[[RetryCallState], None] | None = None,
-    ) -> Retrying:
-        """The one retry loop: this policy's waits, stopping before `deadline`."""
-        return Retrying(
-            retry=retry_if_exception(may_retry),
-            wait=self.wait,
-            stop=self.give_up(deadline, clock),
-            sleep=sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-
-    def give_up(
-        self, deadline: float, clock: Callable[[], float]
-    ) -> Callable[[RetryCallState], bool]:
-        def stop(state: RetryCallState) -> bool:
-            return (
-                state.attempt_number >= self.max_attempts
-                or state.upcoming_sleep > self.retry_after_max
-                or clock() + state.upcoming_sleep >= deadline
-            )
-
-        return stop
-
-
-# -- prompting -----------------------------------------------------------------
-
-
 def build_messages(prompt: str, language: str | None, system_prompt: str) -> list[dict[str, str]]:
     user = prompt if not language else f"Language: {language}.\n\n{prompt}"
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
 
 
-# Groups: the language tag, the code, and the closing fence (None while the
-# block is still open: it then runs to the end of the text).
-FENCE = re.compile(r"^```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:^(```)[ \t]*$|\Z)", re.M | re.S)
-
-
-def extract_code_blocks(text: str) -> list[dict[str, str]]:
-    return [{"language": m.group(1), "code": m.group(2).rstrip("\n")} for m in FENCE.finditer(text)]
-
-
-def explanation_of(text: str) -> str:
-    return re.sub(r"\n{3,}", "\n\n", FENCE.sub("", text)).strip()
-
-
-# -- the relay -----------------------------------------------------------------
-
-
 @dataclass
 class Relay:
+    """One answer: `start()`, then iterate `events()` (or `collect()`), and `close()`.
+
+    `start` returns once the response can begin (first text, the end, or
+    `commit_after` seconds of silence), or raises the AppError that ended the
+    answer before that, so the caller can still pick the status. `events()`
+    yields text, keep-alives, then one Done or Failed, and always closes the
+    upstream. Every text is yielded exactly once, and the answer ends within
+    its bounds. `close()` is idempotent; it runs the cleanups and the
+    `finished` hook once.
+    """
+
     provider: Provider
     request: GenerationRequest
     config: Config
@@ -244,7 +100,6 @@ class Relay:
 
     started: float = field(init=False, default=0.0)
     first_token_at: float | None = field(init=False, default=None)
-    attempts: int = field(init=False, default=0)
     resumes: int = field(init=False, default=0)
     outcome: str = field(init=False, default="pending")
     parts: list[str] = field(init=False, default_factory=list)
@@ -254,393 +109,248 @@ class Relay:
     cost_usd: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        self._opener = Opener(
+            self.provider,
+            self.config,
+            request_id=self.request_id,
+            clock=self.clock,
+            sleep=self.sleep,
+            on_retry=lambda reason: self.hooks.retried(self, reason),
+        )
+        self._deadlines = self._deadlines_from(0.0)
+        self._watchdog: Watchdog | None = None
         self._stream: UpstreamStream | None = None
-        self._opener: gevent.Greenlet[Any, Any] | None = None
-        self._opening: _Opening | None = None
+        self._first: str | Final | None = None  # an opening's first item, not yet passed on
         self._final: Final | None = None
-        self._last_upstream = 0.0
         self._ended = False
         self._closed = False
-        # The watchdog's view of the response side (see events()).
-        self._timer: Any = None
-        self._timer_at = 0.0
-        self._reading = False
-        self._writing = False
-        self._write_limit = 0.0
-        self._read_since = 0.0
-        self._last_sent = 0.0
-        self._total_deadline = 0.0
-        self._greenlet: Any = None
 
-    # Opening: connect, retry, read up to the first text -------------------------
+    @property
+    def attempts(self) -> int:
+        return self._opener.attempts
 
-    def _begin(self, request: GenerationRequest, retry: bool) -> None:
-        """Open `request` in a greenlet, so the response side can keep its bounds
-        and send keep-alives while connections, retries and back-offs happen."""
-        opening = self._opening = _Opening(Event())
-        self._opener = gevent.spawn(self._open, request, retry, opening)
-
-    def _open(self, request: GenerationRequest, retry: bool, opening: _Opening) -> None:
-        # Results go to this opening's own record: an opener that outlived a
-        # kill (a local model finishing its step) must not touch a newer one.
-        try:
-            try:
-                self._attempt(request, opening)
-            except AppError as exc:
-                if not (retry and should_retry(exc)):
-                    raise
-                self._retry(request, exc, opening)
-        except AppError as exc:
-            opening.error = exc
-        except gevent.GreenletExit:
-            raise
-        except Exception:
-            log.exception("relay failed to open request_id=%s", self.request_id)
-            opening.error = InternalError("Internal error while generating.")
-        finally:
-            opening.done.set()
-            if self._opening is not opening and opening.stream is not None:
-                opening.stream.close()  # nobody will read it
-
-    def _retry(self, request: GenerationRequest, first: AppError, opening: _Opening) -> None:
-        """The retry loop, built only once an attempt failed: most answers never
-        need it, and setting tenacity up costs ~90 µs of each request."""
-        retrying = RetryPolicy.from_config(self.config).retrying(
-            self.started + self.config.first_token_timeout,
-            self.clock,
-            self.sleep,
-            before_sleep=self._log_retry,
-        )
-        failed: AppError | None = first
-        for attempt in retrying:
-            with attempt:
-                if failed is not None:
-                    # The first attempt's failure, replayed so that tenacity
-                    # counts it and waits as it says (Retry-After included).
-                    failure, failed = failed, None
-                    raise failure
-                self._attempt(request, opening)
-
-    def _attempt(self, request: GenerationRequest, opening: _Opening) -> None:
-        self.attempts += 1
-        stream = self.provider.open(request)
-        try:
-            # Until the first text, a failure is still retryable: nothing was sent.
-            # The relay's bounds stop this wait; the backstop is for a lost greenlet.
-            item = stream.read(self.config.first_token_timeout + self.config.idle_timeout)
-            if item is None:
-                raise UpstreamTimeout(
-                    "The model server stopped answering.", code="upstream_timeout"
-                )
-        except BaseException:
-            stream.close()
-            raise
-        opening.stream, opening.first = stream, item
-
-    def _may_resume(self, exc: AppError) -> bool:
-        return (
-            self.config.resume_on_failure
-            and bool(self.parts)
-            and self.resumes < self.config.resume_max
-            and isinstance(exc, UpstreamError)
-            and exc.code in ("upstream_disconnected", "idle_timeout", "upstream_malformed")
-            and self.clock() < self.started + self.config.total_timeout
+    def _deadlines_from(self, started: float) -> Deadlines:
+        cfg = self.config
+        return Deadlines(
+            started,
+            first_token_timeout=cfg.first_token_timeout,
+            idle_timeout=cfg.idle_timeout,
+            total_timeout=cfg.total_timeout,
+            heartbeat=cfg.heartbeat_interval,
         )
 
-    def _resume_or_fail(self, exc: AppError) -> Failed | None:
-        """After a break: None if a continuation carries on, else the Failed to send."""
-        if not self._may_resume(exc):
-            return self._fail(exc)
-        self.resumes += 1
-        log.warning(
-            "resuming stream request_id=%s after %s (%d chars kept)",
-            self.request_id,
-            exc.code,
-            sum(map(len, self.parts)),
-        )
-        self._last_upstream = self.clock()
-        self._begin(self._continuation(), retry=False)
-        return None
-
-    def _continuation(self) -> GenerationRequest:
-        partial = self.text()
-        messages = [
-            *self.request.messages,
-            {"role": "assistant", "content": partial},
-            {"role": "user", "content": CONTINUE_PROMPT},
-        ]
-        spent = self.count_tokens(partial)
-        return GenerationRequest(
-            messages,
-            self.request.model,
-            max(1, self.request.max_tokens - spent),
-            self.request.temperature,
-        )
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        self.hooks.retried(self, getattr(exc, "code", type(exc).__name__))
-        log.warning(
-            "upstream attempt %d failed request_id=%s reason=%s retry_in=%.3fs",
-            state.attempt_number,
-            self.request_id,
-            getattr(exc, "code", type(exc).__name__),
-            state.upcoming_sleep,
-        )
-
-    # The response side -----------------------------------------------------
+    # Starting -------------------------------------------------------------------
 
     def start(self, commit_after: float | None) -> None:
-        """Begin, and wait until the response can start.
-
-        Returns at the first text, the end, or after `commit_after` seconds of
-        silence (so a keep-alive can go out). Raises the AppError if the answer
-        failed before any of those: the caller can still choose the status.
-        """
+        """Begin, and wait until the response can start (see the class docstring)."""
         self.started = self.clock()
-        self._last_upstream = self.started
+        cfg = self.config
+        self._deadlines = self._deadlines_from(self.started)
         self.hooks.started(self)
-        self._begin(self.request, retry=True)
+        opening = self._opener.begin(
+            self.request, retry=True, deadline=self.started + cfg.first_token_timeout
+        )
         try:
-            self._wait_for_start(commit_after)
+            commit_at = None if commit_after is None else self.started + commit_after
+            limit = self._deadlines.upstream_at()
+            if commit_at is not None and commit_at < limit:
+                limit = commit_at
+            while not opening.done.is_set():
+                remaining = limit - self.clock()
+                if remaining <= 0:
+                    if commit_at is not None and commit_at <= limit:
+                        return
+                    self.outcome = "first_token_timeout"
+                    self._stop()
+                    raise self._first_token_timeout()
+                if not opening.done.wait(min(remaining, DISCONNECT_CHECK)) and self._client_gone():
+                    raise ClientClosed("The client went away before the first token.")
+            if opening.error is not None:
+                self.outcome = opening.error.code
+                raise opening.error
         except BaseException as exc:
             # Failed, timed out, or the worker is shutting down: never leak the slot.
             self.http_status = exc.status if isinstance(exc, AppError) else 500
             self.close()
             raise
 
-    def _wait_for_start(self, commit_after: float | None) -> None:
-        commit_at = None if commit_after is None else self.started + commit_after
-        limit = self.started + self.config.first_token_timeout
-        if commit_at is not None:
-            limit = min(limit, commit_at)
-        opening = self._opening
-        assert opening is not None
-        while not opening.done.is_set():
-            remaining = limit - self.clock()
-            if remaining <= 0:
-                if commit_at is not None and commit_at <= limit:
-                    return
-                self.outcome = "first_token_timeout"
-                self._stop()
-                raise self._first_token_timeout()
-            if not opening.done.wait(min(remaining, DISCONNECT_CHECK)) and self._client_gone():
-                raise ClientClosed("The client went away before the first token.")
-        if opening.error is not None:
-            self.outcome = opening.error.code
-            raise opening.error
+    # The response side -----------------------------------------------------------
 
-    def events(self) -> Iterator[Event_]:
-        """Text (everything that arrived in one read), pings, then Done or Failed.
-
-        While a stream is open, this greenlet reads it directly, with no timeout
-        per read: a per-answer watchdog timer (below) interrupts a read only when
-        the nearest of the idle bound, the total deadline, the next keep-alive
-        and the next look at the client comes due. An interrupted read loses
-        nothing, and no timer is set or cancelled per token.
-        """
-        cfg, clock, parts = self.config, self.clock, self.parts
-        idle, heartbeat = cfg.idle_timeout, cfg.heartbeat_interval
-        total_deadline = self._total_deadline = self.started + cfg.total_timeout
-        # Counted from the request: a response started by commit_after owes its
-        # first keep-alive now, not one interval later.
-        self._last_sent = self.started
-        self._greenlet = gevent.getcurrent()
-        self._write_limit = total_deadline
-        # Characters the answer may still take (see answer_bound): a flooding
-        # upstream is cut here, and memory and the final count stay bounded.
-        room = self.answer_bound() - sum(map(len, parts))
-        item: str | Final | None
+    def events(self) -> Iterator[RelayEvent]:
+        """Text (everything that arrived in one read), pings, then Done or Failed."""
+        self._watchdog = Watchdog(
+            self.clock, self._deadlines, gevent.getcurrent(), self._client_too_slow
+        )
+        # Characters the answer may still take: a flooding upstream is cut here,
+        # and memory and the final count stay bounded.
+        room: int | None = self.answer_bound()
         try:
-            while True:
-                now = clock()
-                stream = self._stream
-                if self._opener is not None:
-                    # Opening (the start, or a resume): wait for the opener.
-                    opening = self._opening
-                    assert opening is not None
-                    if not opening.done.is_set():
-                        limit = min(
-                            self._upstream_bound(), total_deadline, self._last_sent + heartbeat
-                        )
-                        if now >= limit:
-                            yield from self._when_due(now)
-                            if self._ended:
-                                return
-                            continue
-                        opened = opening.done.wait(min(limit - now, DISCONNECT_CHECK))
-                        if not opened and self._client_gone():
-                            return  # close() below stops the upstream
-                        continue
-                    self._opener = None
-                    if opening.error is not None:
-                        failure = self._resume_or_fail(opening.error)
-                        if failure is None:
-                            continue
-                        self._guard_write(max(now, total_deadline) + WRITE_GRACE)
-                        yield failure
-                        return
-                    self._stream, item = opening.stream, opening.first
-                    self._last_upstream = now
+            while room is not None and not self._ended:
+                if self._opener.pending:
+                    room = yield from self._await_opening(room)
                 else:
-                    assert stream is not None
-                    limit = self._last_upstream + idle
-                    if total_deadline < limit:
-                        limit = total_deadline
-                    ping_at = self._last_sent + heartbeat
-                    if ping_at < limit:
-                        limit = ping_at
-                    if now >= limit:
-                        yield from self._when_due(now)
-                        if self._ended:
-                            return
-                        continue
-                    self._read_since = now
-                    wake_at = now + DISCONNECT_CHECK if now + DISCONNECT_CHECK < limit else limit
-                    if self._timer is None or self._timer_at > wake_at:
-                        self._arm(wake_at - now)
-                    self._reading = True
-                    broke: AppError | None = None
-                    try:
-                        item = stream.read(None)
-                    except ReadInterrupted:
-                        item = None
-                    except AppError as exc:
-                        item, broke = None, exc
-                    finally:
-                        self._reading = False
-                    if broke is not None:
-                        self._drop_stream()
-                        failure = self._resume_or_fail(broke)
-                        if failure is None:
-                            continue
-                        self._guard_write(max(now, total_deadline) + WRITE_GRACE)
-                        yield failure
-                        return
-                    if item is None:
-                        # The watchdog woke us: a bound or keep-alive is due (the
-                        # top of the loop handles those), or it is time to look
-                        # at the client.
-                        if clock() < limit and self._client_gone():
-                            return
-                        continue
-                    self._last_upstream = now = clock()
-                if type(item) is str:
-                    room -= len(item)
-                    if room < 0:
-                        # Past the size bound: send what fits, then say so.
-                        item = item[: len(item) + room]
-                    if item:
-                        parts.append(item)
-                        if self.first_token_at is None:
-                            self.first_token_at = now
-                        # The timer armed for the read covers this write (see _on_timer).
-                        self._writing = True
-                        yield item
-                        self._writing = False
-                        self._last_sent = now
-                    if room < 0:
-                        self._stop()
-                        self._guard_write(max(now, total_deadline) + WRITE_GRACE)
-                        yield self._fail(self._too_large())
-                        return
-                    continue
-                assert isinstance(item, Final)
-                self._final = item
-                self._drop_stream()
-                self.outcome = "ok"
-                self._ended = True
-                done = self._done()
-                self._guard_write(max(now, total_deadline) + WRITE_GRACE)
-                yield done
-                return
+                    room = yield from self._relay_stream(room)
         finally:
             self.close()
 
-    # The watchdog: one timer per answer, re-armed only when it fires ------------
+    def _await_opening(self, room: int) -> Generator[RelayEvent, None, int | None]:
+        """Wait for the opener, keeping bounds and keep-alives. Returns `room`, or
+        None once the client has gone."""
+        opening = self._opener.opening
+        assert opening is not None
+        clock, deadlines = self.clock, self._deadlines
+        while not opening.done.is_set():
+            now = clock()
+            limit = deadlines.next_at()
+            if now >= limit:
+                yield from self._when_due(now)
+                return room
+            if not opening.done.wait(min(limit - now, DISCONNECT_CHECK)) and self._client_gone():
+                return None  # close() stops the upstream
+        self._opener.take()
+        if opening.error is not None:
+            yield from self._break(opening.error)
+        else:
+            self._stream, self._first = opening.stream, opening.first
+            deadlines.last_upstream = clock()
+        return room
 
-    def _arm(self, delay: float) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-        delay = max(delay, 0.001)
-        timer = get_hub().loop.timer(delay)
-        timer.start(self._on_timer)
-        self._timer, self._timer_at = timer, self.clock() + delay
+    def _relay_stream(self, room: int) -> Generator[RelayEvent, None, int | None]:
+        """The hot path: read the open stream and pass its text on, until it ends,
+        breaks, passes the size bound or something falls due. Returns what is left
+        of `room`, or None once the client has gone."""
+        clock, parts, deadlines = self.clock, self.parts, self._deadlines
+        watchdog = self._watchdog
+        assert watchdog is not None
+        item, self._first = self._first, None
+        while True:
+            now = clock()
+            if item is None:
+                limit = deadlines.next_at()
+                if now >= limit:
+                    yield from self._when_due(now)
+                    return room
+                try:
+                    item = self._read(now, limit)
+                except AppError as exc:
+                    self._drop_stream()
+                    yield from self._break(exc)
+                    return room
+                if item is None:
+                    # The watchdog woke us: something is due (the top of the loop
+                    # sees to it), or it is time to look at the client.
+                    if clock() < limit and self._client_gone():
+                        return None
+                    continue
+                deadlines.last_upstream = now = clock()
+            if type(item) is not str:
+                assert isinstance(item, Final)
+                yield self._finish(item, now)
+                return room
+            room -= len(item)
+            if room < 0:
+                item = item[: len(item) + room]  # past the size bound: send what fits
+            if item:
+                parts.append(item)
+                if self.first_token_at is None:
+                    self.first_token_at = now
+                    deadlines.got_text = True
+                # The timer armed for the read covers this write (see Watchdog).
+                watchdog.writing = True
+                yield item
+                watchdog.writing = False
+                deadlines.last_sent = now
+            if room < 0:
+                self._stop()
+                watchdog.guard_write(max(now, deadlines.total_at) + WRITE_GRACE)
+                yield self._fail(self._too_large())
+                return room
+            item = None
 
-    def _guard_write(self, limit: float) -> None:
-        """The next yield is a write the client must take by `limit`."""
-        self._writing = True
-        self._write_limit = limit
-        if self._timer is None or self._timer_at > limit:
-            self._arm(limit - self.clock())
+    def _read(self, now: float, limit: float) -> str | Final | None:
+        """One upstream read, interrupted by the watchdog when due (then None)."""
+        watchdog = self._watchdog
+        stream = self._stream
+        assert watchdog is not None and stream is not None
+        watchdog.cover_read(now, limit)
+        watchdog.reading = True
+        try:
+            return stream.read(None)
+        except ReadInterrupted:
+            return None
+        finally:
+            watchdog.reading = False
 
-    def _on_timer(self) -> None:
-        """Runs in the hub. While reading: interrupts the upstream read if a
-        bound, a keep-alive or a look at the client is due. While writing: drops
-        a client that has not taken the write by its limit. Otherwise waits
-        again until the next thing could be due."""
-        self._timer = None
-        if self._closed:
-            return
-        now = self.clock()
-        if self._reading:
-            due = min(
-                self._last_upstream + self.config.idle_timeout,
-                self._total_deadline,
-                self._last_sent + self.config.heartbeat_interval,
-                self._read_since + DISCONNECT_CHECK,
-            )
-            if now < due:
-                self._arm(due - now)
-            else:
-                # As gevent's own Timeout does: raise inside the waiting greenlet.
-                self._greenlet.throw(ReadInterrupted)
-        elif self._writing:
-            # Blocked in a write: the client is not reading. Without this, a
-            # client that never reads would hold the answer (and the upstream, by
-            # backpressure) for ever.
-            if now < self._write_limit:
-                self._arm(self._write_limit - now)
-            else:
-                self.outcome = "client_too_slow"
-                self._greenlet.throw(ClientTooSlow("client_too_slow"))
-        # Otherwise the response side waits for the opener, with its own timeouts.
+    def _finish(self, final: Final, now: float) -> Done:
+        self._final = final
+        self._drop_stream()
+        self.outcome = "ok"
+        self._ended = True
+        done = self._done()
+        assert self._watchdog is not None
+        self._watchdog.guard_write(max(now, self._deadlines.total_at) + WRITE_GRACE)
+        return done
 
-    def _when_due(self, now: float) -> Iterator[Event_]:
-        """The nearest of the bounds and the next keep-alive has come: yields a
-        PING, or the failure (the answer has then ended), or nothing (a resume
-        carries on)."""
-        total_deadline = self._total_deadline
-        if now >= total_deadline or now >= self._upstream_bound():
-            failure = self._expired(now >= total_deadline)
-            if failure is not None:
-                self._guard_write(now + WRITE_GRACE)
-                yield failure
-            return
-        self._guard_write(total_deadline)
-        yield PING
-        self._writing = False
-        self._last_sent = self.clock()
-
-    def _expired(self, total: bool) -> Failed | None:
-        """A bound passed: the Failed to send, or None if a resume carries on."""
-        cfg = self.config
-        self._stop()
-        if total:
-            return self._fail(
-                UpstreamTimeout(
+    def _when_due(self, now: float) -> Iterator[RelayEvent]:
+        """Something came due: a keep-alive (PING), or a bound (the failure, or a
+        resume that carries on)."""
+        deadlines, watchdog = self._deadlines, self._watchdog
+        assert watchdog is not None
+        due = deadlines.due(now)
+        if due == PING_DUE:
+            watchdog.guard_write(deadlines.total_at)
+            yield PING
+            watchdog.writing = False
+            deadlines.last_sent = self.clock()
+        elif due is not None:
+            self._stop()
+            cfg = self.config
+            if due == TOTAL:
+                error: AppError = UpstreamTimeout(
                     f"The answer passed the {cfg.total_timeout:g} s deadline.",
                     code="deadline_exceeded",
                 )
+            elif not self.parts:
+                error = self._first_token_timeout()
+            else:
+                error = UpstreamTimeout(
+                    f"The model server went silent for {cfg.idle_timeout:g} s mid-answer.",
+                    code="idle_timeout",
+                )
+            yield from self._break(error, grace_from=now)
+
+    def _break(self, error: AppError, grace_from: float | None = None) -> Iterator[RelayEvent]:
+        """The upstream failed: resume if allowed (yields nothing), else send the failure."""
+        cfg = self.config
+        if (
+            cfg.resume_on_failure
+            and self.parts
+            and self.resumes < cfg.resume_max
+            and resumable(error)
+            and self.clock() < self.started + cfg.total_timeout
+        ):
+            self.resumes += 1
+            log.warning(
+                "resuming stream request_id=%s after %s (%d chars kept)",
+                self.request_id,
+                error.code,
+                sum(map(len, self.parts)),
             )
-        if not self.parts:
-            return self._fail(self._first_token_timeout())
-        return self._resume_or_fail(
-            UpstreamTimeout(
-                f"The model server went silent for {cfg.idle_timeout:g} s mid-answer.",
-                code="idle_timeout",
+            partial = self.text()
+            self._deadlines.last_upstream = self.clock()
+            self._opener.begin(
+                continuation(self.request, partial, self.count_tokens(partial)),
+                retry=False,
+                deadline=self._deadlines.total_at,
             )
-        )
+            return
+        now = self.clock() if grace_from is None else grace_from
+        assert self._watchdog is not None
+        limit = now if grace_from is not None else max(now, self._deadlines.total_at)
+        self._watchdog.guard_write(limit + WRITE_GRACE)
+        yield self._fail(error)
+
+    # Bounds, failures and the end ------------------------------------------------
 
     def answer_bound(self) -> int:
         """The most characters an answer may have: generous for `max_tokens` (real
@@ -654,32 +364,22 @@ class Relay:
             code="answer_too_large",
         )
 
-    def _fail(self, error: AppError) -> Failed:
-        self.outcome = error.code
-        self._ended = True
-        return Failed(error)
-
-    def _client_gone(self) -> bool:
-        """True once the client closed its side: readable, and a peek finds EOF."""
-        if self.client_socket is None:
-            return False
-        try:
-            return readable_now(self.client_socket) and (
-                self.client_socket.recv(1, socket.MSG_PEEK) == b""
-            )
-        except (OSError, ValueError):
-            return True
-
-    def _upstream_bound(self) -> float:
-        if not self.parts:
-            return self.started + self.config.first_token_timeout
-        return self._last_upstream + self.config.idle_timeout
-
     def _first_token_timeout(self) -> UpstreamTimeout:
         return UpstreamTimeout(
             f"No answer from the model within {self.config.first_token_timeout:g} s.",
             code="first_token_timeout",
         )
+
+    def _fail(self, error: AppError) -> Failed:
+        self.outcome = error.code
+        self._ended = True
+        return Failed(error)
+
+    def _client_too_slow(self) -> None:
+        self.outcome = "client_too_slow"
+
+    def _client_gone(self) -> bool:
+        return self.client_socket is not None and peer_closed(self.client_socket)
 
     def _drop_stream(self) -> None:
         stream, self._stream = self._stream, None
@@ -688,31 +388,21 @@ class Relay:
 
     def _stop(self) -> None:
         """End the upstream side, whatever it is doing: opening or streaming."""
-        opener, self._opener = self._opener, None
-        # Dropped first: an opener that outlives the kill closes its own stream.
-        opening, self._opening = self._opening, None
-        if opener is not None and not opener.dead:
-            opener.kill(block=True, timeout=1.0)
-        if opening is not None and opening.stream not in (None, self._stream):
-            opening.stream.close()
+        self._opener.stop(keep=self._stream)
         self._drop_stream()
 
     def _done(self) -> Done:
         final = self._final or Final()
         text = self.text()
         # After a resume the last Final covers only the last segment: count the whole.
-        usage = dict(final.usage or {}) if not self.resumes else {}
-        if "completion_tokens" not in usage:
-            usage["completion_tokens"] = self.count_tokens(text)
-        usage.setdefault("prompt_tokens", self.prompt_tokens)
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        price = self.config.prices.get(self.request.model)
-        cost = None
-        if price is not None:
-            cost = round(
-                (usage["prompt_tokens"] * price[0] + usage["completion_tokens"] * price[1]) / 1e6,
-                8,
-            )
+        usage = accounting.usage_of(
+            final.usage,
+            text,
+            prompt_tokens=self.prompt_tokens,
+            count_tokens=self.count_tokens,
+            whole=not self.resumes,
+        )
+        cost = accounting.cost_of(usage, self.config.prices.get(self.request.model))
         self.usage, self.cost_usd = usage, cost
         return Done(
             final.finish_reason,
@@ -739,9 +429,8 @@ class Relay:
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
+        if self._watchdog is not None:
+            self._watchdog.stop()
         try:
             if not self._ended and self.outcome == "pending":
                 self.outcome = "client_disconnected"

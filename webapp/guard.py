@@ -15,6 +15,7 @@ import hmac
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +24,15 @@ from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 from webapp.config import Config
-from webapp.errors import AppError, RateLimited, UpstreamUnavailable
-from webapp.observability import record_rejection
+from webapp.errors import TooManyRequests, Unauthorized, UpstreamUnavailable
 
 log = logging.getLogger("webapp.guard")
 
 
-class Unauthorized(AppError):
-    status = 401
-    code = "unauthorized"
-
-
-class TooManyRequests(RateLimited):
-    code = "rate_limited"
-    retryable = False
+# The routes that start an answer: authenticated, rate limited, logged when refused.
+LIMITED_ENDPOINTS = frozenset(
+    {"api.generate_code", "api.generate_code_no_slash", "ui.submit", "ui.stream"}
+)
 
 
 _ACQUIRE = """
@@ -67,8 +63,19 @@ def load_key_digests(config: Config) -> list[bytes]:
 
 
 class Guard:
-    def __init__(self, config: Config) -> None:
+    """Keys, rates and stream slots for one process, in memory or shared through Redis.
+
+    `authenticate`/`check_key` say who is asking (raising 401 or, past
+    AUTH_FAILURE_LIMIT, 429); `check_rate` and `acquire_stream` raise
+    TooManyRequests past their limits and call `on_reject(kind)` first. A store
+    failure is logged and, unless RATE_LIMIT_FAIL_OPEN is off, let through.
+    """
+
+    def __init__(
+        self, config: Config, on_reject: Callable[[str], None] = lambda kind: None
+    ) -> None:
         self.config = config
+        self.on_reject = on_reject
         self.key_digests = load_key_digests(config)
         self.storage: Storage = (
             storage_from_string(  # type: ignore[assignment]
@@ -148,7 +155,7 @@ class Guard:
             self._store_failed(exc)
             return
         if not allowed:
-            record_rejection("auth")
+            self.on_reject("auth")
             raise TooManyRequests(
                 "Too many wrong keys from this address; try again later "
                 f"(the limit is {self.config.auth_failure_limit}).",
@@ -187,7 +194,7 @@ class Guard:
             self._store_failed(exc)
             return
         if not allowed:
-            record_rejection("rate")
+            self.on_reject("rate")
             raise TooManyRequests(
                 f"Too many requests: the limit is {self.config.rate_limit}.",
                 retry_after=max(1.0, reset - time.time()),
@@ -211,7 +218,7 @@ class Guard:
             return None
         if count > bound:
             self.release_stream(key)
-            record_rejection("streams")
+            self.on_reject("streams")
             raise TooManyRequests(
                 f"Too many answers in flight: at most {bound} at once per client.",
                 code="too_many_streams",

@@ -25,11 +25,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 from webapp.generation import RelayHooks
-
-# The routes that start an answer: authenticated, rate limited, logged when refused.
-LIMITED_ENDPOINTS = frozenset(
-    {"api.generate_code", "api.generate_code_no_slash", "ui.submit", "ui.stream"}
-)
+from webapp.guard import LIMITED_ENDPOINTS
 
 if TYPE_CHECKING:
     from webapp.generation import Relay
@@ -58,7 +54,7 @@ COST = Counter("codegen_cost_usd_total", "Estimated spend (MODEL_PRICES)", ["mod
 _CHILDREN: dict[tuple[object, ...], Any] = {}
 
 
-def child(metric: Any, *labels: str) -> Any:
+def labelled(metric: Any, *labels: str) -> Any:
     """`metric.labels(*labels)`, looked up once: the label sets are few (models,
     outcomes, routes), and `labels()` costs as much again as the update itself."""
     key = (metric, *labels)
@@ -78,24 +74,24 @@ class Observer(RelayHooks):
         ACTIVE.inc()
 
     def retried(self, relay: Relay, reason: str) -> None:
-        child(RETRIES, reason).inc()
+        labelled(RETRIES, reason).inc()
 
     def finished(self, relay: Relay) -> None:
         model = relay.request.model
         timing = relay.timing()
         if relay.started:
             ACTIVE.dec()
-        child(ANSWERS, model, relay.outcome).inc()
-        child(ATTEMPTS, model).inc(relay.attempts)
-        child(DURATION, model).observe(timing["duration_ms"] / 1000)
+        labelled(ANSWERS, model, relay.outcome).inc()
+        labelled(ATTEMPTS, model).inc(relay.attempts)
+        labelled(DURATION, model).observe(timing["duration_ms"] / 1000)
         if timing["ttft_ms"] >= 0:
-            child(TTFT, model).observe(timing["ttft_ms"] / 1000)
+            labelled(TTFT, model).observe(timing["ttft_ms"] / 1000)
         usage = relay.usage
         if usage:
-            child(TOKENS, model, "prompt").inc(usage.get("prompt_tokens", 0))
-            child(TOKENS, model, "completion").inc(usage.get("completion_tokens", 0))
+            labelled(TOKENS, model, "prompt").inc(usage.get("prompt_tokens", 0))
+            labelled(TOKENS, model, "completion").inc(usage.get("completion_tokens", 0))
         if relay.cost_usd:
-            child(COST, model).inc(relay.cost_usd)
+            labelled(COST, model).inc(relay.cost_usd)
         fields = {
             "request_id": relay.request_id,
             "client": relay.client,
@@ -113,14 +109,14 @@ class Observer(RelayHooks):
 
 
 def record_rejection(kind: str) -> None:
-    child(REJECTED, kind).inc()
+    labelled(REJECTED, kind).inc()
 
 
 def init_app(app: Flask) -> None:
     @app.after_request
     def count_request(response: Response) -> Response:
         rule = request.url_rule.rule if request.url_rule else "unmatched"
-        child(REQUESTS, rule, str(response.status_code)).inc()
+        labelled(REQUESTS, rule, str(response.status_code)).inc()
         return response
 
     @app.after_request

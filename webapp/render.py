@@ -17,7 +17,7 @@ from pygments.lexers import get_lexer_by_name, guess_lexer
 from pygments.lexers.special import TextLexer
 from pygments.util import ClassNotFound
 
-from webapp.generation import FENCE
+from webapp.codeblocks import FENCE
 
 _FORMATTER = HtmlFormatter(nowrap=True, classsuffix="")
 _INLINE_CODE = re.compile(r"`([^`\n]+)`")

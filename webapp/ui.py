@@ -17,6 +17,7 @@ from flask import (
     url_for,
 )
 from flask_wtf import FlaskForm
+from flask_wtf.csrf import CSRFError, generate_csrf
 from gevent import get_hub
 from markupsafe import escape
 from werkzeug.wrappers import Response as BaseResponse
@@ -31,12 +32,14 @@ from wtforms import (
 from wtforms.validators import DataRequired, NumberRange, Optional
 
 from webapp import formats
-from webapp.api import STREAM_HEADERS, codegen, new_relay, read_json_body
+from webapp.codeblocks import FENCE
 from webapp.config import Config
-from webapp.errors import AppError
-from webapp.generation import FENCE, Done, Event_, Failed, Relay
-from webapp.guard import Guard
+from webapp.errors import AppError, BadRequest
+from webapp.events import Done, Failed, RelayEvent
+from webapp.generation import Relay
 from webapp.render import code_block_html, render_answer
+from webapp.responses import error_response, wants_json_response
+from webapp.service import STREAM_HEADERS, codegen, guard, new_relay, read_json_body
 
 bp = Blueprint("ui", __name__)
 
@@ -93,7 +96,7 @@ CUT_AT_LIMIT = "stopped at the Max tokens limit: raise it and regenerate for the
 
 def _page(**context: object) -> str:
     info = codegen().provider.info()
-    signed = bool(_guard().key_digests)
+    signed = bool(guard().key_digests)
     return render_template(
         "index.html", provider=info, cut_at_limit=CUT_AT_LIMIT, can_sign_out=signed, **context
     )
@@ -103,16 +106,11 @@ class SignInForm(FlaskForm):  # type: ignore[misc]
     key = PasswordField("API key", validators=[DataRequired()])
 
 
-def _guard() -> Guard:
-    guard: Guard = current_app.extensions["guard"]
-    return guard
-
-
 def signed_in() -> bool:
     """With API_KEYS set, the page is for key holders: has this session signed in?"""
-    guard = _guard()
+    limits = guard()
     key_id = session.get("key_id")
-    return not guard.key_digests or (isinstance(key_id, str) and guard.knows(key_id))
+    return not limits.key_digests or (isinstance(key_id, str) and limits.knows(key_id))
 
 
 @bp.before_request
@@ -127,14 +125,14 @@ def require_sign_in() -> BaseResponse | None:
 @bp.route("/signin", methods=["GET", "POST"])
 def signin() -> BaseResponse | tuple[str, int]:
     """A key, once, for a signed session cookie; wrong keys count against the address."""
-    guard = _guard()
-    if not guard.key_digests:
+    limits = guard()
+    if not limits.key_digests:
         return redirect(url_for("ui.index"))
     form = SignInForm()
     if not form.validate_on_submit():
         status = 400 if request.method == "POST" else 200
         return _signin_page(form, _form_error(form) if status == 400 else None), status
-    key_id = guard.check_key(form.key.data or "", request.remote_addr or "")
+    key_id = limits.check_key(form.key.data or "", request.remote_addr or "")
     if key_id is None:
         return _signin_page(form, "That key is not valid."), 401
     session.clear()  # a fresh session: nothing from before the sign-in carries over
@@ -223,7 +221,9 @@ def stream() -> Response:
     )
 
 
-def _with_blocks(events: Iterator[Event_], relay: Relay) -> Iterator[Event_ | dict[str, object]]:
+def _with_blocks(
+    events: Iterator[RelayEvent], relay: Relay
+) -> Iterator[RelayEvent | dict[str, object]]:
     """Add a `block` event with highlighted HTML each time a code fence closes.
 
     A block counts once its closing fence arrived (an opening fence alone is
@@ -250,9 +250,18 @@ def _with_blocks(events: Iterator[Event_], relay: Relay) -> Iterator[Event_ | di
             yield {"type": "html", "html": str(pool.apply(render_answer, (relay.text(),)))}
 
 
-def csrf_failed_page(message: str) -> str:
-    """Re-render the form with what the person typed and a fresh token: nothing is lost."""
-    return _page(form=_form(), form_error=message)
+@bp.app_errorhandler(CSRFError)
+def on_csrf_error(exc: CSRFError) -> Response | tuple[str, int]:
+    """A stale token: JSON callers get a fresh one to retry with; the form is
+    shown again with what the person typed and a fresh token, so nothing is lost."""
+    err = BadRequest(
+        "Your session expired or the page was open too long. A fresh token is in "
+        "place: submit again.",
+        code="csrf_invalid",
+    )
+    if wants_json_response():
+        return error_response(err, csrf_token=generate_csrf())
+    return _page(form=_form(), form_error=err.message), 400
 
 
 def _relay_from_form(form: PromptForm) -> Relay:

@@ -25,15 +25,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import re
-import select
 import socket
 import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any
 
-from gevent import monkey
+from webapp.sockets import readable_now
 
 MAX_HEAD = 64 * 1024
 MAX_ERROR_BODY = 1024 * 1024
@@ -515,17 +513,6 @@ def _content_length(raw: str) -> int:
     if not _DIGITS.fullmatch(value):
         raise ProtocolError(f"bad content-length: {raw!r:.40}")
     return int(value)
-
-
-_poll = monkey.get_original("select", "poll")
-
-
-def readable_now(sock: Any) -> bool:
-    """Bytes or an end are waiting on `sock`; never blocks, any descriptor number
-    (select() refuses those past 1024, which a worker with 500 streams reaches)."""
-    poller = _poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
 
 
 def _path_of(url: str) -> str:

@@ -1,0 +1,41 @@
+"""What a relay yields, and what each wire format writes: text, keep-alives, the end.
+
+An answer is a sequence of RelayEvents: `str` deltas (each is everything that
+arrived in one upstream read), PING keep-alives, then exactly one `Done` or
+`Failed`. Plain data, importable by any layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from webapp.errors import AppError
+
+
+class Ping:
+    """A keep-alive marker: formats write a comment or a ping line."""
+
+
+PING = Ping()
+
+
+@dataclass(slots=True)
+class Done:
+    """The answer ended normally: why it stopped, what it used, its code blocks."""
+
+    finish_reason: str | None
+    usage: dict[str, int]
+    code_blocks: list[dict[str, str]]
+    request_id: str
+    timing: dict[str, float]
+    cost_usd: float | None = None
+
+
+@dataclass(slots=True)
+class Failed:
+    """The answer ended with `error`, after everything generated before it."""
+
+    error: AppError
+
+
+RelayEvent = str | Ping | Done | Failed

@@ -1,0 +1,128 @@
+"""One timer per answer that interrupts the relay's blocking read or write when due.
+
+The relay reads the upstream and writes to the client from one greenlet, with
+no timeout per read: setting and cancelling a timer per token would cost more
+than the token. Instead the watchdog's single timer is armed for the next
+moment anything could be due, and re-armed only when it fires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gevent import get_hub
+
+from webapp.deadlines import Deadlines
+from webapp.errors import ClientTooSlow
+
+# While no token flows, the relay looks at the client's socket this often, so a
+# closed tab stops the upstream within a second even in a silent stretch.
+DISCONNECT_CHECK = 0.5
+
+
+class ReadInterrupted(BaseException):
+    """Thrown by the watchdog into the relay's own upstream read; never escapes it.
+
+    A BaseException, like gevent's Timeout, so that no `except Exception` in a
+    provider swallows it. Providers keep their state consistent at every
+    blocking point, so an interrupted read loses nothing.
+    """
+
+
+class Watchdog:
+    """Watches one relay greenlet, which sets `reading` around each upstream read
+    (with `read_since`) and `writing` around each write to the client.
+
+    When its timer fires: during a read, it throws ReadInterrupted if a bound
+    or keep-alive is due (per `deadlines`) or the client should be looked at;
+    during a write past `write_limit`, it calls `on_too_slow` and throws
+    ClientTooSlow, so the server drops a client that stopped reading. Otherwise
+    it waits again until the next thing could be due.
+    """
+
+    __slots__ = (
+        "clock",
+        "deadlines",
+        "greenlet",
+        "on_too_slow",
+        "read_since",
+        "reading",
+        "stopped",
+        "timer",
+        "timer_at",
+        "write_limit",
+        "writing",
+    )
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        deadlines: Deadlines,
+        greenlet: Any,
+        on_too_slow: Callable[[], None],
+    ) -> None:
+        self.clock = clock
+        self.deadlines = deadlines
+        self.greenlet = greenlet
+        self.on_too_slow = on_too_slow
+        self.reading = False
+        self.writing = False
+        self.read_since = 0.0
+        self.write_limit = deadlines.total_at
+        self.timer: Any = None
+        self.timer_at = 0.0
+        self.stopped = False
+
+    def arm(self, delay: float) -> None:
+        if self.timer is not None:
+            self.timer.stop()
+        delay = max(delay, 0.001)
+        timer = get_hub().loop.timer(delay)
+        timer.start(self._fire)
+        self.timer, self.timer_at = timer, self.clock() + delay
+
+    def cover_read(self, now: float, limit: float) -> None:
+        """The read starting at `now` must end by `limit`, or sooner for a look at
+        the client; the timer already armed covers it if it fires earlier."""
+        self.read_since = now
+        wake_at = now + DISCONNECT_CHECK if now + DISCONNECT_CHECK < limit else limit
+        if self.timer is None or self.timer_at > wake_at:
+            self.arm(wake_at - now)
+
+    def guard_write(self, limit: float) -> None:
+        """The next write is one the client must take by `limit`."""
+        self.writing = True
+        self.write_limit = limit
+        if self.timer is None or self.timer_at > limit:
+            self.arm(limit - self.clock())
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.timer is not None:
+            self.timer.stop()
+            self.timer = None
+
+    def _fire(self) -> None:
+        """Runs in the hub."""
+        self.timer = None
+        if self.stopped:
+            return
+        now = self.clock()
+        if self.reading:
+            due = min(self.deadlines.next_at(), self.read_since + DISCONNECT_CHECK)
+            if now < due:
+                self.arm(due - now)
+            else:
+                # As gevent's own Timeout does: raise inside the waiting greenlet.
+                self.greenlet.throw(ReadInterrupted)
+        elif self.writing:
+            # Blocked in a write: the client is not reading. Without this, a
+            # client that never reads would hold the answer (and the upstream, by
+            # backpressure) for ever.
+            if now < self.write_limit:
+                self.arm(self.write_limit - now)
+            else:
+                self.on_too_slow()
+                self.greenlet.throw(ClientTooSlow("client_too_slow"))
+        # Otherwise the relay waits for its opener, with timeouts of its own.
