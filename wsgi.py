@@ -8,4 +8,4 @@ from webapp import create_app
 
 app = create_app()
 # gunicorn imports this in each worker after the fork, with gevent running.
-app.extensions["codegen"].provider.warm_up()
+app.extensions["generation"].provider.warm_up()

@@ -19,6 +19,15 @@ from flask.testing import FlaskClient
 
 from tests.fake_upstream import FakeUpstream
 from webapp import create_app
+from webapp.errors import AppError
+from webapp.providers.base import (
+    Final,
+    GenerationRequest,
+    IteratorStream,
+    Provider,
+    ProviderInfo,
+    UpstreamStream,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -175,3 +184,53 @@ def serve(upstream: FakeUpstream) -> Iterator[Callable[..., Server]]:
 @pytest.fixture()
 def server(serve: Callable[..., Server], fake: FakeUpstream) -> Server:
     return serve()
+
+
+Step = str | Final | AppError | float
+
+
+class ScriptedProvider(Provider):
+    """A provider whose upstream requests are scripted, one `enqueue(*steps)` each.
+
+    Steps run in order: a str is a token, a float that many seconds of silence
+    (gevent.sleep), an AppError is raised (as the first step, the request itself
+    fails, as a refused connection or an error status would), a Final ends it.
+    `requests` records what each upstream request asked for.
+    """
+
+    name = "scripted"
+    models = ("m",)
+
+    def __init__(self) -> None:
+        self.scripts: list[tuple[Step, ...]] = []
+        self.requests: list[GenerationRequest] = []
+
+    def enqueue(self, *steps: Step) -> None:
+        self.scripts.append(steps)
+
+    def open(self, request: GenerationRequest) -> UpstreamStream:
+        self.requests.append(request)
+        steps = self.scripts.pop(0)
+        if steps and isinstance(steps[0], AppError):
+            raise steps[0]
+        return IteratorStream(self._run(steps))
+
+    @staticmethod
+    def _run(steps: tuple[Step, ...]) -> Iterator[str | Final]:
+        import gevent
+
+        for step in steps:
+            if isinstance(step, AppError):
+                raise step
+            if isinstance(step, float):
+                gevent.sleep(step)
+            else:
+                yield step
+
+    def info(self) -> ProviderInfo:
+        return ProviderInfo(self.name, "m")
+
+
+@pytest.fixture()
+def scripted() -> ScriptedProvider:
+    return ScriptedProvider()

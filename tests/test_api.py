@@ -12,25 +12,7 @@ from flask.testing import FlaskClient
 
 from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
-
-TOKENS = [f"t{i} " for i in range(8)]
-
-
-def prompt(directive: str = "", text: str = "Write hello world") -> str:
-    return f"{text} [[fake {directive}]]"
-
-
-def sse_events(body: str) -> list[tuple[str, Any]]:
-    events = []
-    for block in body.split("\n\n"):
-        lines = [line for line in block.split("\n") if line and not line.startswith(":")]
-        if not lines:
-            continue
-        name = next(line[7:] for line in lines if line.startswith("event: "))
-        data = json.loads(next(line[6:] for line in lines if line.startswith("data: ")))
-        events.append((name, data))
-    return events
-
+from tests.helpers import TOKENS, prompt, sse_events
 
 # -- validation, in-process ------------------------------------------------------
 

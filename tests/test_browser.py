@@ -15,18 +15,10 @@ import pytest
 
 from tests.conftest import ROOT, Server, require_binary
 from tests.fake_upstream import FakeUpstream
+from tests.helpers import CHROMIUM_ARGS, submit, wait_idle
 
 pytestmark = pytest.mark.browser
 SHOTS = ROOT / "tests" / "artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +51,6 @@ def page_for(browser: Any, server: Server) -> Iterator[Any]:
     for context in contexts:
         context.close()
     assert foreign == [], f"requests to other origins: {foreign}"
-
-
-def submit(page: Any, text: str) -> None:
-    page.fill("#prompt", text)
-    page.press("#prompt", "Control+Enter")
-
-
-def wait_idle(page: Any, timeout: float = 15_000) -> None:
-    page.wait_for_selector("#generate:not([disabled])", timeout=timeout)
 
 
 def test_the_answer_streams_in_and_renders_highlighted_code(

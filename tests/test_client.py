@@ -12,7 +12,7 @@ import time
 
 from tests.conftest import ROOT, Server
 from tests.fake_upstream import FakeUpstream
-from tests.test_api import prompt
+from tests.helpers import prompt
 
 NOWHERE = "http://127.0.0.1:9"  # nothing listens: the menu must not need a server
 

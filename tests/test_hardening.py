@@ -18,7 +18,7 @@ from flask import Flask
 
 from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
-from tests.test_api import prompt
+from tests.helpers import prompt
 from webapp.events import Done
 from webapp.generation import CHARS_PER_TOKEN_BOUND
 from webapp.guard import Guard

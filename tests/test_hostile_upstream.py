@@ -25,7 +25,7 @@ import requests
 
 from tests.conftest import TEST_SETTINGS, Server
 from tests.fake_upstream import BAD_EVENTS, BAD_USAGE, FLOOD_TOKEN, FakeUpstream
-from tests.test_api import prompt, sse_events
+from tests.helpers import prompt, sse_events
 from webapp.errors import BadRequest, RateLimited, UpstreamError, UpstreamMalformed
 from webapp.providers.base import Final
 from webapp.providers.openai import (
@@ -650,3 +650,47 @@ def test_a_fast_flood_of_valid_deltas_keeps_the_worker_responsive(
     if name == "done":
         assert received == whole
     probe.check()
+
+
+# -- one translation of wire errors, and the SDK's private surface -------------------
+
+
+def all_subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *all_subclasses(sub)]
+    return found
+
+
+def test_every_wire_error_is_translated() -> None:
+    from webapp.errors import AppError
+    from webapp.providers import openai as provider
+    from webapp.providers import wire
+
+    kinds = all_subclasses(wire.WireError)
+    assert len(kinds) >= 4
+    for kind in kinds:
+        assert kind in provider._OPENING_FAILURES, kind.__name__
+        opening = provider.wire_error(kind("Bearer sk-secret-123456789"), (), streaming=False)
+        streaming = provider.wire_error(kind("x"), (), streaming=True)
+        for error in (opening, streaming):
+            assert isinstance(error, AppError) and "sk-secret" not in error.message
+        assert streaming.code == "upstream_disconnected"
+
+
+def test_without_the_sdks_private_builder_the_request_is_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import openai
+
+    from webapp.providers.openai import request_template
+
+    client = openai.OpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1", max_retries=0)
+    url, headers = request_template(client)
+    monkeypatch.setattr(type(client), "_build_request", None)  # as if a release dropped it
+    by_hand_url, by_hand = request_template(client)
+    assert by_hand_url == url == "http://127.0.0.1:9/v1/chat/completions"
+    lower = {k.lower(): v for k, v in headers.items()}
+    for name, value in by_hand.items():
+        if name.lower() != "user-agent":
+            assert lower[name.lower()] == value, name

@@ -19,7 +19,7 @@ import requests
 
 from tests.conftest import IN_CI, Server, free_port, require_binary
 from tests.fake_upstream import FakeUpstream
-from tests.test_browser import CHROMIUM_ARGS, submit, wait_idle
+from tests.helpers import CHROMIUM_ARGS, submit, wait_idle
 
 pytestmark = pytest.mark.browser
 

@@ -17,7 +17,7 @@ from schemathesis import GenerationMode
 
 from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
-from tests.test_api import prompt, sse_events
+from tests.helpers import prompt, sse_events
 from webapp.openapi import Answer, Delta, Done, ErrorResponse, Health, Ping, StreamError
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))

@@ -11,10 +11,18 @@ from collections.abc import Iterator
 import gevent
 import pytest
 
+from tests.conftest import ScriptedProvider
 from webapp import generation
 from webapp.config import Config
-from webapp.errors import ClientTooSlow, UpstreamError
-from webapp.events import Done, Failed
+from webapp.errors import (
+    BadRequest,
+    ClientTooSlow,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from webapp.events import Done, Failed, Ping
 from webapp.generation import Relay
 from webapp.providers.base import Final, GenerationRequest, IteratorStream, UpstreamStream
 from webapp.sockets import readable_now
@@ -117,3 +125,110 @@ def test_readable_now_works_past_descriptor_1024() -> None:
         for s in (a, b, high):
             s.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# -- retry, bounds and resume, in-process with a scripted provider --------------------
+
+
+def scripted_relay(
+    provider: ScriptedProvider, sleeps: list[float] | None = None, **settings: str
+) -> Relay:
+    """A relay over `provider` with small bounds; retry waits are recorded, not slept."""
+    config = Config.from_env(
+        {
+            "OPENAI_API_KEY": "x",
+            "FIRST_TOKEN_TIMEOUT": "1",
+            "IDLE_TIMEOUT": "0.3",
+            "TOTAL_TIMEOUT": "3",
+            "HEARTBEAT_INTERVAL": "10",
+            "RETRY_MAX_ATTEMPTS": "3",
+            "RETRY_AFTER_MAX": "2",
+            **settings,
+        }
+    )
+    request = GenerationRequest([{"role": "user", "content": "x"}], "m", 100)
+    recorded = sleeps if sleeps is not None else []
+    return Relay(provider, request, config, "rid", len, 1, sleep=recorded.append)
+
+
+def texts(events: list[object]) -> str:
+    return "".join(e for e in events if isinstance(e, str))
+
+
+def test_failed_attempts_are_retried_before_the_first_token_only(
+    scripted: ScriptedProvider,
+) -> None:
+    scripted.enqueue(UpstreamUnavailable("down"))
+    scripted.enqueue(RateLimited("slow down", retry_after=0.7))
+    scripted.enqueue("a ", "b ", Final("stop"))
+    sleeps: list[float] = []
+    relay = scripted_relay(scripted, sleeps)
+    relay.start(commit_after=None)
+    events = list(relay.events())
+    assert texts(events) == "a b " and isinstance(events[-1], Done)
+    assert relay.attempts == 3
+    assert 0 <= sleeps[0] <= 0.5  # full jitter on the first backoff step (RETRY_BASE_DELAY)
+    assert sleeps[1] == 0.7  # the upstream's Retry-After, exactly
+
+
+def test_a_retry_after_beyond_the_maximum_ends_the_retries(scripted: ScriptedProvider) -> None:
+    scripted.enqueue(RateLimited("slow down", retry_after=5.0))
+    relay = scripted_relay(scripted)
+    with pytest.raises(RateLimited):
+        relay.start(commit_after=None)
+    assert relay.attempts == 1 and relay.http_status == 429
+
+
+def test_a_refusal_is_never_retried(scripted: ScriptedProvider) -> None:
+    scripted.enqueue(BadRequest("no", code="upstream_bad_request"))
+    relay = scripted_relay(scripted)
+    with pytest.raises(BadRequest):
+        relay.start(commit_after=None)
+    assert relay.attempts == 1
+
+
+def test_silence_before_the_first_token_is_a_timeout(scripted: ScriptedProvider) -> None:
+    scripted.enqueue(5.0, "late ")
+    relay = scripted_relay(scripted, FIRST_TOKEN_TIMEOUT="0.3")
+    with pytest.raises(UpstreamTimeout) as raised:
+        relay.start(commit_after=None)
+    assert raised.value.code == "first_token_timeout"
+
+
+def test_silence_mid_answer_ends_it_with_what_arrived(scripted: ScriptedProvider) -> None:
+    scripted.enqueue("a ", "b ", 5.0, "never ")
+    relay = scripted_relay(scripted)
+    relay.start(commit_after=None)
+    events = list(relay.events())
+    assert texts(events) == "a b "
+    assert isinstance(events[-1], Failed) and events[-1].error.code == "idle_timeout"
+
+
+def test_the_total_deadline_ends_an_endless_answer(scripted: ScriptedProvider) -> None:
+    scripted.enqueue(*[step for _ in range(100) for step in ("t ", 0.05)])
+    relay = scripted_relay(scripted, TOTAL_TIMEOUT="0.5")
+    relay.start(commit_after=None)
+    events = list(relay.events())
+    assert isinstance(events[-1], Failed) and events[-1].error.code == "deadline_exceeded"
+    assert 3 <= texts(events).count("t ") <= 12
+
+
+def test_a_break_mid_answer_resumes_without_repeating(scripted: ScriptedProvider) -> None:
+    scripted.enqueue("a ", "b ", UpstreamError("cut", code="upstream_disconnected"))
+    scripted.enqueue("c ", Final("stop"))
+    relay = scripted_relay(scripted, RESUME_ON_FAILURE="true")
+    relay.start(commit_after=None)
+    events = list(relay.events())
+    assert texts(events) == "a b c " and isinstance(events[-1], Done)
+    assert relay.resumes == 1
+    continuation = scripted.requests[1].messages
+    assert continuation[-2] == {"role": "assistant", "content": "a b "}
+
+
+def test_keep_alives_flow_while_the_model_is_silent(scripted: ScriptedProvider) -> None:
+    scripted.enqueue(0.5, "a ", Final("stop"))
+    relay = scripted_relay(scripted, HEARTBEAT_INTERVAL="0.1", FIRST_TOKEN_TIMEOUT="2")
+    relay.start(commit_after=0.1)
+    events = list(relay.events())
+    pings = [e for e in events if isinstance(e, Ping)]
+    assert len(pings) >= 2 and texts(events) == "a "

@@ -19,29 +19,9 @@ import requests
 
 from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
-from tests.test_api import prompt, sse_events
+from tests.helpers import MARGIN, leave_mid_stream, prompt, sse, text_of
 from webapp.errors import RateLimited, UpstreamError
 from webapp.opener import RetryPolicy, backoff, should_retry
-
-MARGIN = 1.0
-
-
-def sse(server: Server, directive: str, **body: Any) -> tuple[int, list[tuple[str, Any]], float]:
-    started = time.monotonic()
-    response = requests.post(
-        server.url + "/generate-code/",
-        json={"prompt": prompt(directive), **body},
-        headers={"Accept": "text/event-stream"},
-        timeout=30,
-    )
-    elapsed = time.monotonic() - started
-    if response.status_code != 200:
-        return response.status_code, [("status", response.json())], elapsed
-    return 200, sse_events(response.text), elapsed
-
-
-def text_of(events: list[tuple[str, Any]]) -> str:
-    return "".join(data["text"] for name, data in events if name == "delta")
 
 
 def sent_by(fake: FakeUpstream, marker: str) -> str:
@@ -222,21 +202,6 @@ def test_text_plain_failure_is_a_truncated_transfer(server: Server, fake: FakeUp
         for chunk in response.iter_content(chunk_size=None):
             received += chunk
     assert received.decode() == "t0 t1 t2 "
-
-
-def leave_mid_stream(server: Server, marker: str, reads: int) -> float:
-    """Take `reads` chunks of an endless answer, then go away; returns when."""
-    with requests.post(
-        server.url + "/generate-code/",
-        json={"prompt": prompt(f"forever=1 delay=0.05 id={marker}")},
-        stream=True,
-        timeout=30,
-    ) as response:
-        chunks = response.iter_content(chunk_size=None)
-        for _ in range(reads):
-            assert next(chunks)
-        response.raw._fp.fp.raw._sock.shutdown(2)  # the client goes away mid-stream
-        return time.monotonic()
 
 
 def test_client_disconnect_closes_the_upstream_within_a_second(

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.fake_upstream import FakeUpstream
-from tests.test_api import prompt
+from tests.helpers import prompt
 
 STREAMS = 250
 FAULTS = {

@@ -16,8 +16,7 @@ import pytest
 import requests
 
 from tests.fake_upstream import FakeUpstream
-from tests.test_api import TOKENS, prompt
-from tests.test_resilience import MARGIN, leave_mid_stream, sse, text_of
+from tests.helpers import MARGIN, TOKENS, leave_mid_stream, prompt, sse, text_of
 
 
 @pytest.fixture(scope="module")

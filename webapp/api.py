@@ -9,7 +9,7 @@ from flask import Blueprint, Response, request
 
 from webapp import formats
 from webapp.codeblocks import explanation_of
-from webapp.service import STREAM_HEADERS, codegen, guard, new_relay, read_json_body
+from webapp.service import STREAM_HEADERS, generation, guard, new_relay, read_json_body
 
 bp = Blueprint("api", __name__)
 
@@ -31,7 +31,7 @@ def stream_response(body: Iterator[bytes], mimetype: str) -> Response:
 @bp.post("/generate-code/")
 @bp.post("/generate-code", endpoint="generate_code_no_slash")
 def generate_code() -> Response:
-    params = codegen().validate(read_json_body())
+    params = generation().validate(read_json_body())
     relay = new_relay(params)
     if not params.stream:
         relay.start(commit_after=None)
@@ -57,7 +57,7 @@ def generate_code() -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    info = codegen().provider.info()
+    info = generation().provider.info()
     body = {
         "status": "ok",
         "provider": info.name,

@@ -175,7 +175,7 @@ class Config:
     access_log: bool = _setting(
         False,
         "Also write gunicorn's access log (stdout). Off by default: the app already logs one "
-        "JSON line per answer, and the access line costs ~40 µs a request.",
+        "JSON line per answer, and the access line costs CPU on every request (`make bench`).",
     )
 
     @property

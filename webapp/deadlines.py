@@ -8,6 +8,8 @@ no clock of its own (every time is passed in), so tests drive it directly.
 
 from __future__ import annotations
 
+from webapp.config import Config
+
 # What can come due, in the order it wins a tie.
 TOTAL = "deadline_exceeded"
 FIRST_TOKEN = "first_token_timeout"
@@ -58,6 +60,16 @@ class Deadlines:
         # next one an interval after the request, not after the response began.
         self.last_sent = started
         self.got_text = False
+
+    @classmethod
+    def of(cls, started: float, config: Config) -> Deadlines:
+        return cls(
+            started,
+            first_token_timeout=config.first_token_timeout,
+            idle_timeout=config.idle_timeout,
+            total_timeout=config.total_timeout,
+            heartbeat=config.heartbeat_interval,
+        )
 
     def upstream_at(self) -> float:
         """When the upstream's silence becomes a failure (first-token or idle bound)."""

@@ -25,15 +25,19 @@ Three changes, installed once per worker by gunicorn.conf.py (`install()`):
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+import gevent
+import gunicorn
 from gevent import _socket3
-from gunicorn import util  # type: ignore[import-untyped]
-from gunicorn.http import parser, unreader, wsgi  # type: ignore[import-untyped]
+from gunicorn import util
+from gunicorn.http import parser, unreader, wsgi
 
 from webapp.errors import ClientReadTimeout
 
+log = logging.getLogger("webapp.fastio")
 _plain = _socket3.socket
 _original_sendall = _plain.sendall
 
@@ -127,9 +131,43 @@ def _next(self: Any) -> Any:
     return _original_next(self)
 
 
+# The versions these patches were written against and tested with (tests/test_fastio.py).
+WRITTEN_FOR = {"gunicorn": "27.0", "gevent": "26.9"}
+
+
+def compatible() -> list[str]:
+    """What does not match the versions and private attributes the patches need."""
+    problems = [
+        f"{name} {version}"
+        for name, version in (("gunicorn", gunicorn.__version__), ("gevent", gevent.__version__))
+        if not version.startswith(WRITTEN_FOR[name] + ".") and version != WRITTEN_FOR[name]
+    ]
+    needed = (
+        (_socket3.socket, "sendall"),
+        (_socket3.socket, "_sock"),
+        (wsgi.Response, "default_headers"),
+        (unreader.SocketUnreader, "chunk"),
+        (parser.Parser, "__next__"),
+    )
+    problems += [f"{owner.__name__}.{name}" for owner, name in needed if not hasattr(owner, name)]
+    return problems
+
+
 def install(read_timeout: float = 30.0) -> None:
-    """Once per process, in a gevent worker, after gevent patched it."""
+    """Once per process, in a gevent worker, after gevent patched it. With other
+    versions of gunicorn or gevent than WRITTEN_FOR, it logs and changes nothing:
+    the server then works as shipped (slower, and without the read deadline)."""
     global _read_timeout
+    problems = compatible()
+    if problems:
+        log.warning(
+            "fastio: not installed, written for gunicorn %s and gevent %s (found: %s); "
+            "requests then have no head/body read deadline (CLIENT_READ_TIMEOUT)",
+            WRITTEN_FOR["gunicorn"],
+            WRITTEN_FOR["gevent"],
+            ", ".join(problems),
+        )
+        return
     _read_timeout = read_timeout
     if _plain.sendall is not _sendall:
         _plain.sendall = _sendall

@@ -31,17 +31,17 @@ import gevent
 from webapp import accounting
 from webapp.codeblocks import extract_code_blocks
 from webapp.config import Config
+from webapp.deadlines import FIRST_TOKEN, TOTAL, Deadlines
 from webapp.deadlines import PING as PING_DUE
-from webapp.deadlines import TOTAL, Deadlines
-from webapp.errors import AppError, BadRequest, ClientClosed, UpstreamError, UpstreamTimeout
+from webapp.errors import AppError, BadRequest, UpstreamError, UpstreamTimeout
 from webapp.events import PING, Done, Failed, RelayEvent
-from webapp.opener import Opener, continuation, resumable
+from webapp.opener import Opener, continuation, may_resume
 from webapp.providers import Final, GenerationRequest, Provider, UpstreamStream
 from webapp.schema import GenerateCodeRequest, parse_generate
 from webapp.sockets import peer_closed
 from webapp.watchdog import DISCONNECT_CHECK, ReadInterrupted, Watchdog
 
-log = logging.getLogger("webapp.relay")
+log = logging.getLogger("webapp.generation")
 
 # Characters allowed per requested token before an answer counts as a flood.
 CHARS_PER_TOKEN_BOUND = 32
@@ -54,13 +54,13 @@ class RelayHooks:
     """What the app observes of an answer: start, each retry, the end. No-ops here;
     called once per answer or per retry, never per chunk."""
 
-    def started(self, relay: Relay) -> None:
+    def started(self, relay: Answer) -> None:
         pass
 
-    def retried(self, relay: Relay, reason: str) -> None:
+    def retried(self, relay: Answer, reason: str) -> None:
         pass
 
-    def finished(self, relay: Relay) -> None:
+    def finished(self, relay: Answer) -> None:
         pass
 
 
@@ -69,17 +69,42 @@ def build_messages(prompt: str, language: str | None, system_prompt: str) -> lis
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
 
 
-@dataclass
-class Relay:
-    """One answer: `start()`, then iterate `events()` (or `collect()`), and `close()`.
+def too_large(bound: int, max_tokens: int) -> UpstreamError:
+    return UpstreamError(
+        f"The model server sent more than {bound:,} characters for {max_tokens} tokens: "
+        "the answer was cut there.",
+        code="answer_too_large",
+    )
 
-    `start` returns once the response can begin (first text, the end, or
-    `commit_after` seconds of silence), or raises the AppError that ended the
-    answer before that, so the caller can still pick the status. `events()`
-    yields text, keep-alives, then one Done or Failed, and always closes the
-    upstream. Every text is yielded exactly once, and the answer ends within
-    its bounds. `close()` is idempotent; it runs the cleanups and the
-    `finished` hook once.
+
+def first_token_timeout(config: Config) -> UpstreamTimeout:
+    return UpstreamTimeout(
+        f"No answer from the model within {config.first_token_timeout:g} s.",
+        code="first_token_timeout",
+    )
+
+
+def bound_passed(due: str, config: Config) -> UpstreamTimeout:
+    """The error for a bound that came due (see webapp/deadlines.py)."""
+    if due == TOTAL:
+        return UpstreamTimeout(
+            f"The answer passed the {config.total_timeout:g} s deadline.",
+            code="deadline_exceeded",
+        )
+    if due == FIRST_TOKEN:
+        return first_token_timeout(config)
+    return UpstreamTimeout(
+        f"The model server went silent for {config.idle_timeout:g} s mid-answer.",
+        code="idle_timeout",
+    )
+
+
+@dataclass
+class Answer:
+    """What one answer is and what it became: its request, the text sent, its
+    outcome, usage and timing. `close()` ends it once, whatever happened: it
+    stops the upstream (`_stop`, the Relay's), counts what was used, runs the
+    cleanups and the `finished` hook. The flow that fills it is the Relay's.
     """
 
     provider: Provider
@@ -108,6 +133,104 @@ class Relay:
     http_status: int = field(init=False, default=200)
     cost_usd: float | None = field(init=False, default=None)
 
+    _final: Final | None = field(init=False, default=None, repr=False)
+    _ended: bool = field(init=False, default=False, repr=False)
+    _closed: bool = field(init=False, default=False, repr=False)
+
+    @property
+    def attempts(self) -> int:
+        """Upstream requests made (the Relay's opener counts them)."""
+        return 0
+
+    def _stop(self) -> None:
+        """End the upstream side (the Relay's)."""
+
+    def _ending(self) -> None:
+        """Stop timers before the end is recorded (the Relay's)."""
+
+    def answer_bound(self) -> int:
+        """The most characters an answer may have: generous for `max_tokens` (real
+        tokens average about 4), and never over MAX_ANSWER_CHARS."""
+        return min(self.config.max_answer_chars, self.request.max_tokens * CHARS_PER_TOKEN_BOUND)
+
+    def _fail(self, error: AppError) -> Failed:
+        self.outcome = error.code
+        self._ended = True
+        return Failed(error)
+
+    def _client_too_slow(self) -> None:
+        self.outcome = "client_too_slow"
+
+    def _client_gone(self) -> bool:
+        return self.client_socket is not None and peer_closed(self.client_socket)
+
+    def _done(self) -> Done:
+        final = self._final or Final()
+        text = self.text()
+        # After a resume the last Final covers only the last segment: count the whole.
+        usage = accounting.usage_of(
+            final.usage,
+            text,
+            prompt_tokens=self.prompt_tokens,
+            count_tokens=self.count_tokens,
+            whole=not self.resumes,
+        )
+        cost = accounting.cost_of(usage, self.config.prices.get(self.request.model))
+        self.usage, self.cost_usd = usage, cost
+        return Done(
+            final.finish_reason,
+            usage,
+            extract_code_blocks(text),
+            self.request_id,
+            self.timing(),
+            cost,
+        )
+
+    def timing(self) -> dict[str, float]:
+        now = self.clock()
+        ttft = None if self.first_token_at is None else self.first_token_at - self.started
+        return {
+            "ttft_ms": round(ttft * 1000, 1) if ttft is not None else -1.0,
+            "duration_ms": round((now - self.started) * 1000, 1),
+        }
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def close(self) -> None:
+        """Stop the upstream (if still running) and report once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ending()
+        try:
+            if not self._ended and self.outcome == "pending":
+                self.outcome = "client_disconnected"
+            self._stop()
+            if self.usage is None and self.parts:
+                # A failed or stopped answer still cost its tokens: count them once.
+                self.usage = {
+                    "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": self.count_tokens(self.text()),
+                }
+        finally:
+            for cleanup in self.cleanups:
+                cleanup()
+            self.hooks.finished(self)
+
+
+@dataclass
+class Relay(Answer):
+    """One answer in flight: `start()`, then iterate `events()` (or `collect()`).
+
+    `start` returns once the response can begin (first text, the end, or
+    `commit_after` seconds of silence), or raises the AppError that ended the
+    answer before that, so the caller can still pick the status. `events()`
+    yields text, keep-alives, then one Done or Failed, and always closes the
+    upstream. Every text is yielded exactly once, and the answer ends within
+    its bounds (webapp/deadlines.py) and its size bound (`answer_bound`).
+    """
+
     def __post_init__(self) -> None:
         self._opener = Opener(
             self.provider,
@@ -117,27 +240,14 @@ class Relay:
             sleep=self.sleep,
             on_retry=lambda reason: self.hooks.retried(self, reason),
         )
-        self._deadlines = self._deadlines_from(0.0)
+        self._deadlines = Deadlines.of(0.0, self.config)
         self._watchdog: Watchdog | None = None
         self._stream: UpstreamStream | None = None
         self._first: str | Final | None = None  # an opening's first item, not yet passed on
-        self._final: Final | None = None
-        self._ended = False
-        self._closed = False
 
     @property
     def attempts(self) -> int:
         return self._opener.attempts
-
-    def _deadlines_from(self, started: float) -> Deadlines:
-        cfg = self.config
-        return Deadlines(
-            started,
-            first_token_timeout=cfg.first_token_timeout,
-            idle_timeout=cfg.idle_timeout,
-            total_timeout=cfg.total_timeout,
-            heartbeat=cfg.heartbeat_interval,
-        )
 
     # Starting -------------------------------------------------------------------
 
@@ -145,26 +255,21 @@ class Relay:
         """Begin, and wait until the response can start (see the class docstring)."""
         self.started = self.clock()
         cfg = self.config
-        self._deadlines = self._deadlines_from(self.started)
+        self._deadlines = Deadlines.of(self.started, self.config)
         self.hooks.started(self)
         opening = self._opener.begin(
             self.request, retry=True, deadline=self.started + cfg.first_token_timeout
         )
         try:
-            commit_at = None if commit_after is None else self.started + commit_after
-            limit = self._deadlines.upstream_at()
-            if commit_at is not None and commit_at < limit:
-                limit = commit_at
-            while not opening.done.is_set():
-                remaining = limit - self.clock()
-                if remaining <= 0:
-                    if commit_at is not None and commit_at <= limit:
-                        return
-                    self.outcome = "first_token_timeout"
-                    self._stop()
-                    raise self._first_token_timeout()
-                if not opening.done.wait(min(remaining, DISCONNECT_CHECK)) and self._client_gone():
-                    raise ClientClosed("The client went away before the first token.")
+            bound = self._deadlines.upstream_at()
+            commit = commit_after is not None and self.started + commit_after <= bound
+            until = self.started + commit_after if commit_after is not None and commit else bound
+            if not self._opener.wait(opening, until, self._client_gone):
+                if commit:
+                    return  # the response starts now, with a keep-alive
+                self.outcome = "first_token_timeout"
+                self._stop()
+                raise first_token_timeout(self.config)
             if opening.error is not None:
                 self.outcome = opening.error.code
                 raise opening.error
@@ -263,7 +368,7 @@ class Relay:
             if room < 0:
                 self._stop()
                 watchdog.guard_write(max(now, deadlines.total_at) + WRITE_GRACE)
-                yield self._fail(self._too_large())
+                yield self._fail(too_large(self.answer_bound(), self.request.max_tokens))
                 return room
             item = None
 
@@ -304,31 +409,11 @@ class Relay:
             deadlines.last_sent = self.clock()
         elif due is not None:
             self._stop()
-            cfg = self.config
-            if due == TOTAL:
-                error: AppError = UpstreamTimeout(
-                    f"The answer passed the {cfg.total_timeout:g} s deadline.",
-                    code="deadline_exceeded",
-                )
-            elif not self.parts:
-                error = self._first_token_timeout()
-            else:
-                error = UpstreamTimeout(
-                    f"The model server went silent for {cfg.idle_timeout:g} s mid-answer.",
-                    code="idle_timeout",
-                )
-            yield from self._break(error, grace_from=now)
+            yield from self._break(bound_passed(due, self.config), grace_from=now)
 
     def _break(self, error: AppError, grace_from: float | None = None) -> Iterator[RelayEvent]:
         """The upstream failed: resume if allowed (yields nothing), else send the failure."""
-        cfg = self.config
-        if (
-            cfg.resume_on_failure
-            and self.parts
-            and self.resumes < cfg.resume_max
-            and resumable(error)
-            and self.clock() < self.started + cfg.total_timeout
-        ):
+        if self.parts and may_resume(error, self.config, self.resumes, self.clock() - self.started):
             self.resumes += 1
             log.warning(
                 "resuming stream request_id=%s after %s (%d chars kept)",
@@ -352,34 +437,9 @@ class Relay:
 
     # Bounds, failures and the end ------------------------------------------------
 
-    def answer_bound(self) -> int:
-        """The most characters an answer may have: generous for `max_tokens` (real
-        tokens average about 4), and never over MAX_ANSWER_CHARS."""
-        return min(self.config.max_answer_chars, self.request.max_tokens * CHARS_PER_TOKEN_BOUND)
-
-    def _too_large(self) -> UpstreamError:
-        return UpstreamError(
-            f"The model server sent more than {self.answer_bound():,} characters for "
-            f"{self.request.max_tokens} tokens: the answer was cut there.",
-            code="answer_too_large",
-        )
-
-    def _first_token_timeout(self) -> UpstreamTimeout:
-        return UpstreamTimeout(
-            f"No answer from the model within {self.config.first_token_timeout:g} s.",
-            code="first_token_timeout",
-        )
-
-    def _fail(self, error: AppError) -> Failed:
-        self.outcome = error.code
-        self._ended = True
-        return Failed(error)
-
-    def _client_too_slow(self) -> None:
-        self.outcome = "client_too_slow"
-
-    def _client_gone(self) -> bool:
-        return self.client_socket is not None and peer_closed(self.client_socket)
+    def _ending(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
 
     def _drop_stream(self) -> None:
         stream, self._stream = self._stream, None
@@ -390,61 +450,6 @@ class Relay:
         """End the upstream side, whatever it is doing: opening or streaming."""
         self._opener.stop(keep=self._stream)
         self._drop_stream()
-
-    def _done(self) -> Done:
-        final = self._final or Final()
-        text = self.text()
-        # After a resume the last Final covers only the last segment: count the whole.
-        usage = accounting.usage_of(
-            final.usage,
-            text,
-            prompt_tokens=self.prompt_tokens,
-            count_tokens=self.count_tokens,
-            whole=not self.resumes,
-        )
-        cost = accounting.cost_of(usage, self.config.prices.get(self.request.model))
-        self.usage, self.cost_usd = usage, cost
-        return Done(
-            final.finish_reason,
-            usage,
-            extract_code_blocks(text),
-            self.request_id,
-            self.timing(),
-            cost,
-        )
-
-    def timing(self) -> dict[str, float]:
-        now = self.clock()
-        ttft = None if self.first_token_at is None else self.first_token_at - self.started
-        return {
-            "ttft_ms": round(ttft * 1000, 1) if ttft is not None else -1.0,
-            "duration_ms": round((now - self.started) * 1000, 1),
-        }
-
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def close(self) -> None:
-        """Stop the upstream (if still running) and report once."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._watchdog is not None:
-            self._watchdog.stop()
-        try:
-            if not self._ended and self.outcome == "pending":
-                self.outcome = "client_disconnected"
-            self._stop()
-            if self.usage is None and self.parts:
-                # A failed or stopped answer still cost its tokens: count them once.
-                self.usage = {
-                    "prompt_tokens": self.prompt_tokens,
-                    "completion_tokens": self.count_tokens(self.text()),
-                }
-        finally:
-            for cleanup in self.cleanups:
-                cleanup()
-            self.hooks.finished(self)
 
     def collect(self) -> tuple[str, Done]:
         """Run to the end for non-streaming answers; raise the AppError on failure."""
@@ -461,7 +466,7 @@ class Relay:
 # -- the service the views call ---------------------------------------------------
 
 
-class CodeGen:
+class GenerationService:
     """Validated parameters -> a Relay, with the prompt limit checked first."""
 
     def __init__(

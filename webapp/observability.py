@@ -28,7 +28,7 @@ from webapp.generation import RelayHooks
 from webapp.guard import LIMITED_ENDPOINTS
 
 if TYPE_CHECKING:
-    from webapp.generation import Relay
+    from webapp.generation import Answer
 
 log = logging.getLogger("webapp")
 bp = Blueprint("metrics", __name__)
@@ -70,13 +70,13 @@ class Observer(RelayHooks):
     def __init__(self, log_prompts: bool = False) -> None:
         self.log_prompts = log_prompts
 
-    def started(self, relay: Relay) -> None:
+    def started(self, relay: Answer) -> None:
         ACTIVE.inc()
 
-    def retried(self, relay: Relay, reason: str) -> None:
+    def retried(self, relay: Answer, reason: str) -> None:
         labelled(RETRIES, reason).inc()
 
-    def finished(self, relay: Relay) -> None:
+    def finished(self, relay: Answer) -> None:
         model = relay.request.model
         timing = relay.timing()
         if relay.started:

@@ -209,7 +209,9 @@ def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any
 
 
 def spec_for(config: Config) -> dict[str, Any]:
-    return build_spec(config.max_output_tokens, current_app.extensions["codegen"].provider.models)
+    return build_spec(
+        config.max_output_tokens, current_app.extensions["generation"].provider.models
+    )
 
 
 @bp.get("/openapi.json")

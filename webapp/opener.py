@@ -20,10 +20,11 @@ from gevent.event import Event
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from webapp.config import Config
-from webapp.errors import AppError, InternalError, UpstreamError, UpstreamTimeout
+from webapp.errors import AppError, ClientClosed, InternalError, UpstreamError, UpstreamTimeout
 from webapp.providers import Final, GenerationRequest, Provider, UpstreamStream
+from webapp.watchdog import DISCONNECT_CHECK
 
-log = logging.getLogger("webapp.relay")
+log = logging.getLogger("webapp.generation")
 
 CONTINUE_PROMPT = (
     "Your previous answer was cut off. Continue exactly where it stops, "
@@ -173,6 +174,17 @@ class Opener:
         self._greenlet = gevent.spawn(self._open, request, retry, deadline, opening)
         return opening
 
+    def wait(self, opening: Opening, until: float, client_gone: Callable[[], bool]) -> bool:
+        """Wait for `opening` until `until` (on the clock): True if it finished.
+        Looks at the client meanwhile, and raises ClientClosed once it has gone."""
+        while not opening.done.is_set():
+            remaining = until - self.clock()
+            if remaining <= 0:
+                return False
+            if not opening.done.wait(min(remaining, DISCONNECT_CHECK)) and client_gone():
+                raise ClientClosed("The client went away before the first token.")
+        return True
+
     def take(self) -> Opening:
         opening = self.opening
         assert opening is not None and opening.done.is_set()
@@ -260,6 +272,13 @@ class Opener:
         )
 
 
-def resumable(exc: AppError) -> bool:
-    """A break that a continuation request may mend (the relay decides if it may)."""
-    return isinstance(exc, UpstreamError) and exc.code in RESUMABLE
+def may_resume(exc: AppError, config: Config, resumes: int, elapsed: float) -> bool:
+    """A break that a continuation request may mend, and the answer may still resume
+    (`RESUME_ON_FAILURE`, `RESUME_MAX`, time left)."""
+    return (
+        config.resume_on_failure
+        and resumes < config.resume_max
+        and isinstance(exc, UpstreamError)
+        and exc.code in RESUMABLE
+        and elapsed < config.total_timeout
+    )

@@ -11,7 +11,7 @@ import orjson
 from flask import current_app, g, request
 
 from webapp.errors import BadRequest, UnsupportedMediaType
-from webapp.generation import CodeGen, Relay
+from webapp.generation import GenerationService, Relay
 from webapp.guard import Guard
 from webapp.schema import GenerateCodeRequest
 
@@ -19,8 +19,8 @@ from webapp.schema import GenerateCodeRequest
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def codegen() -> CodeGen:
-    service: CodeGen = current_app.extensions["codegen"]
+def generation() -> GenerationService:
+    service: GenerationService = current_app.extensions["generation"]
     return service
 
 
@@ -31,7 +31,7 @@ def guard() -> Guard:
 
 def new_relay(params: GenerateCodeRequest) -> Relay:
     """A Relay for validated parameters, holding one of the client's stream slots."""
-    relay = codegen().relay(
+    relay = generation().relay(
         g.request_id,
         params.prompt,
         language=params.language,

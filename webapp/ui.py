@@ -39,7 +39,7 @@ from webapp.events import Done, Failed, RelayEvent
 from webapp.generation import Relay
 from webapp.render import code_block_html, render_answer
 from webapp.responses import error_response, wants_json_response
-from webapp.service import STREAM_HEADERS, codegen, guard, new_relay, read_json_body
+from webapp.service import STREAM_HEADERS, generation, guard, new_relay, read_json_body
 
 bp = Blueprint("ui", __name__)
 
@@ -84,7 +84,7 @@ def _config() -> Config:
 
 def _form() -> PromptForm:
     form = PromptForm()
-    form.model.choices = [SelectChoice(m) for m in codegen().provider.models]
+    form.model.choices = [SelectChoice(m) for m in generation().provider.models]
     if form.max_tokens.data is None and request.method == "GET":
         form.max_tokens.data = min(1024, _config().max_output_tokens)
     return form
@@ -95,7 +95,7 @@ CUT_AT_LIMIT = "stopped at the Max tokens limit: raise it and regenerate for the
 
 
 def _page(**context: object) -> str:
-    info = codegen().provider.info()
+    info = generation().provider.info()
     signed = bool(guard().key_digests)
     return render_template(
         "index.html", provider=info, cut_at_limit=CUT_AT_LIMIT, can_sign_out=signed, **context
@@ -209,7 +209,7 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
 def stream() -> Response:
     """NDJSON for the page's script, with highlighted HTML for each closed block."""
     # orjson, as the API: deep nesting is a 400, never a RecursionError.
-    params = codegen().validate(read_json_body())
+    params = generation().validate(read_json_body())
     relay = new_relay(params)
     relay.start(commit_after=_config().heartbeat_interval)
     events = _with_blocks(relay.events(), relay)
@@ -266,7 +266,7 @@ def on_csrf_error(exc: CSRFError) -> Response | tuple[str, int]:
 
 def _relay_from_form(form: PromptForm) -> Relay:
     temperature = form.temperature.data
-    params = codegen().validate(
+    params = generation().validate(
         {
             k: v
             for k, v in {

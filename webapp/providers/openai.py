@@ -3,11 +3,10 @@
 The SDK gives auth, base URL, headers and typed status errors; it builds the
 request head once, at start-up. The body goes out and comes back through
 `webapp.providers.wire` and is parsed with orjson, because this is the hot
-path. Measured here at 50 tokens/s per stream, iterating the SDK's stream
-costs ~140 µs a token in model objects, httpx2's raw iterator ~80 µs a read,
-urllib3's chunked reader ~35 µs, and a bare gevent socket ~25 µs; `wire` is a
-bare socket plus a chunk decoder. The SDK's own retries are off: the relay
-owns the one retry loop.
+path: iterating the SDK's stream builds model objects per token, several
+times the CPU of a bare socket plus a chunk decoder, which is what `wire` is
+(`make bench` compares the relay with a bare gevent relay, `bench/floor.py`).
+The SDK's own retries are off: the relay owns the one retry loop.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import math
 import re
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import gevent
@@ -26,7 +25,6 @@ import httpx2
 import openai
 import orjson
 from gevent import monkey
-from openai._models import FinalRequestOptions
 
 from webapp.config import Config
 from webapp.errors import (
@@ -90,14 +88,9 @@ class OpenAIProvider(Provider):
         # OpenAI's own API wants max_completion_tokens; compatible servers
         # (vLLM, Ollama, llama.cpp) know max_tokens.
         self._max_tokens_param = "max_tokens" if config.openai_base_url else "max_completion_tokens"
-        # The SDK builds the URL and headers (auth, user agent, ...) once; they do
-        # not change per request, and building them costs ~0.5 ms each time.
-        template = self.client._build_request(
-            FinalRequestOptions.construct(
-                method="post", url="/chat/completions", json_data={}, headers=_STREAM_HEADERS
-            )
-        )
-        self._url = str(template.url)
+        # The URL and headers (auth, user agent, ...) are built once: they do not
+        # change per request (`python -m bench.ab` measures building them each time).
+        self._url, headers = request_template(self.client)
         # Under gevent (always, in gunicorn) the relay's watchdog interrupts a
         # blocked read. Without it (the in-process test client, a REPL) nothing
         # can, so reads wake on their own twice a second and the relay checks its
@@ -111,15 +104,7 @@ class OpenAIProvider(Provider):
             connect_timeout=config.connect_timeout,
             head_timeout=max(config.first_token_timeout, config.idle_timeout) + 1.0,
         )
-        self._head = self._pool.request_head(
-            "POST",
-            self._url,
-            {
-                k: v
-                for k, v in template.headers.items()
-                if k.lower() not in ("content-length", "host", "connection")
-            },
-        )
+        self._head = self._pool.request_head("POST", self._url, headers)
 
     def info(self) -> ProviderInfo:
         return ProviderInfo(
@@ -143,21 +128,8 @@ class OpenAIProvider(Provider):
             params["temperature"] = request.temperature
         try:
             response = self._pool.send(self._head, orjson.dumps(params))
-        except wire.WireTimeout:
-            raise UpstreamTimeout(
-                "The model server did not answer in time.", code="upstream_timeout", retryable=True
-            ) from None
-        except (wire.ConnectFailed, wire.ProtocolError) as exc:
-            log.warning("model server unusable: %.300s", redact(str(exc), self._secrets))
-            raise UpstreamUnavailable(
-                "The model server could not be reached.", code="upstream_unreachable"
-            ) from None
-        except wire.Broken:
-            raise UpstreamError(
-                "The model server closed the connection without answering.",
-                code="upstream_disconnected",
-                retryable=True,
-            ) from None
+        except wire.WireError as exc:
+            raise wire_error(exc, self._secrets, streaming=False) from None
         if response.status != 200:
             try:
                 body = response.read_all()
@@ -171,23 +143,13 @@ class OpenAIProvider(Provider):
         return (self.config.openai_api_key,) if self.config.openai_api_key else ()
 
     def _status_error(self, response: wire.Response, body: bytes) -> AppError:
-        # The SDK extracts the upstream's message and code the way it does for its
-        # own calls; they go to the log (redacted), never to our client.
-        sdk_error = self.client._make_status_error_from_response(
-            httpx2.Response(
-                response.status,
-                headers=list(response.headers.items()),
-                content=body,
-                request=httpx2.Request("POST", self._url),
-            )
-        )
-        raw = sdk_error.body
-        detail = raw if isinstance(raw, str) and raw else sdk_error.message
+        # The upstream's message and code go to the log (redacted), never to our client.
+        detail, code, kind = error_details(self.client, response, body, self._url)
         return status_error(
             response.status,
             response.headers,
             detail,
-            upstream_code=safe_identifier(sdk_error.code, sdk_error.type),
+            upstream_code=safe_identifier(code, kind),
             retry_after_max=self.config.retry_after_max,
             secrets=self._secrets,
         )
@@ -195,6 +157,69 @@ class OpenAIProvider(Provider):
     def close(self) -> None:
         self._pool.clear()
         self.client.close()
+
+
+def request_template(client: openai.OpenAI) -> tuple[str, dict[str, str]]:
+    """The chat-completions URL and fixed headers. The SDK builds them (auth, user
+    agent, its platform headers) through a private method; if a release drops it,
+    they are built by hand, with a warning, rather than failing at start-up."""
+    build = getattr(client, "_build_request", None)
+    if build is not None:
+        try:
+            from openai._models import FinalRequestOptions
+
+            template = build(
+                FinalRequestOptions.construct(
+                    method="post", url="/chat/completions", json_data={}, headers=_STREAM_HEADERS
+                )
+            )
+            headers = {
+                k: v
+                for k, v in template.headers.items()
+                if k.lower() not in ("content-length", "host", "connection")
+            }
+            return str(template.url), headers
+        except (ImportError, AttributeError, TypeError) as exc:
+            log.warning("openai %s: building the request by hand (%s)", openai.__version__, exc)
+    else:
+        log.warning(
+            "openai %s has no _build_request: building the request by hand", openai.__version__
+        )
+    url = str(client.base_url).rstrip("/") + "/chat/completions"
+    headers = {
+        "Authorization": f"Bearer {client.api_key}",
+        "Content-Type": "application/json",
+        "User-Agent": f"streaming-codegen openai-python/{openai.__version__}",
+        **_STREAM_HEADERS,
+    }
+    return url, headers
+
+
+def error_details(
+    client: openai.OpenAI, response: wire.Response, body: bytes, url: str
+) -> tuple[str, Any, Any]:
+    """(message, code, type) of an upstream error body, read as the SDK reads its
+    own (a private method); by hand from OpenAI's JSON shape if it is gone."""
+    make = getattr(client, "_make_status_error_from_response", None)
+    if make is not None:
+        sdk_error = make(
+            httpx2.Response(
+                response.status,
+                headers=list(response.headers.items()),
+                content=body,
+                request=httpx2.Request("POST", url),
+            )
+        )
+        raw = sdk_error.body
+        detail = raw if isinstance(raw, str) and raw else sdk_error.message
+        return detail, sdk_error.code, sdk_error.type
+    try:
+        error = orjson.loads(body).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        return str(error.get("message", "")), error.get("code"), error.get("type")
+    return body[:500].decode("utf-8", "replace"), None, None
 
 
 class _Malformed(Exception):
@@ -400,15 +425,7 @@ class SSEStream(UpstreamStream):
             try:
                 data = self._response.read(timeout)
             except wire.WireError as exc:
-                # The reason may quote upstream bytes: the log has it, redacted.
-                log.warning(
-                    "model server stream broke: %.300s", redact(str(exc), self._decoder.secrets)
-                )
-                raise UpstreamError(
-                    "The model server broke off the stream.",
-                    code="upstream_disconnected",
-                    retryable=True,
-                ) from None
+                raise wire_error(exc, self._decoder.secrets, streaming=True) from None
             if data is None:
                 return None
             if not data:
@@ -446,6 +463,47 @@ def _without_credentials(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+# Each way the wire can fail before an answer starts, in our own words. Mid-stream,
+# any of them means the same to the client: the stream broke off.
+_OPENING_FAILURES: dict[type[wire.WireError], Callable[[], AppError]] = {
+    wire.WireTimeout: lambda: UpstreamTimeout(
+        "The model server did not answer in time.", code="upstream_timeout", retryable=True
+    ),
+    wire.ConnectFailed: lambda: UpstreamUnavailable(
+        "The model server could not be reached.", code="upstream_unreachable"
+    ),
+    wire.ProtocolError: lambda: UpstreamUnavailable(
+        "The model server could not be reached.", code="upstream_unreachable"
+    ),
+    wire.Broken: lambda: UpstreamError(
+        "The model server closed the connection without answering.",
+        code="upstream_disconnected",
+        retryable=True,
+    ),
+}
+
+
+def wire_error(exc: wire.WireError, secrets: Iterable[str], *, streaming: bool) -> AppError:
+    """The one translation of the HTTP client's errors into the app's (retryable
+    where trying again could help). The reason may quote upstream bytes: it goes
+    to the log, redacted, never to the client."""
+    log.warning(
+        "model server %s: %.300s",
+        "stream broke" if streaming else "unusable",
+        redact(str(exc), secrets),
+    )
+    if streaming:
+        return UpstreamError(
+            "The model server broke off the stream.",
+            code="upstream_disconnected",
+            retryable=True,
+        )
+    for kind in type(exc).__mro__:
+        if kind in _OPENING_FAILURES:
+            return _OPENING_FAILURES[kind]()
+    return _OPENING_FAILURES[wire.ConnectFailed]()
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
