@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from flask import Flask, Response, g, request, session
+from flask import Flask, Response, current_app, g, request, session
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 from itsdangerous import URLSafeTimedSerializer
@@ -97,6 +97,62 @@ class CachedSerializerSessions(SecureCookieSessionInterface):
         return cached
 
 
+def assign_request_id() -> None:
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    g.started = time.monotonic()
+
+
+def page_key(guard: Guard) -> str | None:
+    """With API keys set, the page needs a sign-in: the key's id, kept in the
+    signed session. A key removed from the config signs its sessions out."""
+    if not guard.key_digests:
+        return None
+    key_id = session.get("key_id")
+    if isinstance(key_id, str) and guard.knows(key_id):
+        return key_id
+    raise Unauthorized("Sign in with an API key first.", code="sign_in_required")
+
+
+def read_body_within_limit() -> None:
+    """Read any body now, bounded, so a chunked one over MAX_BODY_BYTES is a 413
+    (Werkzeug cuts it at the limit without a word), and views get it whole."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    config: Config = current_app.config["APP_CONFIG"]
+    environ = request.environ
+    limit = config.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
+    try:
+        body = environ["wsgi.input"].read(limit + 1)
+    except ClientReadTimeout:
+        raise RequestTimeout(
+            f"The request body did not arrive within {config.client_read_timeout:g} s."
+        ) from None
+    if len(body) > limit:
+        raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ["wsgi.input_terminated"] = True  # a chunked body has no length to go by
+
+
+def identify_and_limit() -> None:
+    """Auth for every way to generate, then the rate limit, before any work is done."""
+    guard: Guard = current_app.extensions["guard"]
+    g.client_id = f"ip:{request.remote_addr}"
+    if request.method != "POST" or request.endpoint not in LIMITED_ENDPOINTS:
+        return
+    key_id = (
+        guard.authenticate(request.headers, request.remote_addr or "")
+        if request.blueprint == "api"
+        else page_key(guard)
+    )
+    if key_id is not None:
+        g.client_id = f"key:{key_id}"
+    guard.check_rate(g.client_id)
+
+
 def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     """Build the app from a Config, a mapping of settings (tests), or the environment."""
     if config is None:
@@ -131,59 +187,9 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
             app.wsgi_app, x_for=config.trust_forwarded_for, x_proto=config.trust_forwarded_for
         )
 
-    @app.before_request
-    def assign_request_id() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        g.started = time.monotonic()
-
-    def page_key(guard: Guard) -> str | None:
-        """With API keys set, the page needs a sign-in: the key's id, kept in the
-        signed session. A key removed from the config signs its sessions out."""
-        if not guard.key_digests:
-            return None
-        key_id = session.get("key_id")
-        if isinstance(key_id, str) and guard.knows(key_id):
-            return key_id
-        raise Unauthorized("Sign in with an API key first.", code="sign_in_required")
-
-    @app.before_request
-    def read_body_within_limit() -> None:
-        """Read any body now, bounded, so a chunked one over MAX_BODY_BYTES is a 413
-        (Werkzeug cuts it at the limit without a word), and views get it whole."""
-        if request.method in ("GET", "HEAD", "OPTIONS"):
-            return
-        environ = request.environ
-        limit = config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
-        try:
-            body = environ["wsgi.input"].read(limit + 1)
-        except ClientReadTimeout:
-            raise RequestTimeout(
-                f"The request body did not arrive within {config.client_read_timeout:g} s."
-            ) from None
-        if len(body) > limit:
-            raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
-        environ["wsgi.input"] = io.BytesIO(body)
-        environ["CONTENT_LENGTH"] = str(len(body))
-        environ["wsgi.input_terminated"] = True  # a chunked body has no length to go by
-
-    @app.before_request
-    def identify_and_limit() -> None:
-        """Auth for every way to generate, then the rate limit, before any work is done."""
-        g.client_id = f"ip:{request.remote_addr}"
-        if request.method != "POST" or request.endpoint not in LIMITED_ENDPOINTS:
-            return
-        key_id = (
-            guard.authenticate(request.headers, request.remote_addr or "")
-            if request.blueprint == "api"
-            else page_key(guard)
-        )
-        if key_id is not None:
-            g.client_id = f"key:{key_id}"
-        guard.check_rate(g.client_id)
-
+    # In this order: the request id first, so every later error carries one.
+    for hook in (assign_request_id, read_body_within_limit, identify_and_limit):
+        app.before_request(hook)
     csrf.init_app(app)  # after the request id, so CSRF errors carry one
 
     from webapp import api, observability, openapi, ui
