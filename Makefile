@@ -45,13 +45,15 @@ run: $(STAMP)-core
 	fi; \
 	exec $(BIN)/gunicorn --config gunicorn.conf.py wsgi:app
 
-# redis-server, chromium, nginx (a TLS proxy) and openssl (a test certificate) for the tests; apt where it can.
+# redis-server, chromium, nginx (a TLS proxy), openssl (a test certificate) and npm
+# (axe-core) for the tests; apt where it can.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 			echo ">> apt-get install$$missing"; \
@@ -70,7 +72,13 @@ format: $(STAMP)-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: $(STAMP)-dev install-local system-deps lint
+# axe-core for the page's accessibility tests: from npm, pinned with its integrity
+# hash in package-lock.json (npm ci refuses anything else), no install scripts.
+node_modules/.package-lock.json: package.json package-lock.json
+	@if command -v npm >/dev/null; then npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; \
+	else echo ">> npm is missing: the accessibility tests will skip, or fail with CI=true"; fi
+
+test: $(STAMP)-dev install-local system-deps node_modules/.package-lock.json lint
 	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.models prepare
 	@set +e; $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
@@ -85,7 +93,7 @@ bench: $(STAMP)-dev
 	$(BIN)/python -m bench.relay
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/artifacts
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/artifacts node_modules
 
 bench-local: $(STAMP)-dev install-local
 	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.models prepare

@@ -1,23 +1,35 @@
 // The page's script: streams NDJSON from /ui/stream and renders it safely.
 // Model text only ever reaches the DOM through textContent; the one HTML we
-// insert is what the server produced with Pygments and escaping.
+// insert is what the server produced (Pygments, and Markdown with raw HTML off).
+//
+// Rendering is incremental: finished paragraphs and closed code blocks are put
+// in the page once and never touched again (a Copy press, a focus or a sideways
+// scroll in them survives the stream); only the growing tail is updated, at
+// most once per animation frame.
 "use strict";
 (function () {
+  document.documentElement.classList.add("js");
   const form = document.getElementById("prompt-form");
   if (!form) return;
   const answer = document.getElementById("answer");
   const errorBox = document.getElementById("error");
   const stats = document.getElementById("stats");
+  const status = document.getElementById("status");
   const stopButton = document.getElementById("stop");
   const regenButton = document.getElementById("regenerate");
   const generateButton = document.getElementById("generate");
-  const FENCE = /^```[ \t]*([\w+#.-]*)[^\n]*\n([\s\S]*?)(?:^```[ \t]*$|(?![\s\S]))/gm;
+  const CLOSING_FENCE = /^```[ \t]*$/m;
 
   let controller = null;
-  let lastParams = null;
   let text = "";
-  let blocks = [];
   let scheduled = false;
+  let final = false; // the server's formatted answer is in place: no more renders
+  // Incremental state: text before `settledTo` is in the page for good.
+  let settledTo = 0;
+  let tail = null; // { kind: "prose" | "code", el, code?, index? }
+  let figures = []; // code block index -> its <figure>
+  let blocks = []; // code block index -> the server's highlighted HTML
+  let follow = true;
 
   const MESSAGES = {
     upstream_rate_limited: (e) => "The model is rate limited" + (e.retry_after ? `; try again in ${Math.ceil(e.retry_after)} s.` : "; try again shortly."),
@@ -41,9 +53,34 @@
     return make ? make(err) : (err.message || "Something went wrong.");
   }
 
-  function showError(message) {
+  function showError(message, requestId) {
     errorBox.textContent = message;
+    if (requestId) {
+      const small = document.createElement("small");
+      small.className = "request-id";
+      small.textContent = ` (request id ${requestId})`;
+      errorBox.appendChild(small);
+    }
     errorBox.hidden = false;
+  }
+
+  function markInvalid(err) {
+    // "temperature: Input should be ..." names the field: mark it and go there.
+    const match = /^(\w+): /.exec(err.message || "");
+    const field = match && form.elements.namedItem(match[1]);
+    if (field && field.focus) {
+      field.setAttribute("aria-invalid", "true");
+      field.setAttribute("aria-describedby", "error");
+      field.focus();
+    }
+  }
+
+  function clearInvalid() {
+    for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+  }
+
+  function announce(message) {
+    status.textContent = message;
   }
 
   // --- safe rendering ---------------------------------------------------------
@@ -85,7 +122,7 @@
     }
   }
 
-  function codeFigure(lang, code) {
+  function codeFigure(lang) {
     const fig = document.createElement("figure");
     fig.className = "codeblock streaming";
     const cap = document.createElement("figcaption");
@@ -98,32 +135,119 @@
     cap.append(label, copy);
     const pre = document.createElement("pre");
     pre.className = "code";
-    const codeEl = document.createElement("code");
-    codeEl.textContent = code;
-    pre.appendChild(codeEl);
+    pre.tabIndex = 0; // a wide block scrolls: keyboards must reach it
+    pre.appendChild(document.createElement("code"));
     fig.append(cap, pre);
     return fig;
   }
 
+  function setCode(fig, code) {
+    const el = fig.querySelector("pre code");
+    if (el && el.textContent !== code) el.textContent = code;
+  }
+
+  function applyServerBlock(index) {
+    // The figure stays (and with it a focused or pressed Copy); its code gets the colours.
+    const fig = figures[index];
+    if (!fig || !blocks[index]) return;
+    const holder = document.createElement("template");
+    holder.innerHTML = blocks[index]; // server HTML: Pygments output, escaped
+    const pre = holder.content.querySelector("pre");
+    if (pre) {
+      const old = fig.querySelector("pre");
+      pre.scrollLeft = old.scrollLeft;
+      old.replaceWith(pre);
+      pre.scrollLeft = old.scrollLeft;
+      fig.classList.remove("streaming");
+    }
+  }
+
+  function placeSettled(node) {
+    if (tail && tail.el.parentNode === answer) answer.insertBefore(node, tail.el);
+    else answer.appendChild(node);
+  }
+
+  function settleCode(lang, code) {
+    const index = figures.length;
+    let fig;
+    if (tail && tail.kind === "code") {
+      fig = tail.el; // the open block's element becomes the closed one: never rebuilt
+      tail = null;
+    } else {
+      fig = codeFigure(lang);
+      placeSettled(fig);
+    }
+    setCode(fig, code);
+    figures.push(fig);
+    applyServerBlock(index);
+  }
+
+  function settleProse(chunk) {
+    if (!chunk.trim()) return;
+    const frag = document.createDocumentFragment();
+    prose(frag, chunk);
+    if (tail && tail.kind === "prose") {
+      tail.el.remove();
+      tail = null;
+    }
+    placeSettled(frag);
+  }
+
+  function fenceLang(line) {
+    return line.slice(3).trim().split(/\s/)[0] || "";
+  }
+
   function render() {
     scheduled = false;
-    const frag = document.createDocumentFragment();
-    let pos = 0;
-    let index = 0;
-    for (const m of text.matchAll(FENCE)) {
-      prose(frag, text.slice(pos, m.index));
-      if (blocks[index]) {
-        const holder = document.createElement("div");
-        holder.innerHTML = blocks[index]; // server HTML: Pygments output, escaped
-        frag.appendChild(holder.firstElementChild);
-      } else {
-        frag.appendChild(codeFigure(m[1], m[2]));
+    if (final) return;
+    const atBottom = follow;
+    for (;;) {
+      const rest = text.slice(settledTo);
+      if (rest.startsWith("```")) {
+        const nl = rest.indexOf("\n");
+        if (nl < 0) break;
+        const body = rest.slice(nl + 1);
+        const close = CLOSING_FENCE.exec(body);
+        if (!close) break; // still open: it is the tail
+        settleCode(fenceLang(rest.slice(0, nl)), body.slice(0, close.index).replace(/\n$/, ""));
+        let end = nl + 1 + close.index + close[0].length;
+        if (rest[end] === "\n") end += 1;
+        settledTo += end;
+        continue;
       }
-      index += 1;
-      pos = m.index + m[0].length;
+      const fence = /^```/m.exec(rest);
+      const para = rest.indexOf("\n\n");
+      let end = -1;
+      if (fence && fence.index > 0) end = fence.index;
+      if (para >= 0 && (end < 0 || para + 2 < end)) end = para + 2;
+      if (end < 0) break; // the paragraph is still growing: it is the tail
+      settleProse(rest.slice(0, end));
+      settledTo += end;
     }
-    prose(frag, text.slice(pos));
-    answer.replaceChildren(frag);
+    renderTail(text.slice(settledTo));
+    if (atBottom && controller) window.scrollTo(0, document.documentElement.scrollHeight);
+  }
+
+  function renderTail(rest) {
+    if (rest.startsWith("```")) {
+      if (!tail || tail.kind !== "code") {
+        if (tail) tail.el.remove();
+        const nl = rest.indexOf("\n");
+        tail = { kind: "code", el: codeFigure(fenceLang(nl < 0 ? rest : rest.slice(0, nl))) };
+        answer.appendChild(tail.el);
+      }
+      const nl = rest.indexOf("\n");
+      setCode(tail.el, nl < 0 ? "" : rest.slice(nl + 1));
+      return;
+    }
+    if (!tail || tail.kind !== "prose") {
+      if (tail) tail.el.remove();
+      tail = { kind: "prose", el: document.createElement("p") };
+      tail.el.className = "tail";
+      answer.appendChild(tail.el);
+    }
+    const shown = rest.replace(/^\n+/, "");
+    if (tail.el.textContent !== shown) tail.el.textContent = shown;
   }
 
   function schedule() {
@@ -131,6 +255,24 @@
       scheduled = true;
       requestAnimationFrame(render);
     }
+  }
+
+  function showFinal(html) {
+    // The server's formatted answer (Markdown, highlighted code). Its code blocks
+    // are swapped for the figures already on the page, so they survive it.
+    const focused = document.activeElement;
+    const holder = document.createElement("template");
+    holder.innerHTML = html; // server-rendered: Markdown with raw HTML off, Pygments code
+    holder.content.querySelectorAll("figure.codeblock").forEach((fig, i) => {
+      if (!figures[i]) return;
+      blocks[i] = fig.outerHTML;
+      applyServerBlock(i);
+      fig.replaceWith(figures[i]);
+    });
+    answer.replaceChildren(holder.content);
+    tail = null;
+    final = true;
+    if (focused && !document.contains(focused)) answer.focus();
   }
 
   // --- streaming ----------------------------------------------------------------
@@ -149,29 +291,47 @@
   }
 
   function setBusy(busy) {
+    const hadFocus = document.activeElement;
     stopButton.hidden = !busy;
     generateButton.disabled = busy;
-    regenButton.hidden = busy || !lastParams;
+    regenButton.hidden = busy || !text;
     answer.classList.toggle("busy", busy);
+    // Never leave focus on a control that just disappeared or went dead.
+    if (busy && (hadFocus === generateButton || hadFocus === regenButton)) stopButton.focus();
+    if (!busy && hadFocus === stopButton) (regenButton.hidden ? generateButton : regenButton).focus();
   }
 
-  function handle(event, started) {
+  function startAnswer() {
+    // The previous answer stays until the new one starts to arrive.
+    answer.replaceChildren();
+    text = "";
+    settledTo = 0;
+    tail = null;
+    figures = [];
+    blocks = [];
+    final = false;
+    stats.hidden = true;
+    announce("The answer is arriving.");
+  }
+
+  function handle(event, started, fresh) {
     switch (event.type) {
       case "delta":
+        if (fresh.first) {
+          fresh.first = false;
+          startAnswer();
+        }
         text += event.text;
         schedule();
         break;
       case "block":
         blocks[event.index] = event.html;
-        schedule();
+        applyServerBlock(event.index);
         break;
-      case "html": {
-        const holder = document.createElement("div");
-        holder.innerHTML = event.html; // server-rendered: escaped prose, Pygments code
-        answer.replaceChildren(...holder.childNodes);
-        scheduled = true; // no provisional render after the final one
+      case "html":
+        render(); // settle what is pending, then the server's formatting replaces it
+        showFinal(event.html);
         break;
-      }
       case "done": {
         const u = event.usage || {};
         const secs = (performance.now() - started) / 1000;
@@ -182,10 +342,12 @@
           stats.textContent += ` · ${stats.dataset.cut}`;
         }
         stats.hidden = false;
+        announce("The answer is complete.");
         break;
       }
       case "error":
-        showError(friendly(event));
+        showError(friendly(event), fresh.requestId);
+        announce("The answer ended with an error.");
         break;
       default:
         break; // pings
@@ -195,17 +357,19 @@
   async function generate(p, retried) {
     if (!p.prompt.trim()) {
       showError("Please describe the code you want.");
+      form.elements.namedItem("prompt").focus();
       return;
     }
-    lastParams = p;
-    text = "";
-    blocks = [];
     errorBox.hidden = true;
-    stats.hidden = true;
-    answer.replaceChildren();
+    clearInvalid();
     controller = new AbortController();
+    follow = true;
     setBusy(true);
+    stats.textContent = "Waiting for the model…";
+    stats.hidden = false;
+    announce("Waiting for the model.");
     const started = performance.now();
+    const fresh = { first: true, requestId: "" };
     const token = form.querySelector("input[name=csrf_token]").value;
     try {
       const response = await fetch("/ui/stream", {
@@ -214,6 +378,7 @@
         body: JSON.stringify(p),
         signal: controller.signal,
       });
+      fresh.requestId = response.headers.get("X-Request-ID") || "";
       if (!response.ok) {
         let err = { message: `The server answered ${response.status}.` };
         try {
@@ -221,10 +386,15 @@
         } catch (_) { /* not JSON */ }
         if (err.csrf_token) {
           form.querySelector("input[name=csrf_token]").value = err.csrf_token;
-          if (!retried) return generate(p, true);
+          if (!retried) {
+            controller = null;
+            return generate(p, true);
+          }
         }
         if (response.headers.get("Retry-After") && !err.retry_after) err.retry_after = Number(response.headers.get("Retry-After"));
-        showError(friendly(err));
+        stats.hidden = true;
+        showError(friendly(err), err.request_id || fresh.requestId);
+        markInvalid(err);
         return;
       }
       const reader = response.body.getReader();
@@ -236,25 +406,27 @@
         buffered += decoder.decode(value, { stream: true });
         const lines = buffered.split("\n");
         buffered = lines.pop();
-        for (const line of lines) if (line) handle(JSON.parse(line), started);
+        for (const line of lines) if (line) handle(JSON.parse(line), started, fresh);
       }
     } catch (e) {
       if (e.name === "AbortError") {
         stats.textContent = "Stopped.";
         stats.hidden = false;
+        announce("Stopped.");
       } else {
-        showError("The connection to the server was lost. What arrived is shown.");
+        showError("The connection to the server was lost. What arrived is shown.", fresh.requestId);
       }
     } finally {
       controller = null;
+      if (!final) render();
+      if (fresh.first && stats.textContent === "Waiting for the model…") stats.hidden = true;
       setBusy(false);
-      if (!scheduled) render();
     }
   }
 
   form.addEventListener("submit", (e) => {
     e.preventDefault();
-    generate(params(), false);
+    if (!controller) generate(params(), false);
   });
   form.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
@@ -263,7 +435,13 @@
     }
   });
   stopButton.addEventListener("click", () => controller && controller.abort());
-  regenButton.addEventListener("click", () => lastParams && generate(lastParams, false));
+  // Regenerate asks again with what the form says now (edited or not).
+  regenButton.addEventListener("click", () => !controller && generate(params(), false));
+  // Follow the stream unless the reader scrolled up to read.
+  window.addEventListener("scroll", () => {
+    const doc = document.documentElement;
+    follow = window.innerHeight + window.scrollY >= doc.scrollHeight - 80;
+  }, { passive: true });
   answer.addEventListener("click", async (e) => {
     const button = e.target.closest("button.copy");
     if (!button) return;

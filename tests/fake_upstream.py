@@ -12,7 +12,8 @@ Tokens are `t0 `, `t1 `, ... unless `answer=` names a canned text. Options:
     stall_after=N, drop_after=N      after N tokens: go silent / cut the connection
     malformed_after=N, error_after=N after N tokens: a bad `data:` line / an in-band error
     keepalive=S                      while stalled, send an SSE comment every S seconds
-    forever=1, pad=N                 never finish (a token every `delay`, N bytes longer)
+    forever=1, pad=N                 never finish (a token every `delay`, N bytes longer;
+                                     after the canned text when `answer=` is given)
     no_usage=1, no_done=1            omit the usage chunk / the [DONE] line
     finish=length                    the finish reason sent at the end (default stop)
     faults_once=1                    faults apply only to requests without a partial answer
@@ -66,6 +67,15 @@ ANSWERS = {
         "    return cleaned == cleaned[::-1]\n```\n\n"
         "It **normalises** the string, then compares it with `cleaned[::-1]`:\n\n"
         "- letters are lower-cased\n- punctuation is dropped\n"
+    ),
+    "markdown": (
+        "## Overview\n\n"
+        "| name | purpose |\n| --- | --- |\n| `slugify` | make a URL slug |\n\n"
+        "> Keep slugs lower-case.\n\n"
+        "See [the docs](https://example.com/slug) and [this](javascript:alert(1)).\n\n"
+        "```python\ndef slugify(text: str) -> str:\n"
+        "    return '-'.join(text.lower().split())\n```\n\n"
+        "- *short*\n- **clear**\n"
     ),
     "xss": (
         "Careful: <script>window.__pwned = 1</script> and "
@@ -394,7 +404,12 @@ class FakeUpstream:
 
                 blast(piece, wire_mb, sent=tally)
             if opts.get("forever") == "1":
-                token = f"t{i} " + "x" * int(opts.get("pad", 0))
+                # With answer=, the canned text first, then tokens for ever.
+                token = (
+                    tokens[i]
+                    if opts.get("answer") in ANSWERS and i < len(tokens)
+                    else f"t{i} " + "x" * int(opts.get("pad", 0))
+                )
             elif i >= len(tokens):
                 break
             else:

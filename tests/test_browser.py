@@ -13,32 +13,21 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Server, require_binary
+from tests.conftest import ROOT, Server
 from tests.fake_upstream import FakeUpstream
-from tests.helpers import CHROMIUM_ARGS, submit, wait_idle
+from tests.helpers import submit, wait_idle
 
 pytestmark = pytest.mark.browser
 SHOTS = ROOT / "tests" / "artifacts"
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = require_binary("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture()
-def page_for(browser: Any, server: Server) -> Iterator[Any]:
+def page_for(chromium: Any, server: Server) -> Iterator[Any]:
     contexts = []
     foreign: list[str] = []
 
     def make(**options: Any) -> Any:
-        context = browser.new_context(**options)
+        context = chromium.new_context(**options)
         contexts.append(context)
         page = context.new_page()
         page.on(

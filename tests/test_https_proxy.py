@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import IN_CI, Server, free_port, require_binary
+from tests.conftest import IN_CI, Server, free_port
 from tests.fake_upstream import FakeUpstream
-from tests.helpers import CHROMIUM_ARGS, submit, wait_idle
+from tests.helpers import submit, wait_idle
 
 pytestmark = pytest.mark.browser
 
@@ -103,17 +103,6 @@ def https_url(
     yield url, app
     proc.terminate()
     proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    executable = require_binary("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def test_the_page_streams_an_answer_over_https_behind_a_tls_proxy(

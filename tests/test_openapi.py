@@ -72,17 +72,12 @@ def test_real_responses_match_the_described_schemas(server: Server, fake: FakeUp
 
 
 @pytest.mark.browser
-def test_docs_render_in_chromium_with_nothing_from_another_origin(server: Server) -> None:
-    from tests.conftest import require_binary
-    from tests.test_browser import CHROMIUM_ARGS
-
-    executable = require_binary("chromium")
-    from playwright.sync_api import sync_playwright
-
+def test_docs_render_in_chromium_with_nothing_from_another_origin(
+    server: Server, chromium: Any
+) -> None:
     foreign: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        page = browser.new_page()
+    page = chromium.new_page()
+    try:
         page.on(
             "request", lambda r: None if r.url.startswith(server.url) else foreign.append(r.url)
         )
@@ -90,7 +85,9 @@ def test_docs_render_in_chromium_with_nothing_from_another_origin(server: Server
         assert "POST /generate-code/" in page.inner_text("main")
         assert "unknown_fields" in page.inner_text("main")
         assert page.query_selector("a[href='/openapi.json']")
-        browser.close()
+        assert "Provider and model in use" in page.inner_text("main")  # was a lone "."
+    finally:
+        page.close()
     assert foreign == []
 
 

@@ -78,7 +78,7 @@ def assert_short(seen: list[str]) -> None:
 )
 def test_the_guess_only_ever_sees_a_short_sample(guesses: list[str], code: str) -> None:
     html = highlight_code(code, "")
-    assert html.startswith('<pre class="code highlight"><code>')
+    assert html.startswith('<pre class="code highlight" tabindex="0"><code>')
     assert_short(guesses)
     assert len(guesses) <= 1
     # The same through a whole answer: one block, rendered once.
@@ -104,7 +104,7 @@ def test_huge_blocks_are_plain_escaped_text_and_never_guessed(guesses: list[str]
         code = "\n\n" + "if a < b and c > d:  # <script>\n    pass\n" * 5_000 + "\n"
         html = str(highlight_code(code, language))
         assert not guesses
-        assert html.startswith('<pre class="code highlight"><code>if a &lt; b')
+        assert html.startswith('<pre class="code highlight" tabindex="0"><code>if a &lt; b')
         assert html.endswith("    pass\n</code></pre>")  # newlines trimmed as Pygments does
         assert "<span" not in html and "<script>" not in html
         assert "&lt;script&gt;" in html
@@ -124,7 +124,7 @@ def test_tagged_blocks_are_highlighted_in_the_usual_shape(guesses: list[str]) ->
     assert html.startswith(
         '<figure class="codeblock"><figcaption><span>python</span>'
         '<button type="button" class="copy">Copy</button></figcaption>'
-        '<pre class="code highlight"><code>'
+        '<pre class="code highlight" tabindex="0"><code>'
     )
     assert html.endswith("</code></pre></figure>")
     assert '<span class="k">def</span>' in html and '<span class="nf">is_even</span>' in html

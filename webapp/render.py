@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Any
 
+from markdown_it import MarkdownIt
 from markupsafe import Markup, escape
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
@@ -20,9 +22,7 @@ from pygments.util import ClassNotFound
 from webapp.codeblocks import FENCE
 
 _FORMATTER = HtmlFormatter(nowrap=True, classsuffix="")
-_INLINE_CODE = re.compile(r"`([^`\n]+)`")
-_BOLD = re.compile(r"\*\*([^*\n]+)\*\*")
-_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+_HEADING = re.compile(r"<(/?)h([1-6])")
 
 
 # Pygments' `guess_lexer` runs every lexer's `analyse_text`, and some of those
@@ -75,32 +75,53 @@ def highlight_code(code: str, language: str) -> Markup:
         if lexer is None:
             lexer = _guess(_guess_sample(code))
         body = highlight(code, lexer, _FORMATTER)
-    return Markup(f'<pre class="code highlight"><code>{body}</code></pre>')
+    # Focusable: a block wider than the screen scrolls, and keyboards must reach it.
+    return Markup(f'<pre class="code highlight" tabindex="0"><code>{body}</code></pre>')
 
 
-def _inline(text: str) -> str:
-    html = str(escape(text))
-    html = _INLINE_CODE.sub(r"<code>\1</code>", html)
-    return _BOLD.sub(r"<strong>\1</strong>", html)
+def _safe_link(url: str) -> bool:
+    """Only web links: no javascript:, data:, file: or relative surprises."""
+    return url.strip().lower().startswith(("http://", "https://"))
+
+
+def _markdown() -> MarkdownIt:
+    """CommonMark with tables and strikethrough; raw HTML off, so model text never
+    becomes markup; links only to http(s), opened without access to this page."""
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(
+        ["table", "strikethrough"]
+    )
+    md.validateLink = _safe_link  # type: ignore[method-assign]
+
+    def link_open(renderer: Any, tokens: Any, index: int, options: Any, env: Any) -> str:
+        tokens[index].attrSet("rel", "noopener noreferrer")
+        rendered: str = renderer.renderToken(tokens, index, options, env)
+        return rendered
+
+    def table_open(renderer: Any, tokens: Any, index: int, options: Any, env: Any) -> str:
+        # A wide table scrolls inside its own box (reachable by keyboard).
+        rendered: str = renderer.renderToken(tokens, index, options, env)
+        return '<div class="table-scroll" tabindex="0">' + rendered
+
+    def table_close(renderer: Any, tokens: Any, index: int, options: Any, env: Any) -> str:
+        rendered: str = renderer.renderToken(tokens, index, options, env)
+        return rendered + "</div>"
+
+    md.add_render_rule("link_open", link_open)
+    md.add_render_rule("table_open", table_open)
+    md.add_render_rule("table_close", table_close)
+    return md
+
+
+_MD = _markdown()
 
 
 def render_prose(text: str) -> str:
-    out: list[str] = []
-    for block in re.split(r"\n\s*\n", text.strip()):
-        lines = [line for line in block.splitlines() if line.strip()]
-        if not lines:
-            continue
-        if all(_LIST_ITEM.match(line) for line in lines):
-            tag = "ol" if re.match(r"^\s*\d", lines[0]) else "ul"
-            items = "".join(f"<li>{_inline(_LIST_ITEM.sub('', line))}</li>" for line in lines)
-            out.append(f"<{tag}>{items}</{tag}>")
-        elif lines[0].startswith("#"):
-            out.append(f"<h3>{_inline(lines[0].lstrip('#').strip())}</h3>")
-            if lines[1:]:
-                out.append(f"<p>{'<br>'.join(_inline(line) for line in lines[1:])}</p>")
-        else:
-            out.append(f"<p>{'<br>'.join(_inline(line) for line in lines)}</p>")
-    return "".join(out)
+    """The text between code blocks, as Markdown. Headings move down two levels:
+    the page has its own h1 and h2."""
+    if not text.strip():
+        return ""
+    html = _MD.render(text)
+    return _HEADING.sub(lambda m: f"<{m.group(1)}h{min(6, int(m.group(2)) + 2)}", html)
 
 
 def render_answer(text: str) -> Markup:

@@ -17,11 +17,16 @@ from webapp.errors import AppError, InternalError
 
 
 def wants_json_response() -> bool:
-    # The page's streaming route speaks JSON whatever the Accept header says.
-    if request.blueprint != "ui" or request.endpoint == "ui.stream":
-        return True
+    """JSON for the API and the page's script; HTML for the page, and for a browser
+    that asked for an address nobody serves (its Accept prefers text/html)."""
+    if request.endpoint == "ui.stream":
+        return True  # the page's streaming route speaks JSON whatever Accept says
     accept = request.accept_mimetypes
-    return accept["application/json"] > accept["text/html"]
+    if request.blueprint == "ui":
+        return accept["application/json"] > accept["text/html"]
+    if request.url_rule is None:
+        return not accept["text/html"] > accept["application/json"]
+    return True
 
 
 def error_response(exc: AppError, **extra: Any) -> Response:

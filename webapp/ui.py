@@ -3,12 +3,15 @@ no-JavaScript path that streams the answer as HTML into the page."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from typing import Any
 
 from flask import (
     Blueprint,
     Response,
     current_app,
+    g,
     redirect,
     render_template,
     request,
@@ -29,7 +32,7 @@ from wtforms import (
     SelectField,
     TextAreaField,
 )
-from wtforms.validators import DataRequired, NumberRange, Optional
+from wtforms.validators import DataRequired, Optional
 
 from webapp import formats
 from webapp.codeblocks import FENCE
@@ -66,15 +69,19 @@ LANGUAGES = [
 
 
 class PromptForm(FlaskForm):  # type: ignore[misc]
-    prompt = TextAreaField("Describe the code you want", validators=[DataRequired()])
+    prompt = TextAreaField(
+        "Describe the code you want",
+        validators=[DataRequired(message="Please describe the code you want.")],
+    )
     language = SelectField(
         "Language", choices=[SelectChoice(x, x or "Any") for x in LANGUAGES], default=""
     )
     # Scripts and old pages may omit it: the configured model is the default.
     model = SelectField("Model", validators=[Optional()], validate_choice=False)
-    # FloatField, not DecimalField: Decimal("sNaN") makes NumberRange raise.
-    temperature = FloatField("Temperature", default=0.2, validators=[Optional(), NumberRange(0, 2)])
-    max_tokens = IntegerField("Max tokens", validators=[Optional(), NumberRange(min=1)])
+    # Ranges are the API schema's to check, so the page says what the API says.
+    # FloatField, not DecimalField: Decimal("sNaN") cannot be compared.
+    temperature = FloatField("Temperature", default=0.2, validators=[Optional()])
+    max_tokens = IntegerField("Max tokens", validators=[Optional()])
 
 
 def _config() -> Config:
@@ -94,11 +101,34 @@ def _form() -> PromptForm:
 CUT_AT_LIMIT = "stopped at the Max tokens limit: raise it and regenerate for the rest"
 
 
-def _page(**context: object) -> str:
+_FIELD_NAMED = re.compile(r"^(\w+): ")
+_FIELDS = ("prompt", "language", "model", "temperature", "max_tokens")
+
+
+def _page(**context: Any) -> str:
     info = generation().provider.info()
     signed = bool(guard().key_digests)
+    # The field an error names is marked invalid and focused, as the script does.
+    named = _FIELD_NAMED.match(str(context.get("form_error") or ""))
+    invalid = context.pop("invalid_field", None) or (named.group(1) if named else None)
+
+    def field_state(name: str) -> dict[str, Any]:
+        if name != invalid or name not in _FIELDS:
+            return {}
+        state: dict[str, Any] = {"aria-invalid": "true", "aria-describedby": "error"}
+        if name != "prompt":  # the prompt box takes its autofocus from the template
+            state["autofocus"] = True
+        return state
+
     return render_template(
-        "index.html", provider=info, cut_at_limit=CUT_AT_LIMIT, can_sign_out=signed, **context
+        "index.html",
+        provider=info,
+        cut_at_limit=CUT_AT_LIMIT,
+        can_sign_out=signed,
+        field_state=field_state,
+        invalid_field=invalid if invalid in _FIELDS else None,
+        request_id=g.get("request_id", ""),
+        **context,
     )
 
 
@@ -160,7 +190,8 @@ def submit() -> Response | tuple[str, int]:
     """The no-JavaScript path: the answer streams into the page as escaped HTML."""
     form = _form()
     if not form.validate_on_submit():
-        return _page(form=form, form_error=_form_error(form)), 400
+        invalid = next(iter(form.errors), None)
+        return _page(form=form, form_error=_form_error(form), invalid_field=invalid), 400
     try:
         relay = _relay_from_form(form)
         relay.start(commit_after=None)
@@ -289,5 +320,7 @@ def _form_error(form: PromptForm) -> str:
             "The form has a fresh token now: submit again."
         )
     for name, errors in form.errors.items():
-        return f"{getattr(form, name).label.text}: {errors[0]}"
+        if name == "prompt":
+            return str(errors[0])
+        return f"{name}: {errors[0]}"
     return "Please check the form."
