@@ -86,3 +86,16 @@ def test_rendering_escapes_everything_the_model_says() -> None:
     assert "<b " not in html and "&lt;b onclick" in html
     assert "<strong>bold</strong>" in html and "<code>a&lt;b</code>" in html
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_the_form_says_what_the_api_says_and_marks_the_field(client: FlaskClient) -> None:
+    page = client.get("/").get_data(as_text=True)
+    response = client.post(
+        "/", data={"prompt": "x", "temperature": "5", "csrf_token": token_of(page)}
+    )
+    html = response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert "temperature: Input should be less than or equal to 2." in html  # the API's words
+    field = re.search(r'<input[^>]*id="temperature"[^>]*>', html)
+    assert field and 'aria-invalid="true"' in field.group(0) and "autofocus" in field.group(0)
+    assert "request id" in html
