@@ -39,7 +39,7 @@ from webapp.opener import Opener, continuation, may_resume
 from webapp.providers import Final, GenerationRequest, Provider, UpstreamStream
 from webapp.schema import GenerateCodeRequest, parse_generate
 from webapp.sockets import peer_closed
-from webapp.watchdog import DISCONNECT_CHECK, ReadInterrupted, Watchdog
+from webapp.watchdog import DISCONNECT_CHECK, Watchdog
 
 log = logging.getLogger("webapp.generation")
 
@@ -141,6 +141,21 @@ class Answer:
     def attempts(self) -> int:
         """Upstream requests made (the Relay's opener counts them)."""
         return 0
+
+    def events(self) -> Iterator[RelayEvent]:
+        """Text, keep-alives, then one Done or Failed (the Relay's)."""
+        raise NotImplementedError
+
+    def collect(self) -> tuple[str, Done]:
+        """Run to the end for non-streaming answers; raise the AppError on failure."""
+        done: Done | None = None
+        for event in self.events():
+            if isinstance(event, Failed):
+                raise event.error
+            if isinstance(event, Done):
+                done = event
+        assert done is not None
+        return self.text(), done
 
     def _stop(self) -> None:
         """End the upstream side (the Relay's)."""
@@ -336,7 +351,8 @@ class Relay(Answer):
                     yield from self._when_due(now)
                     return room
                 try:
-                    item = self._read(now, limit)
+                    assert self._stream is not None
+                    item = watchdog.read(self._stream, now, limit)
                 except AppError as exc:
                     self._drop_stream()
                     yield from self._break(exc)
@@ -371,20 +387,6 @@ class Relay(Answer):
                 yield self._fail(too_large(self.answer_bound(), self.request.max_tokens))
                 return room
             item = None
-
-    def _read(self, now: float, limit: float) -> str | Final | None:
-        """One upstream read, interrupted by the watchdog when due (then None)."""
-        watchdog = self._watchdog
-        stream = self._stream
-        assert watchdog is not None and stream is not None
-        watchdog.cover_read(now, limit)
-        watchdog.reading = True
-        try:
-            return stream.read(None)
-        except ReadInterrupted:
-            return None
-        finally:
-            watchdog.reading = False
 
     def _finish(self, final: Final, now: float) -> Done:
         self._final = final
@@ -450,17 +452,6 @@ class Relay(Answer):
         """End the upstream side, whatever it is doing: opening or streaming."""
         self._opener.stop(keep=self._stream)
         self._drop_stream()
-
-    def collect(self) -> tuple[str, Done]:
-        """Run to the end for non-streaming answers; raise the AppError on failure."""
-        done: Done | None = None
-        for event in self.events():
-            if isinstance(event, Failed):
-                raise event.error
-            if isinstance(event, Done):
-                done = event
-        assert done is not None
-        return self.text(), done
 
 
 # -- the service the views call ---------------------------------------------------

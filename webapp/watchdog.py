@@ -15,6 +15,7 @@ from gevent import get_hub
 
 from webapp.deadlines import Deadlines
 from webapp.errors import ClientTooSlow
+from webapp.providers.base import Final, UpstreamStream
 
 # While no token flows, the relay looks at the client's socket this often, so a
 # closed tab stops the upstream within a second even in a silent stretch.
@@ -89,6 +90,17 @@ class Watchdog:
         wake_at = now + DISCONNECT_CHECK if now + DISCONNECT_CHECK < limit else limit
         if self.timer is None or self.timer_at > wake_at:
             self.arm(wake_at - now)
+
+    def read(self, stream: UpstreamStream, now: float, limit: float) -> str | Final | None:
+        """One read of `stream`, begun at `now`, interrupted (then None) when due."""
+        self.cover_read(now, limit)
+        self.reading = True
+        try:
+            return stream.read(None)
+        except ReadInterrupted:
+            return None
+        finally:
+            self.reading = False
 
     def guard_write(self, limit: float) -> None:
         """The next write is one the client must take by `limit`."""
