@@ -37,7 +37,7 @@ install-local: $(STAMP)-core
 install: $(STAMP)-core
 install-dev: $(STAMP)-dev
 
-run: $(STAMP)-core
+run: $(STAMP)-core static/pyodide/.stamp
 	@provider=$$($(BIN)/python -c 'from webapp.config import Config; print(Config.from_env().resolved_provider)') || exit 1; \
 	if [ "$$provider" = local ]; then \
 		echo ">> No OPENAI_API_KEY or OPENAI_BASE_URL: using the embedded local model."; \
@@ -82,7 +82,15 @@ node_modules/.package-lock.json: package.json package-lock.json
 	@if command -v npm >/dev/null; then npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; \
 	else echo ">> npm is missing: the accessibility tests will skip, or fail with CI=true"; fi
 
-test: $(STAMP)-dev $(STAMP)-eval install-local system-deps node_modules/.package-lock.json lint
+# Pyodide for the page's Run button, copied from its npm package into static/, where
+# the app serves it (no CDN). Without npm the page works, with no Run button.
+PYODIDE_FILES := pyodide.mjs pyodide.asm.mjs pyodide.asm.wasm python_stdlib.zip pyodide-lock.json
+static/pyodide/.stamp: node_modules/.package-lock.json
+	@if [ -d node_modules/pyodide ]; then \
+		mkdir -p static/pyodide && (cd node_modules/pyodide && cp $(PYODIDE_FILES) ../../static/pyodide/) && touch $@; \
+	else echo ">> Pyodide is not installed (no npm): the page's Run button stays off"; fi
+
+test: $(STAMP)-dev $(STAMP)-eval install-local system-deps node_modules/.package-lock.json static/pyodide/.stamp lint
 	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.models prepare
 	@set +e; $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
@@ -106,7 +114,7 @@ eval: $(STAMP)-eval
 	$(BIN)/python -m bench.eval $(EVAL_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/artifacts node_modules
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/artifacts node_modules static/pyodide
 
 bench-local: $(STAMP)-dev install-local
 	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.models prepare

@@ -146,6 +146,74 @@
     if (el && el.textContent !== code) el.textContent = code;
   }
 
+  // --- running Python in the browser (static/run-worker.js) ---------------------
+  const RUN_LIMIT_S = 10;
+  const PYTHON = new Set(["python", "py", "python3"]);
+  let runner = null; // a warm worker, reused until a run must be stopped
+
+  function addRunButton(fig) {
+    const label = fig.querySelector("figcaption span");
+    if (!label || !PYTHON.has(label.textContent.trim().toLowerCase())) return;
+    if (fig.querySelector("button.run")) return;
+    const run = document.createElement("button");
+    run.type = "button";
+    run.className = "run";
+    run.textContent = "Run";
+    run.title = `Run in your browser (Pyodide), stopped after ${RUN_LIMIT_S} s`;
+    fig.querySelector("button.copy").before(run);
+  }
+
+  function runCode(fig, button) {
+    let out = fig.querySelector("pre.run-output");
+    if (!out) {
+      out = document.createElement("pre");
+      out.className = "run-output";
+      out.setAttribute("role", "log");
+      out.setAttribute("aria-label", "Output");
+      out.tabIndex = 0;
+      fig.appendChild(out);
+    }
+    out.textContent = runner ? "Running…\n" : "Starting Python (the first run takes a few seconds)…\n";
+    button.disabled = true;
+    if (!runner) runner = new Worker("/static/run-worker.js", { type: "module" });
+    const worker = runner;
+    let timer = null;
+    let started = false;
+    const finish = (note) => {
+      clearTimeout(timer);
+      worker.onmessage = null;
+      if (note) out.appendChild(document.createTextNode(note));
+      button.disabled = false;
+    };
+    const stop = (why) => {
+      worker.terminate();
+      if (runner === worker) runner = null;
+      finish(why);
+    };
+    timer = setTimeout(() => stop("\nPython did not start in time."), 60000);
+    worker.onerror = () => stop("\nPython could not start here.");
+    worker.onmessage = (event) => {
+      const m = event.data;
+      if (m.type === "start") {
+        started = true;
+        out.textContent = "";
+        clearTimeout(timer);
+        timer = setTimeout(() => stop(`\nStopped: the run passed ${RUN_LIMIT_S} s.`), RUN_LIMIT_S * 1000);
+      } else if (m.type === "out" || m.type === "err") {
+        out.appendChild(document.createTextNode(m.text));
+      } else if (m.type === "done") {
+        finish(started && !out.textContent ? "(no output)" : "");
+      } else if (m.type === "error" || m.type === "failed") {
+        const err = document.createElement("span");
+        err.className = "run-error";
+        err.textContent = m.text;
+        out.appendChild(err);
+        finish("");
+      }
+    };
+    worker.postMessage({ code: fig.querySelector("pre:not(.run-output)").textContent });
+  }
+
   function applyServerBlock(index) {
     // The figure stays (and with it a focused or pressed Copy); its code gets the colours.
     const fig = figures[index];
@@ -159,6 +227,7 @@
       old.replaceWith(pre);
       pre.scrollLeft = old.scrollLeft;
       fig.classList.remove("streaming");
+      addRunButton(fig);
     }
   }
 
@@ -270,6 +339,7 @@
       fig.replaceWith(figures[i]);
     });
     answer.replaceChildren(holder.content);
+    answer.querySelectorAll("figure.codeblock").forEach(addRunButton);
     tail = null;
     final = true;
     if (focused && !document.contains(focused)) answer.focus();
@@ -443,9 +513,14 @@
     follow = window.innerHeight + window.scrollY >= doc.scrollHeight - 80;
   }, { passive: true });
   answer.addEventListener("click", async (e) => {
+    const run = e.target.closest("button.run");
+    if (run) {
+      runCode(run.closest("figure"), run);
+      return;
+    }
     const button = e.target.closest("button.copy");
     if (!button) return;
-    const code = button.closest("figure").querySelector("pre").textContent;
+    const code = button.closest("figure").querySelector("pre:not(.run-output)").textContent;
     try {
       await navigator.clipboard.writeText(code);
       button.textContent = "Copied";

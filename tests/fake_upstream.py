@@ -77,6 +77,9 @@ ANSWERS = {
         "    return '-'.join(text.lower().split())\n```\n\n"
         "- *short*\n- **clear**\n"
     ),
+    "runnable": "```python\nprint(sum(range(10)))\nprint('done')\n```\n",
+    "raising": "```python\ndef parse(x):\n    return int(x)\n\nparse('nope')\n```\n",
+    "looping": "```python\nwhile True:\n    pass\n```\n",
     "xss": (
         "Careful: <script>window.__pwned = 1</script> and "
         '<img src=x onerror="window.__pwned = 2"> are just text.\n\n'

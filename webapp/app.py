@@ -48,6 +48,13 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 _SECURITY_ITEMS = list(SECURITY_HEADERS.items())
+# The Run button's worker (and the Pyodide files it loads) compiles WebAssembly:
+# it alone may, with 'wasm-unsafe-eval'. The page keeps the policy above.
+RUNNER_PATHS = ("/static/run-worker.js", "/static/pyodide/")
+RUNNER_POLICY = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'"
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -208,6 +215,8 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         # No view sets its own, so one look decides for all.
         if "Content-Security-Policy" not in headers:
             headers.extend(_SECURITY_ITEMS)
+            if request.path.startswith(RUNNER_PATHS):
+                headers["Content-Security-Policy"] = RUNNER_POLICY
             if request.is_secure:
                 headers["Strict-Transport-Security"] = "max-age=31536000"
         return response
