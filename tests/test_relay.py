@@ -232,3 +232,14 @@ def test_keep_alives_flow_while_the_model_is_silent(scripted: ScriptedProvider) 
     events = list(relay.events())
     pings = [e for e in events if isinstance(e, Ping)]
     assert len(pings) >= 2 and texts(events) == "a "
+
+
+def test_a_request_without_temperature_gets_the_configured_default(
+    scripted: ScriptedProvider,
+) -> None:
+    from webapp.generation import GenerationService
+
+    config = Config.from_env({"OPENAI_API_KEY": "x", "DEFAULT_TEMPERATURE": "0"})
+    service = GenerationService(config, scripted, len)
+    assert service.relay("r", "hello").request.temperature == 0.0
+    assert service.relay("r", "hello", temperature=0.7).request.temperature == 0.7

@@ -35,7 +35,13 @@ _RATE = re.compile(
 
 # Settings where 0 means "automatic" or "off".
 _ZERO_ALLOWED = frozenset(
-    {"web_concurrency", "local_threads", "max_concurrent_streams_per_client", "trust_forwarded_for"}
+    {
+        "web_concurrency",
+        "local_threads",
+        "max_concurrent_streams_per_client",
+        "trust_forwarded_for",
+        "default_temperature",
+    }
 )
 
 
@@ -70,6 +76,14 @@ class Config:
         (), "Comma-separated models a request may choose. Empty means only `MODEL`."
     )
     system_prompt: str = _setting(DEFAULT_SYSTEM_PROMPT, "System prompt override.")
+    default_temperature: float = _setting(
+        0.2,
+        "Temperature sent when a request names none (the page's form starts from it). "
+        "Chosen by `make eval`: see the README.",
+    )
+    repeat_penalty: float = _setting(
+        1.0, "The embedded model's repetition penalty (1.0: none). Chosen by `make eval`."
+    )
     port: int = _setting(8000, "Port gunicorn listens on (Heroku sets it).")
     web_concurrency: int = _setting(0, "gunicorn workers; 0 means one per core.")
     max_output_tokens: int = _setting(2048, "Upper bound for a request's `max_tokens`.")

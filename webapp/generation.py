@@ -503,7 +503,7 @@ class GenerationService:
             build_messages(prompt, language, cfg.system_prompt),
             model or self.provider.models[0],
             max_tokens or cfg.max_output_tokens,
-            temperature,
+            cfg.default_temperature if temperature is None else temperature,
         )
         return Relay(
             self.provider,

@@ -92,8 +92,10 @@ def _config() -> Config:
 def _form() -> PromptForm:
     form = PromptForm()
     form.model.choices = [SelectChoice(m) for m in generation().provider.models]
-    if form.max_tokens.data is None and request.method == "GET":
-        form.max_tokens.data = min(1024, _config().max_output_tokens)
+    if request.method == "GET":
+        if form.max_tokens.data is None:
+            form.max_tokens.data = min(1024, _config().max_output_tokens)
+        form.temperature.data = _config().default_temperature
     return form
 
 

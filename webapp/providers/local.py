@@ -165,6 +165,7 @@ class LocalProvider(Provider):
             kwargs: dict[str, Any] = {"max_tokens": request.max_tokens, "stream": True}
             if request.temperature is not None:
                 kwargs["temperature"] = request.temperature
+            kwargs["repeat_penalty"] = self.config.repeat_penalty
             chunks = llama.create_chat_completion(request.messages, **kwargs)
             finish_reason = None
             produced = 0
