@@ -259,35 +259,8 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> str:
         if self.failure is not None:
             return ""
-        partial = self._partial
-        if partial:
-            # Only the new bytes are searched: a long line is never re-scanned.
-            newline = chunk.find(b"\n")
-            if newline < 0:
-                self._partial_size += len(chunk)
-                if self._partial_size > MAX_LINE:
-                    self._too_long()
-                else:
-                    partial.append(chunk)
-                return ""
-            partial.append(chunk)
-            chunk = b"".join(partial)
-            partial.clear()
-        if b"data:" not in chunk and len(chunk) <= MAX_LINE:
-            # Only comments or keep-alives (or a flood of them): no line to look at.
-            tail = chunk[chunk.rfind(b"\n") + 1 :]
-            if tail:
-                partial.append(tail)
-            self._partial_size = len(tail)
-            return ""
-        lines = chunk.split(b"\n")
-        tail = lines.pop()
-        if tail:
-            partial.append(tail)
-        self._partial_size = len(tail)
         texts: list[str] = []
-        loads = orjson.loads
-        for line in lines:
+        for line in self._complete_lines(chunk):
             if len(line) > MAX_LINE:
                 self._too_long()
                 break
@@ -298,52 +271,87 @@ class SSEDecoder:
                 self.done = True
                 continue
             try:
-                event = loads(payload)
-                if type(event) is not dict:
-                    raise _Malformed("an event that is not a JSON object")
-                error = event.get("error")
-                if error is not None:
-                    self.failure = in_band_error(error, self.secrets)
-                    break
-                choices = event.get("choices")
-                if choices:
-                    if type(choices) is not list:
-                        raise _Malformed("choices is not a list")
-                    choice = choices[0]
-                    if type(choice) is not dict:
-                        raise _Malformed("a choice is not an object")
-                    delta = choice.get("delta")
-                    if delta is not None:
-                        if type(delta) is not dict:
-                            raise _Malformed("delta is not an object")
-                        content = delta.get("content")
-                        if content is not None:
-                            if type(content) is not str:
-                                raise _Malformed("content is not a string")
-                            if content:
-                                texts.append(content)
-                    finish = choice.get("finish_reason")
-                    if finish is not None:
-                        if type(finish) is not str:
-                            raise _Malformed("finish_reason is not a string")
-                        if finish:
-                            self.finish_reason = finish
-                elif choices is not None and type(choices) is not list:
-                    raise _Malformed("choices is not a list")
-                usage = event.get("usage")
-                if usage:
-                    # Counts feed metrics and prices: only plausible ones are kept,
-                    # the app counts the rest itself.
-                    self.usage = clean_usage(usage) or self.usage
+                content = self._event(orjson.loads(payload))
             except (_Malformed, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
                 why = str(exc) if isinstance(exc, _Malformed) else "not valid JSON"
                 self._malformed(why, payload)
                 break
+            if self.failure is not None:
+                break
+            if content:
+                texts.append(content)
         if self._partial_size > MAX_LINE and self.failure is None:
             self._too_long()
         if not texts:
             return ""
         return texts[0] if len(texts) == 1 else "".join(texts)
+
+    def _complete_lines(self, chunk: bytes) -> list[bytes]:
+        """The lines `chunk` completes; the unfinished rest waits in `_partial`."""
+        partial = self._partial
+        if partial:
+            # Only the new bytes are searched: a long line is never re-scanned.
+            if chunk.find(b"\n") < 0:
+                self._partial_size += len(chunk)
+                if self._partial_size > MAX_LINE:
+                    self._too_long()
+                else:
+                    partial.append(chunk)
+                return []
+            partial.append(chunk)
+            chunk = b"".join(partial)
+            partial.clear()
+        if b"data:" not in chunk and len(chunk) <= MAX_LINE:
+            # Only comments or keep-alives (or a flood of them): no line to look at.
+            lines: list[bytes] = []
+            tail = chunk[chunk.rfind(b"\n") + 1 :]
+        else:
+            lines = chunk.split(b"\n")
+            tail = lines.pop()
+        if tail:
+            partial.append(tail)
+        self._partial_size = len(tail)
+        return lines
+
+    def _event(self, event: Any) -> str | None:
+        """The text of one decoded event, checked against the API's shape; records
+        the finish reason, usage and an in-band error. Raises _Malformed."""
+        if type(event) is not dict:
+            raise _Malformed("an event that is not a JSON object")
+        error = event.get("error")
+        if error is not None:
+            self.failure = in_band_error(error, self.secrets)
+            return None
+        usage = event.get("usage")
+        if usage:
+            # Counts feed metrics and prices: only plausible ones are kept,
+            # the app counts the rest itself.
+            self.usage = clean_usage(usage) or self.usage
+        choices = event.get("choices")
+        if not choices:
+            if choices is not None and type(choices) is not list:
+                raise _Malformed("choices is not a list")
+            return None
+        if type(choices) is not list:
+            raise _Malformed("choices is not a list")
+        choice = choices[0]
+        if type(choice) is not dict:
+            raise _Malformed("a choice is not an object")
+        finish = choice.get("finish_reason")
+        if finish is not None:
+            if type(finish) is not str:
+                raise _Malformed("finish_reason is not a string")
+            if finish:
+                self.finish_reason = finish
+        delta = choice.get("delta")
+        if delta is None:
+            return None
+        if type(delta) is not dict:
+            raise _Malformed("delta is not an object")
+        content = delta.get("content")
+        if content is not None and type(content) is not str:
+            raise _Malformed("content is not a string")
+        return content
 
     def _malformed(self, why: str, payload: bytes) -> None:
         snippet = redact(payload[:2000].decode("utf-8", "replace"), self.secrets)
