@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -109,3 +110,33 @@ def metrics(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 
 def value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def master_children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        found = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                fields = dict(
+                    line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+                )
+            except OSError:
+                continue
+            if int(fields["PPid"]) == pid:
+                found.append(int(status.parent.name))
+        return found
+
+
+def worker_pid(server: Server) -> int:
+    children = master_children(server.proc.pid)
+    assert len(children) == 1, children  # WEB_CONCURRENCY=1
+    return children[0]
+
+
+def memory(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")

@@ -18,7 +18,7 @@ from flask import Flask
 
 from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
-from tests.helpers import prompt
+from tests.helpers import memory, prompt, worker_pid
 from webapp.events import Done
 from webapp.generation import CHARS_PER_TOKEN_BOUND
 from webapp.guard import Guard
@@ -27,16 +27,8 @@ from webapp.ui import _with_blocks
 # -- a flooding upstream ---------------------------------------------------------------
 
 
-def worker_rss_kb(server: Server) -> int:
-    """Resident memory of the server's (only) worker process."""
-    pid = server.proc.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    status = Path(f"/proc/{children[0]}/status").read_text()
-    return int(status.split("VmRSS:")[1].split()[0])
-
-
 def test_a_flooding_upstream_is_cut_at_the_answer_bound(server: Server, fake: FakeUpstream) -> None:
-    before = worker_rss_kb(server)
+    before = memory(worker_pid(server), "VmRSS")
     started = time.monotonic()
     response = requests.post(
         server.url + "/generate-code/",
@@ -51,7 +43,8 @@ def test_a_flooding_upstream_is_cut_at_the_answer_bound(server: Server, fake: Fa
     closed = fake.wait_closed(1, timeout=3)
     assert closed and closed[0].how == "client_closed"  # the app stopped reading the flood
     assert time.monotonic() - started < 6  # well within TOTAL_TIMEOUT (6 s in tests)
-    assert worker_rss_kb(server) - before < 100_000  # 200 MB offered, far less held
+    grown = memory(worker_pid(server), "VmRSS") - before
+    assert grown < 100 << 20  # 200 MB offered, far less held
 
     whole = requests.post(
         server.url + "/generate-code/",

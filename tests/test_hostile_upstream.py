@@ -25,7 +25,7 @@ import requests
 
 from tests.conftest import TEST_SETTINGS, Server
 from tests.fake_upstream import BAD_EVENTS, BAD_USAGE, FLOOD_TOKEN, FakeUpstream
-from tests.helpers import prompt, sse_events
+from tests.helpers import memory, prompt, sse_events, worker_pid
 from webapp.errors import BadRequest, RateLimited, UpstreamError, UpstreamMalformed
 from webapp.providers.base import Final
 from webapp.providers.openai import (
@@ -308,36 +308,6 @@ def hostile(serve: Callable[..., Server]) -> Server:
     # A server of its own (an otherwise unused variable makes it distinct), so the
     # memory measured is this module's.
     return serve(HOSTILE_UPSTREAM_TESTS="1")
-
-
-def master_children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        found = []
-        for status in Path("/proc").glob("[0-9]*/status"):
-            try:
-                fields = dict(
-                    line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
-                )
-            except OSError:
-                continue
-            if int(fields["PPid"]) == pid:
-                found.append(int(status.parent.name))
-        return found
-
-
-def worker_pid(server: Server) -> int:
-    children = master_children(server.proc.pid)
-    assert len(children) == 1, children  # WEB_CONCURRENCY=1
-    return children[0]
-
-
-def memory(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} for {pid}")
 
 
 def reset_peak(pid: int) -> bool:

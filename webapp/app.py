@@ -121,6 +121,10 @@ def page_key(guard: Guard) -> str | None:
     raise Unauthorized("Sign in with an API key first.", code="sign_in_required")
 
 
+def _body_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
+
+
 def read_body_within_limit() -> None:
     """Read any body now, bounded, so a chunked one over MAX_BODY_BYTES is a 413
     (Werkzeug cuts it at the limit without a word), and views get it whole."""
@@ -130,7 +134,7 @@ def read_body_within_limit() -> None:
     environ = request.environ
     limit = config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
+        raise _body_too_large(limit)
     try:
         body = environ["wsgi.input"].read(limit + 1)
     except ClientReadTimeout:
@@ -138,7 +142,7 @@ def read_body_within_limit() -> None:
             f"The request body did not arrive within {config.client_read_timeout:g} s."
         ) from None
     if len(body) > limit:
-        raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
+        raise _body_too_large(limit)
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))
     environ["wsgi.input_terminated"] = True  # a chunked body has no length to go by
