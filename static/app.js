@@ -306,6 +306,10 @@
         answer.appendChild(tail.el);
       }
       const nl = rest.indexOf("\n");
+      // The fence line may have arrived in pieces: its tag names the block once whole.
+      const label = tail.el.querySelector("figcaption span");
+      const lang = fenceLang(nl < 0 ? rest : rest.slice(0, nl)) || "code";
+      if (label.textContent !== lang) label.textContent = lang;
       setCode(tail.el, nl < 0 ? "" : rest.slice(nl + 1));
       return;
     }
