@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make run    install what is missing, then serve (embedded model when no OpenAI key)
-#   make test   install the test tools (and redis-server, chromium via apt), lint, test
+#   make test   install the test tools (and redis-server, chromium, postgresql via apt), lint, test
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -49,8 +49,9 @@ run: $(STAMP)-core static/pyodide/.stamp
 	fi; \
 	exec $(BIN)/gunicorn --config gunicorn.conf.py wsgi:app
 
-# redis-server, chromium, nginx (a TLS proxy), openssl (a test certificate) and npm
-# (axe-core) for the tests; apt where it can.
+# redis-server, chromium, nginx (a TLS proxy), openssl (a test certificate), npm
+# (axe-core) and PostgreSQL (the history tests start a throwaway cluster) for the
+# tests; apt where it can.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
@@ -58,6 +59,7 @@ system-deps:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 			echo ">> apt-get install$$missing"; \

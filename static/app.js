@@ -18,6 +18,10 @@
   const stopButton = document.getElementById("stop");
   const regenButton = document.getElementById("regenerate");
   const generateButton = document.getElementById("generate");
+  const notice = document.getElementById("notice");
+  // On an answer's page: its stored text, which a Continue carries on.
+  const source = document.getElementById("answer-source");
+  const continueForm = document.getElementById("continue-form");
   const CLOSING_FENCE = /^```[ \t]*$/m;
 
   let controller = null;
@@ -30,6 +34,7 @@
   let figures = []; // code block index -> its <figure>
   let blocks = []; // code block index -> the server's highlighted HTML
   let follow = true;
+  let seed = ""; // a Continue starts from the stored text
 
   const MESSAGES = {
     upstream_rate_limited: (e) => "The model is rate limited" + (e.retry_after ? `; try again in ${Math.ceil(e.retry_after)} s.` : "; try again shortly."),
@@ -361,6 +366,8 @@
     if (t !== null && t !== "") p.temperature = Number(t);
     const mt = data.get("max_tokens");
     if (mt !== null && mt !== "") p.max_tokens = Number(mt);
+    const conversation = data.get("conversation_id");
+    if (conversation) p.conversation_id = String(conversation);
     return p;
   }
 
@@ -378,7 +385,7 @@
   function startAnswer() {
     // The previous answer stays until the new one starts to arrive.
     answer.replaceChildren();
-    text = "";
+    text = seed;
     settledTo = 0;
     tail = null;
     figures = [];
@@ -386,6 +393,15 @@
     final = false;
     stats.hidden = true;
     announce("The answer is arriving.");
+  }
+
+  function savedLink(answerId) {
+    // Where the answer now lives: its page has versions, Compare, Share and downloads.
+    const saved = document.createElement("a");
+    saved.href = `/a/${encodeURIComponent(answerId)}`;
+    saved.id = "saved-link";
+    saved.textContent = "Open saved answer";
+    stats.append(" · ", saved);
   }
 
   function handle(event, started, fresh) {
@@ -415,7 +431,10 @@
           // Never a silent cut: the model stopped at the limit, not at the end.
           stats.textContent += ` · ${stats.dataset.cut}`;
         }
+        if (fresh.answerId) savedLink(fresh.answerId);
         stats.hidden = false;
+        if (source) source.textContent = text;
+        if (continueForm && event.finish_reason !== "length") continueForm.hidden = true;
         announce("The answer is complete.");
         break;
       }
@@ -429,7 +448,7 @@
   }
 
   async function generate(p, retried) {
-    if (!p.prompt.trim()) {
+    if (!p.continue_answer && !p.prompt.trim()) {
       showError("Please describe the code you want.");
       form.elements.namedItem("prompt").focus();
       return;
@@ -443,7 +462,8 @@
     stats.hidden = false;
     announce("Waiting for the model.");
     const started = performance.now();
-    const fresh = { first: true, requestId: "" };
+    const fresh = { first: true, requestId: "", answerId: "" };
+    seed = p.continue_answer && source ? source.textContent : "";
     const token = form.querySelector("input[name=csrf_token]").value;
     try {
       const response = await fetch("/ui/stream", {
@@ -453,6 +473,12 @@
         signal: controller.signal,
       });
       fresh.requestId = response.headers.get("X-Request-ID") || "";
+      fresh.answerId = response.headers.get("X-Answer-ID") || "";
+      const trimmed = Number(response.headers.get("X-History-Trimmed") || 0);
+      if (notice) {
+        notice.hidden = !trimmed;
+        notice.textContent = trimmed ? `The ${trimmed} oldest turn${trimmed > 1 ? "s" : ""} of this conversation were left out to fit the prompt limit.` : "";
+      }
       if (!response.ok) {
         let err = { message: `The server answered ${response.status}.` };
         try {
@@ -509,6 +535,19 @@
     }
   });
   stopButton.addEventListener("click", () => controller && controller.abort());
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && controller) {
+      e.preventDefault();
+      controller.abort();
+    }
+  });
+  if (continueForm) {
+    continueForm.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const data = new FormData(continueForm);
+      if (!controller) generate({ prompt: "", continue_answer: String(data.get("continue_answer")), max_tokens: Number(data.get("max_tokens")) }, false);
+    });
+  }
   // Regenerate asks again with what the form says now (edited or not).
   regenButton.addEventListener("click", () => !controller && generate(params(), false));
   // Follow the stream unless the reader scrolled up to read.

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,6 +55,8 @@ TEST_SETTINGS = {
     # Tests send many requests from one address; test_limits turns these on.
     "RATE_LIMIT": "off",
     "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
+    # History on (the default), in a folder of this run's: never the user's own.
+    "DATA_DIR": tempfile.mkdtemp(prefix="codegen-test-data-"),
 }
 
 
@@ -104,6 +107,35 @@ def chromium() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server for the run (make test installs it with apt)."""
+    from tests.postgres import find_binaries, throwaway_postgres
+
+    if find_binaries() is None:
+        message = "PostgreSQL is not installed (make test installs it with apt)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    with throwaway_postgres() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test on both history databases: a fresh SQLite file, and a fresh
+    database on the real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'history.db'}"
+    import psycopg
+
+    server: str = request.getfixturevalue("postgres_server")
+    name = f"t{time.monotonic_ns()}"
+    with psycopg.connect(server.replace("postgresql+psycopg", "postgresql"), autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    return server.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
 def upstream() -> Iterator[FakeUpstream]:
     fake = FakeUpstream().start()
     yield fake
@@ -117,8 +149,8 @@ def fake(upstream: FakeUpstream) -> FakeUpstream:
 
 
 @pytest.fixture()
-def app(upstream: FakeUpstream) -> Flask:
-    return create_app({**TEST_SETTINGS, "OPENAI_BASE_URL": upstream.url})
+def app(upstream: FakeUpstream, tmp_path: Path) -> Flask:
+    return create_app({**TEST_SETTINGS, "OPENAI_BASE_URL": upstream.url, "DATA_DIR": str(tmp_path)})
 
 
 @pytest.fixture()

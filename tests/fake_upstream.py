@@ -16,6 +16,7 @@ Tokens are `t0 `, `t1 `, ... unless `answer=` names a canned text. Options:
                                      after the canned text when `answer=` is given)
     no_usage=1, no_done=1            omit the usage chunk / the [DONE] line
     finish=length                    the finish reason sent at the end (default stop)
+    obey_max=1                       stop at the request's max_tokens, with finish=length
     faults_once=1                    faults apply only to requests without a partial answer
 
 Hostile upstreams (sizes in MB, sent as fast as the socket takes them):
@@ -36,8 +37,8 @@ Hostile upstreams (sizes in MB, sent as fast as the socket takes them):
                                      servers do; json puts it in error.message
     err_code=X                       the `code` of those errors (e.g. model_not_found)
 
-A continuation request (one that carries an assistant message) resumes at
-the token after the ones that message already holds.
+A continuation request (the app's "Your previous answer was cut off..." after
+an assistant message) resumes at the token after the ones that message holds.
 
 The server counts streams that are open and records when each one closed,
 so tests can assert that the app closed every upstream it opened.
@@ -220,7 +221,12 @@ class FakeUpstream:
         )
         match = DIRECTIVE.search(user)
         opts = dict(p.split("=", 1) for p in match.group(1).split()) if match else {}
-        partial = next((m["content"] for m in messages if m["role"] == "assistant"), None)
+        # A continuation ends with the assistant's partial answer and the app's request
+        # to go on; an earlier assistant turn of a follow-up is no partial answer.
+        asks_to_go_on = bool(messages) and messages[-1]["content"].startswith(
+            "Your previous answer was cut off"
+        )
+        partial = messages[-2]["content"] if asks_to_go_on and len(messages) > 1 else None
         with self.lock:
             headers = {k.lower(): v for k, v in h.headers.items()}
             record = Record(len(self.records) + 1, body, headers, opts, time.monotonic(), h.path)
@@ -354,9 +360,15 @@ class FakeUpstream:
         if not wait(float(opts.get("first_delay", 0))):
             return "client_closed"
         keepalive = float(opts["keepalive"]) if "keepalive" in opts else None
+        # obey_max=1: stop at the request's max_tokens, as a model does ("length").
+        cap = record.body.get("max_tokens") if opts.get("obey_max") == "1" else None
+        finish = opts.get("finish", "stop")
         i = start
         while True:
             sent = i - start
+            if cap is not None and sent >= cap:
+                finish = "length"
+                break
             if faults and "stall_after" in opts and sent == int(opts["stall_after"]):
                 wait(3600, keepalive)
                 return "client_closed"
@@ -422,7 +434,7 @@ class FakeUpstream:
             i += 1
             if delay and not wait(delay):
                 return "client_closed"
-        event(delta(None, opts.get("finish", "stop")))
+        event(delta(None, finish))
         if opts.get("no_usage") != "1":
             event(
                 {

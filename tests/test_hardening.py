@@ -196,7 +196,7 @@ def test_a_bare_opening_fence_is_not_a_block_until_it_closes(app: Flask) -> None
 
     seen = []
     with app.app_context():
-        for event in _with_blocks(events(), answer):  # type: ignore[arg-type]
+        for event in _with_blocks(events(), answer.text):
             seen.append(event)
     blocks = [(i, e) for i, e in enumerate(seen) if isinstance(e, dict) and e["type"] == "block"]
     assert len(blocks) == 1

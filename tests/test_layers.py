@@ -1,7 +1,8 @@
 """The import graph of webapp/: data flows one way, and no module reaches back up.
 
-    request (guard) -> validation (schema) -> generation (providers, relay)
-        -> formatting (formats, render) -> response (views, app)
+    storage (history) -> request (guard) -> validation (schema)
+        -> generation (providers, relay) -> formatting (formats, render, exports)
+        -> response (views, recording, app)
 
 A module may import modules of its own stage or earlier ones, and the leaves
 (config, errors and the like) from anywhere; never a later stage. Imports made
@@ -20,6 +21,8 @@ STAGES: list[tuple[str, set[str]]] = [
         "leaf",
         {"config", "errors", "codeblocks", "sockets", "events", "tokens", "runtime", "models"},
     ),
+    # The history store: SQL in and out, nothing of the request or the relay.
+    ("storage", {"history"}),
     ("request", {"guard"}),
     ("validation", {"schema"}),
     (
@@ -37,10 +40,23 @@ STAGES: list[tuple[str, set[str]]] = [
             "generation",
         },
     ),
-    ("formatting", {"formats", "render"}),
+    ("formatting", {"formats", "render", "exports"}),
     (
         "response",
-        {"service", "responses", "api", "ui", "openapi", "observability", "app", "fastio", ""},
+        {
+            "service",
+            "responses",
+            "api",
+            "ui",
+            "openapi",
+            "observability",
+            "app",
+            "fastio",
+            "recording",
+            "answers",
+            "history_pages",
+            "",
+        },
     ),
 ]
 STAGE = {module: index for index, (_, modules) in enumerate(STAGES) for module in modules}

@@ -24,8 +24,10 @@ from webapp.config import Config
 from webapp.errors import ClientReadTimeout, PayloadTooLarge, RequestTimeout, Unauthorized
 from webapp.generation import GenerationService
 from webapp.guard import LIMITED_ENDPOINTS, Guard
-from webapp.observability import Observer, record_rejection
+from webapp.history import Store
+from webapp.observability import Observer, record_history_failure, record_rejection
 from webapp.providers import build_provider
+from webapp.recording import Recorder
 from webapp.responses import register_error_handlers
 from webapp.tokens import count_tokens
 
@@ -152,16 +154,18 @@ def identify_and_limit() -> None:
     """Auth for every way to generate, then the rate limit, before any work is done."""
     guard: Guard = current_app.extensions["guard"]
     g.client_id = f"ip:{request.remote_addr}"
-    if request.method != "POST" or request.endpoint not in LIMITED_ENDPOINTS:
-        return
+    generating = request.method == "POST" and request.endpoint in LIMITED_ENDPOINTS
+    if not generating and request.blueprint != "answers":
+        return  # the page's own routes find their owner in the session
     key_id = (
         guard.authenticate(request.headers, request.remote_addr or "")
-        if request.blueprint == "api"
+        if request.blueprint in ("api", "answers")
         else page_key(guard)
     )
     if key_id is not None:
         g.client_id = f"key:{key_id}"
-    guard.check_rate(g.client_id)
+    if generating:
+        guard.check_rate(g.client_id)
 
 
 def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
@@ -193,6 +197,14 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     app.extensions["generation"] = GenerationService(
         config, provider, count_tokens, hooks=Observer(config.log_prompts)
     )
+    if config.history:
+        recorder = Recorder(
+            Store.open(config.database),
+            history_days=config.history_days,
+            on_failure=record_history_failure,
+        )
+        recorder.purge_now()
+        app.extensions["history"] = recorder
     if config.trust_forwarded_for:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=config.trust_forwarded_for, x_proto=config.trust_forwarded_for
@@ -203,10 +215,19 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         app.before_request(hook)
     csrf.init_app(app)  # after the request id, so CSRF errors carry one
 
-    from webapp import api, observability, openapi, ui
+    from webapp import (
+        answers,
+        api,
+        history_pages,  # noqa: F401 - its routes join ui.bp before it registers
+        observability,
+        openapi,
+        ui,
+    )
 
     app.register_blueprint(api.bp)
     csrf.exempt(api.bp)
+    app.register_blueprint(answers.bp)
+    csrf.exempt(answers.bp)
     app.register_blueprint(ui.bp)
     app.register_blueprint(openapi.bp)
     register_error_handlers(app)
@@ -216,6 +237,11 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     def add_headers(response: Response) -> Response:
         headers = response.headers
         headers["X-Request-ID"] = g.get("request_id", "")
+        recorded = g.get("recorded")
+        if recorded:
+            headers["X-Answer-ID"], headers["X-Conversation-ID"] = recorded
+            if g.history_trimmed:
+                headers["X-History-Trimmed"] = str(g.history_trimmed)
         # No view sets its own, so one look decides for all.
         if "Content-Security-Policy" not in headers:
             headers.extend(_SECURITY_ITEMS)

@@ -41,6 +41,7 @@ _ZERO_ALLOWED = frozenset(
         "max_concurrent_streams_per_client",
         "trust_forwarded_for",
         "default_temperature",
+        "history_days",
     }
 )
 
@@ -181,6 +182,22 @@ class Config:
         "USD per million tokens for a cost estimate, `model=prompt/completion`, "
         "e.g. `gpt-4o-mini=0.15/0.6`.",
     )
+    history: bool = _setting(
+        True, "Keep every answer (history, follow-ups, share links); `off` stores nothing."
+    )
+    history_days: int = _setting(
+        0, "Delete answers older than this many days (a periodic task); 0 keeps them."
+    )
+    data_dir: str = _setting(
+        "~/.local/share/streaming-codegen",
+        "Where the default SQLite history lives (`history.db`); outside the checkout, so a "
+        "reinstall keeps it.",
+    )
+    database_url: str = _setting(
+        "",
+        "History database: empty for SQLite in `DATA_DIR`, or `postgresql://…` for several "
+        "dynos or machines (Heroku Postgres sets it).",
+    )
     log_prompts: bool = _setting(False, "Debug only: put prompt text in the logs.")
     secret_key: str = _setting(
         "", "Signs CSRF tokens. Set it when several dynos serve the app; otherwise one is made."
@@ -191,6 +208,13 @@ class Config:
         "Also write gunicorn's access log (stdout). Off by default: the app already logs one "
         "JSON line per answer, and the access line costs CPU on every request (`make bench`).",
     )
+
+    @property
+    def database(self) -> str:
+        """DATABASE_URL, or the SQLite file in DATA_DIR."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path(self.data_dir).expanduser() / 'history.db'}"
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -274,6 +298,10 @@ class Config:
             self.prices  # noqa: B018 - parsing is the check
         except ValueError:
             fail("model_prices", "each entry must look like model=0.15/0.6")
+        if self.database_url and not self.database_url.startswith(
+            ("sqlite:", "postgres://", "postgresql://", "postgresql+psycopg://")
+        ):
+            fail("database_url", "must be a sqlite:/// or postgresql:// URL")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             fail("log_level", "must be DEBUG, INFO, WARNING or ERROR")
 

@@ -5,13 +5,17 @@
     │                                      model_not_allowed, prompt_too_long,
     │                                      upstream_bad_request
     ├── Unauthorized               401     unauthorized, sign_in_required
+    ├── NotFound                   404     answer_not_found, conversation_not_found,
+    │                                      history_off                  (or another owner's)
     ├── RequestTimeout             408     request_timeout              (head/body too slow)
+    ├── Conflict                   409     not_continuable              (Continue on a whole answer)
     ├── PayloadTooLarge            413     body_too_large
     ├── UnsupportedMediaType       415     unsupported_media_type       (the API takes JSON only)
     ├── RateLimited                429     upstream_rate_limited        (.retry_after)
     │   └── TooManyRequests        429     rate_limited, too_many_streams, too_many_failed_auth
     ├── ClientClosed               499     client_closed                (nobody is listening)
     ├── InternalError              500     internal_error               (details only in the log)
+    ├── HistoryUnavailable         503     history_unavailable          (the database failed)
     └── UpstreamError              502     upstream_error, upstream_disconnected,
         │                                  answer_too_large             (a flood, cut)
         ├── UpstreamAuthError      502     upstream_auth                (server key refused)
@@ -99,6 +103,18 @@ class PayloadTooLarge(AppError):
     code = "body_too_large"
 
 
+class NotFound(AppError):
+    """Nothing of this owner's at that id: another owner's answer is not found either."""
+
+    status = 404
+    code = "answer_not_found"
+
+
+class Conflict(AppError):
+    status = 409
+    code = "not_continuable"
+
+
 class RequestTimeout(AppError):
     status = 408
     code = "request_timeout"
@@ -137,6 +153,13 @@ class ClientClosed(AppError):
 class InternalError(AppError):
     status = 500
     code = "internal_error"
+
+
+class HistoryUnavailable(AppError):
+    """The history database failed (webapp/history.py translates its errors to this)."""
+
+    status = 503
+    code = "history_unavailable"
 
 
 class UpstreamError(AppError):

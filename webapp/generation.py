@@ -64,9 +64,18 @@ class RelayHooks:
         pass
 
 
-def build_messages(prompt: str, language: str | None, system_prompt: str) -> list[dict[str, str]]:
+Turn = tuple[str, str]  # an earlier (prompt, answer) of the same conversation
+
+
+def build_messages(
+    prompt: str, language: str | None, system_prompt: str, turns: list[Turn] | None = None
+) -> list[dict[str, str]]:
     user = prompt if not language else f"Language: {language}.\n\n{prompt}"
-    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+    messages = [{"role": "system", "content": system_prompt}]
+    for earlier, answer in turns or ():
+        messages += [{"role": "user", "content": earlier}, {"role": "assistant", "content": answer}]
+    messages.append({"role": "user", "content": user})
+    return messages
 
 
 def too_large(bound: int, max_tokens: int) -> UpstreamError:
@@ -132,6 +141,8 @@ class Answer:
     # 200 once the response started; the error's status if it failed before that.
     http_status: int = field(init=False, default=200)
     cost_usd: float | None = field(init=False, default=None)
+    # Earlier turns of the conversation left out to fit MAX_PROMPT_TOKENS.
+    trimmed_turns: int = field(init=False, default=0)
 
     _final: Final | None = field(init=False, default=None, repr=False)
     _ended: bool = field(init=False, default=False, repr=False)
@@ -211,6 +222,11 @@ class Answer:
 
     def text(self) -> str:
         return "".join(self.parts)
+
+    @property
+    def final(self) -> Final | None:
+        """How the upstream ended the answer (finish reason, usage), once it has."""
+        return self._final
 
     def close(self) -> None:
         """Stop the upstream (if still running) and report once."""
@@ -491,7 +507,12 @@ class GenerationService:
         temperature: float | None = None,
         max_tokens: int | None = None,
         client: str = "",
+        turns: list[Turn] | None = None,
+        partial: str | None = None,
     ) -> Relay:
+        """A Relay for `prompt`, after the conversation's earlier `turns` (the oldest
+        left out while they do not fit MAX_PROMPT_TOKENS: `relay.trimmed_turns`
+        says how many), carrying on `partial` (a Continue) when given."""
         cfg = self.config
         prompt_tokens = self.count_tokens(prompt)
         if prompt_tokens > cfg.max_prompt_tokens:
@@ -499,19 +520,36 @@ class GenerationService:
                 f"prompt: {prompt_tokens} tokens is over the limit of {cfg.max_prompt_tokens}.",
                 code="prompt_too_long",
             )
+        if partial is not None:
+            prompt_tokens += self.count_tokens(partial)
+            if prompt_tokens > cfg.max_prompt_tokens:
+                raise BadRequest(
+                    f"continue_answer: the answer so far is {prompt_tokens} tokens with its "
+                    f"prompt, over the limit of {cfg.max_prompt_tokens}.",
+                    code="prompt_too_long",
+                )
+        kept = list(turns or ())
+        sizes = [self.count_tokens(earlier) + self.count_tokens(answer) for earlier, answer in kept]
+        while kept and prompt_tokens + sum(sizes) > cfg.max_prompt_tokens:
+            kept.pop(0)
+            sizes.pop(0)
         request = GenerationRequest(
-            build_messages(prompt, language, cfg.system_prompt),
+            build_messages(prompt, language, cfg.system_prompt, kept),
             model or self.provider.models[0],
             max_tokens or cfg.max_output_tokens,
             cfg.default_temperature if temperature is None else temperature,
         )
-        return Relay(
+        if partial is not None:
+            request = continuation(request, partial, 0)
+        relay = Relay(
             self.provider,
             request,
             cfg,
             request_id,
             self.count_tokens,
-            prompt_tokens + self._system_tokens,
+            prompt_tokens + sum(sizes) + self._system_tokens,
             hooks=self.hooks,
             client=client,
         )
+        relay.trimmed_turns = len(turns or ()) - len(kept)
+        return relay

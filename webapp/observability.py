@@ -48,6 +48,9 @@ ATTEMPTS = Counter("codegen_upstream_attempts_total", "Upstream requests made", 
 RETRIES = Counter("codegen_upstream_retries_total", "Retries by reason", ["reason"])
 ACTIVE = Gauge("codegen_active_streams", "Answers in flight", multiprocess_mode="livesum")
 REJECTED = Counter("codegen_rate_limit_rejections_total", "Requests refused by a limit", ["kind"])
+HISTORY_FAILURES = Counter(
+    "codegen_history_write_failures_total", "History writes that failed", ["operation"]
+)
 COST = Counter("codegen_cost_usd_total", "Estimated spend (MODEL_PRICES)", ["model"])
 
 
@@ -110,6 +113,10 @@ class Observer(RelayHooks):
 
 def record_rejection(kind: str) -> None:
     labelled(REJECTED, kind).inc()
+
+
+def record_history_failure(operation: str) -> None:
+    HISTORY_FAILURES.labels(operation).inc()
 
 
 def init_app(app: Flask) -> None:

@@ -83,6 +83,53 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class StoredAnswer(BaseModel):
+    """One stored answer (GET /answers/{id}); the fields of webapp.history.StoredAnswer."""
+
+    id: str
+    conversation_id: str
+    parent_id: str | None = Field(description="The version this one refined.")
+    prompt: str
+    language: str | None
+    model: str
+    temperature: float | None
+    max_tokens: int
+    text: str
+    code_blocks: list[CodeBlock]
+    finish_reason: str | None
+    outcome: str = Field(description="ok, pending (still streaming), or the error's code.")
+    usage: dict[str, int] | None
+    cost_usd: float | None
+    timing: Timing | None
+    shared: bool
+    created_at: str
+    updated_at: str
+
+
+class AnswerSummary(BaseModel):
+    id: str
+    conversation_id: str
+    parent_id: str | None
+    prompt: str
+    language: str | None
+    model: str
+    finish_reason: str | None
+    outcome: str
+    created_at: str
+    chars: int
+    shared: bool
+
+
+class AnswerList(BaseModel):
+    answers: list[AnswerSummary] = Field(description="Newest first.")
+    next: str | None = Field(description="Pass as `before` for the next page; null on the last.")
+
+
+class ShareLink(BaseModel):
+    share_id: str
+    share_url: str = Field(description="Read-only, no sign-in, noindex; a 404 once revoked.")
+
+
 class Health(BaseModel):
     model_config = ConfigDict(extra="allow")
     status: Literal["ok"]
@@ -94,6 +141,9 @@ ERRORS = {
     "400": "Bad input (invalid_json, invalid_request, unknown_fields, model_not_allowed, "
     "prompt_too_long) or the model server refused it (upstream_bad_request).",
     "401": "API_KEYS is set and the key is missing or wrong (unauthorized).",
+    "404": "continue_answer or conversation_id names nothing of yours (answer_not_found, "
+    "conversation_not_found), or the server keeps no history (history_off).",
+    "409": "continue_answer names an answer that did not stop at max_tokens (not_continuable).",
     "413": "Body over MAX_BODY_BYTES (body_too_large).",
     "415": "The body is not sent as application/json (unsupported_media_type).",
     "429": "Over this server's limits (rate_limited, too_many_streams) or the model "
@@ -121,6 +171,9 @@ def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any
         Answer,
         ErrorResponse,
         Health,
+        StoredAnswer,
+        AnswerList,
+        ShareLink,
     ):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(schema.pop("$defs", {}))
@@ -129,6 +182,17 @@ def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any
     request_schema["properties"]["max_tokens"]["anyOf"][0]["maximum"] = max_output_tokens
     request_schema["properties"]["model"]["anyOf"][0]["enum"] = list(models)
     request_schema["properties"]["prompt"]["pattern"] = r"\S"
+    del request_schema["properties"]["prompt"]["default"]
+    # A prompt, except for a Continue, which carries on the stored one.
+    given = {"type": "string"}  # present and not null
+    request_schema["anyOf"] = [
+        {"required": ["prompt"]},
+        {"required": ["continue_answer"], "properties": {"continue_answer": given}},
+    ]
+    request_schema["not"] = {
+        "required": ["conversation_id", "continue_answer"],
+        "properties": {"conversation_id": given, "continue_answer": given},
+    }
 
     request_id = {
         "X-Request-ID": {
@@ -140,12 +204,27 @@ def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any
         "content": {"application/json": {"schema": _ref("ErrorResponse")}},
         "headers": request_id,
     }
+    answer_headers = {
+        **request_id,
+        "X-Answer-ID": {
+            "description": "The stored answer (with history on): GET /answers/{id}.",
+            "schema": {"type": "string"},
+        },
+        "X-Conversation-ID": {
+            "description": "Its conversation: pass as conversation_id for a follow-up.",
+            "schema": {"type": "string"},
+        },
+        "X-History-Trimmed": {
+            "description": "Earlier turns left out to fit MAX_PROMPT_TOKENS (when any).",
+            "schema": {"type": "integer"},
+        },
+    }
     responses: dict[str, Any] = {
         "200": {
             "description": "The answer. The format follows Accept: text/plain (default), "
             "text/event-stream (events delta, done, error), application/x-ndjson (one "
             "Delta/Done/StreamError/Ping per line), or one JSON object with stream=false.",
-            "headers": request_id,
+            "headers": answer_headers,
             "content": {
                 "text/plain": {"schema": {"type": "string"}},
                 "text/event-stream": {
@@ -190,6 +269,7 @@ def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any
                     "responses": responses,
                 }
             },
+            **history_paths(error, request_id),
             "/healthz": {
                 "get": {
                     "operationId": "health",
@@ -205,6 +285,84 @@ def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any
             },
         },
         "components": {"schemas": components},
+    }
+
+
+def history_paths(error: dict[str, Any], request_id: dict[str, Any]) -> dict[str, Any]:
+    """/answers and friends (webapp/answers.py)."""
+
+    def failures(*statuses: str) -> dict[str, Any]:
+        described = {
+            "400": "Bad query (invalid_request).",
+            "401": "API_KEYS is set and the key is missing or wrong (unauthorized).",
+            "404": "Nothing of yours has that id (another owner's neither), or HISTORY=off.",
+        }
+        return {status: {**error, "description": described[status]} for status in statuses}
+
+    def ok(schema: str, description: str) -> dict[str, Any]:
+        return {
+            "200": {
+                "description": description,
+                "headers": request_id,
+                "content": {"application/json": {"schema": _ref(schema)}},
+            }
+        }
+
+    gone = {"204": {"description": "Done.", "headers": request_id}}
+    answer_id = {"name": "answer_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "/answers": {
+            "get": {
+                "operationId": "listAnswers",
+                "summary": "Your answers, newest first",
+                "parameters": [
+                    {"name": "q", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                    {"name": "before", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {**ok("AnswerList", "A page"), **failures("400", "401", "404")},
+            }
+        },
+        "/answers/{answer_id}": {
+            "get": {
+                "operationId": "getAnswer",
+                "summary": "One of your answers",
+                "parameters": [answer_id],
+                "responses": {**ok("StoredAnswer", "The answer"), **failures("401", "404")},
+            },
+            "delete": {
+                "operationId": "deleteAnswer",
+                "summary": "Delete one of your answers",
+                "parameters": [answer_id],
+                "responses": {**gone, **failures("401", "404")},
+            },
+        },
+        "/answers/{answer_id}/share": {
+            "post": {
+                "operationId": "shareAnswer",
+                "summary": "Make (or get) the answer's read-only link",
+                "parameters": [answer_id],
+                "responses": {**ok("ShareLink", "The link"), **failures("401", "404")},
+            },
+            "delete": {
+                "operationId": "unshareAnswer",
+                "summary": "Revoke the answer's link",
+                "parameters": [answer_id],
+                "responses": {**gone, **failures("401", "404")},
+            },
+        },
+        "/conversations/{conversation_id}": {
+            "delete": {
+                "operationId": "deleteConversation",
+                "summary": "Delete every version in one of your conversations",
+                "parameters": [{**answer_id, "name": "conversation_id"}],
+                "responses": {**gone, **failures("401", "404")},
+            }
+        },
     }
 
 

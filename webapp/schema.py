@@ -19,7 +19,8 @@ def _integral(value: Any) -> Any:
 class GenerateCodeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: str = Field(min_length=1, description="What the code should do.")
+    # Required, except with continue_answer (which carries on the stored prompt).
+    prompt: str = Field("", description="What the code should do (required, unless continuing).")
     language: str | None = Field(
         None, max_length=40, description="Programming language the prompt names."
     )
@@ -29,6 +30,18 @@ class GenerateCodeRequest(BaseModel):
         None, description="At most MAX_OUTPUT_TOKENS."
     )
     stream: bool = Field(True, description="false: one JSON object at the end.")
+    conversation_id: str | None = Field(
+        None,
+        max_length=32,
+        description="A follow-up: the conversation (from `X-Conversation-ID` or "
+        "`GET /answers`) whose answers come before this prompt.",
+    )
+    continue_answer: str | None = Field(
+        None,
+        max_length=32,
+        description="Continue this answer (one that stopped at `max_tokens`): the stream "
+        "carries the new text, and the stored answer becomes the whole.",
+    )
 
 
 def parse_generate(
@@ -41,13 +54,17 @@ def parse_generate(
         params = GenerateCodeRequest.model_validate(body)
     except ValidationError as exc:
         raise _bad_request(exc) from None
-    if not params.prompt.strip():
+    if params.continue_answer is None and not params.prompt.strip():
+        if "prompt" not in body:
+            raise BadRequest("prompt: this field is required.")
         raise BadRequest("prompt: must not be empty or only whitespace.")
     if params.model is not None and params.model not in models:
         raise BadRequest(
             f"model: {params.model!r} is not allowed here; choose one of {', '.join(models)}.",
             code="model_not_allowed",
         )
+    if params.conversation_id is not None and params.continue_answer is not None:
+        raise BadRequest("continue_answer: cannot be combined with conversation_id.")
     if params.max_tokens is not None and params.max_tokens > max_output_tokens:
         raise BadRequest(f"max_tokens: must be at most {max_output_tokens}.")
     return params

@@ -7,12 +7,16 @@ stream slots are the same, and live here once.
 
 from __future__ import annotations
 
-import orjson
-from flask import current_app, g, request
+import secrets
 
-from webapp.errors import BadRequest, UnsupportedMediaType
-from webapp.generation import GenerationService, Relay
+import orjson
+from flask import current_app, g, request, session
+
+from webapp.errors import BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMediaType
+from webapp.generation import GenerationService, Relay, Turn
 from webapp.guard import Guard
+from webapp.history import Store, StoredAnswer
+from webapp.recording import Recorder
 from webapp.schema import GenerateCodeRequest
 
 # Streams are never cached, and proxies (nginx) must not buffer them.
@@ -29,21 +33,105 @@ def guard() -> Guard:
     return found
 
 
+def recorder() -> Recorder | None:
+    """The history recorder, or None with HISTORY=off."""
+    found: Recorder | None = current_app.extensions.get("history")
+    return found
+
+
+def store() -> Store:
+    """The history store; a 404 `history_off` when the server keeps no history."""
+    found = recorder()
+    if found is None:
+        raise NotFound("This server keeps no history (HISTORY=off).", code="history_off")
+    return found.store
+
+
+def owner() -> str:
+    """Whose answers these are: the API key's id when API_KEYS is set (from the
+    header, or the page's sign-in), else an anonymous id in the signed session."""
+    client: str = g.get("client_id", "")
+    if client.startswith("key:"):
+        return client
+    limits = guard()
+    if limits.key_digests:
+        key_id = session.get("key_id")
+        if isinstance(key_id, str) and limits.knows(key_id):
+            return f"key:{key_id}"
+        raise Unauthorized("Sign in with an API key first.", code="sign_in_required")
+    anonymous = session.get("owner")
+    if not isinstance(anonymous, str) or len(anonymous) != 22:
+        anonymous = secrets.token_urlsafe(16)
+        session["owner"] = anonymous
+    return f"anon:{anonymous}"
+
+
+def answer_of(answer_id: str) -> StoredAnswer:
+    """One of the owner's answers, or a 404 (another owner's is not found either)."""
+    found = store().get(owner(), answer_id)
+    if found is None:
+        raise NotFound("There is no answer of yours with that id.")
+    return found
+
+
 def new_relay(params: GenerateCodeRequest) -> Relay:
-    """A Relay for validated parameters, holding one of the client's stream slots."""
+    """A Relay for validated parameters, holding one of the client's stream slots,
+    recorded in the history (a follow-up or a Continue builds on what is stored).
+    Sets g.answer_id and g.conversation_id for the response headers."""
+    prompt, language, model = params.prompt, params.language, params.model
+    turns: list[Turn] | None = None
+    continued: StoredAnswer | None = None
+    parent_id = None
+    if params.continue_answer is not None:
+        continued = answer_of(params.continue_answer)
+        if not continued.continuable:
+            raise Conflict(
+                "continue_answer: only an answer that stopped at its max_tokens can be "
+                "continued; this one ended on its own.",
+            )
+        versions = store().versions(owner(), continued.conversation_id)
+        earlier = versions[: [v.id for v in versions].index(continued.id)]
+        turns = [(v.prompt, v.text) for v in earlier if v.text]
+        prompt, language = continued.prompt, continued.language
+        if model is None and continued.model in generation().provider.models:
+            model = continued.model
+    elif params.conversation_id is not None:
+        versions = store().versions(owner(), params.conversation_id)
+        if not versions:
+            raise NotFound(
+                "conversation_id: there is no conversation of yours with that id.",
+                code="conversation_not_found",
+            )
+        turns = [(v.prompt, v.text) for v in versions if v.text]
+        parent_id = versions[-1].id
     relay = generation().relay(
         g.request_id,
-        params.prompt,
-        language=params.language,
-        model=params.model,
+        prompt,
+        language=language,
+        model=model,
         temperature=params.temperature,
         max_tokens=params.max_tokens,
         client=g.client_id,
+        turns=turns,
+        partial=continued.text if continued else None,
     )
     relay.client_socket = request.environ.get("gunicorn.socket")
     limits = guard()
     slot = limits.acquire_stream(g.client_id)
     relay.cleanups.append(lambda: limits.release_stream(slot))
+    history = recorder()
+    if history is not None:
+        g.recorded = history.begin(
+            relay,
+            owner(),
+            prompt=prompt,
+            language=language,
+            conversation_id=continued.conversation_id if continued else params.conversation_id,
+            parent_id=parent_id,
+            continues=continued,
+        )
+        g.history_trimmed = relay.trimmed_turns
+    g.continued_text = continued.text if continued else ""
     return relay
 
 

@@ -4,7 +4,7 @@ no-JavaScript path that streams the answer as HTML into the page."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import (
@@ -26,13 +26,14 @@ from markupsafe import escape
 from werkzeug.wrappers import Response as BaseResponse
 from wtforms import (
     FloatField,
+    HiddenField,
     IntegerField,
     PasswordField,
     SelectChoice,
     SelectField,
     TextAreaField,
 )
-from wtforms.validators import DataRequired, Optional
+from wtforms.validators import DataRequired, Length, Optional
 
 from webapp import formats
 from webapp.codeblocks import FENCE
@@ -42,7 +43,15 @@ from webapp.events import Done, Failed, RelayEvent
 from webapp.generation import Relay
 from webapp.render import code_block_html, render_answer
 from webapp.responses import error_response, wants_json_response
-from webapp.service import STREAM_HEADERS, generation, guard, new_relay, read_json_body
+from webapp.service import (
+    STREAM_HEADERS,
+    generation,
+    guard,
+    new_relay,
+    owner,
+    read_json_body,
+    recorder,
+)
 
 bp = Blueprint("ui", __name__)
 
@@ -69,10 +78,8 @@ LANGUAGES = [
 
 
 class PromptForm(FlaskForm):  # type: ignore[misc]
-    prompt = TextAreaField(
-        "Describe the code you want",
-        validators=[DataRequired(message="Please describe the code you want.")],
-    )
+    # Required unless the form continues a stored answer (see `submit`).
+    prompt = TextAreaField("Describe the code you want")
     language = SelectField(
         "Language", choices=[SelectChoice(x, x or "Any") for x in LANGUAGES], default=""
     )
@@ -82,6 +89,13 @@ class PromptForm(FlaskForm):  # type: ignore[misc]
     # FloatField, not DecimalField: Decimal("sNaN") cannot be compared.
     temperature = FloatField("Temperature", default=0.2, validators=[Optional()])
     max_tokens = IntegerField("Max tokens", validators=[Optional()])
+    # A follow-up in this conversation ("Refine this"), or a Continue of this answer.
+    conversation_id = HiddenField(validators=[Optional(), Length(max=32)])
+    continue_answer = HiddenField(validators=[Optional(), Length(max=32)])
+
+    def validate_prompt(self, field: TextAreaField) -> None:
+        if not (field.data or "").strip() and not self.continue_answer.data:
+            raise ValueError("Please describe the code you want.")
 
 
 def _config() -> Config:
@@ -89,7 +103,7 @@ def _config() -> Config:
     return config
 
 
-def _form() -> PromptForm:
+def prompt_form() -> PromptForm:
     form = PromptForm()
     form.model.choices = [SelectChoice(m) for m in generation().provider.models]
     if request.method == "GET":
@@ -107,7 +121,8 @@ _FIELD_NAMED = re.compile(r"^(\w+): ")
 _FIELDS = ("prompt", "language", "model", "temperature", "max_tokens")
 
 
-def _page(**context: Any) -> str:
+def page(template: str, **context: Any) -> str:
+    """A page of the site: the header's model and sign-out, and the form's error state."""
     info = generation().provider.info()
     signed = bool(guard().key_digests)
     # The field an error names is marked invalid and focused, as the script does.
@@ -123,7 +138,7 @@ def _page(**context: Any) -> str:
         return state
 
     return render_template(
-        "index.html",
+        template,
         provider=info,
         cut_at_limit=CUT_AT_LIMIT,
         can_sign_out=signed,
@@ -149,7 +164,8 @@ def signed_in() -> bool:
 def require_sign_in() -> BaseResponse | None:
     # Generating routes check the key in the app's before_request (401); the
     # page itself sends a signed-out visitor to the sign-in form.
-    if request.method == "GET" and request.endpoint != "ui.signin" and not signed_in():
+    public = ("ui.signin", "ui.shared")
+    if request.method == "GET" and request.endpoint not in public and not signed_in():
         return redirect(url_for("ui.signin"))
     return None
 
@@ -182,24 +198,44 @@ def _signin_page(form: SignInForm, error: str | None) -> str:
     return render_template("signin.html", form=form, form_error=error)
 
 
+HISTORY_LIST = 20
+
+
+def recent_answers() -> tuple[list[Any] | None, str]:
+    """The owner's latest answers for the list beside the form (None: HISTORY=off),
+    filtered by `?q=`."""
+    history = recorder()
+    query = request.args.get("q", "")[:200]
+    if history is None:
+        return None, query
+    found, _ = history.store.page(owner(), query=query, limit=HISTORY_LIST)
+    return found, query
+
+
 @bp.get("/")
 def index() -> str:
-    return _page(form=_form())
+    answers, query = recent_answers()
+    return page("index.html", form=prompt_form(), history=answers, query=query)
 
 
 @bp.post("/")
 def submit() -> Response | tuple[str, int]:
     """The no-JavaScript path: the answer streams into the page as escaped HTML."""
-    form = _form()
+    form = prompt_form()
     if not form.validate_on_submit():
         invalid = next(iter(form.errors), None)
-        return _page(form=form, form_error=_form_error(form), invalid_field=invalid), 400
+        return page(
+            "index.html", form=form, form_error=_form_error(form), invalid_field=invalid
+        ), 400
     try:
         relay = _relay_from_form(form)
         relay.start(commit_after=None)
     except AppError as exc:
-        return _page(form=form, form_error=exc.message), exc.status
-    head, tail = _page(form=form, streaming=True).split("<!--answer-->", 1)
+        return page("index.html", form=form, form_error=exc.message), exc.status
+    answers, query = recent_answers()
+    head, tail = page("index.html", form=form, streaming=True, history=answers, query=query).split(
+        "<!--answer-->", 1
+    )
     return Response(
         # The closing part renders a template, so it needs the request context.
         stream_with_context(_html_stream(head, tail, relay)),
@@ -212,9 +248,14 @@ def submit() -> Response | tuple[str, int]:
 def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
     failure: AppError | None = None
     cut = False
+    # A Continue shows the stored text first; the new text follows it.
+    prefix = g.get("continued_text", "")
+    recorded = g.get("recorded")
     try:
         yield head.encode()
         yield b'<pre class="raw" id="noscript-answer">'
+        if prefix:
+            yield str(escape(prefix)).encode()
         for event in relay.events():
             if type(event) is str:
                 yield str(escape(event)).encode()
@@ -229,10 +270,11 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
     yield str(
         render_template(
             "answer_tail.html",
-            html=get_hub().threadpool.apply(render_answer, (relay.text(),)),
+            html=get_hub().threadpool.apply(render_answer, (prefix + relay.text(),)),
             error=failure,
             cut_at_limit=CUT_AT_LIMIT if cut else None,
             timing=relay.timing(),
+            answer_id=recorded[0] if recorded else None,
         )
     ).encode()
     yield tail.encode()
@@ -245,7 +287,8 @@ def stream() -> Response:
     params = generation().validate(read_json_body())
     relay = new_relay(params)
     relay.start(commit_after=_config().heartbeat_interval)
-    events = _with_blocks(relay.events(), relay)
+    prefix = g.get("continued_text", "")
+    events = _with_blocks(relay.events(), lambda: prefix + relay.text())
     return Response(
         formats.ndjson(events),
         mimetype=formats.NDJSON,
@@ -255,7 +298,7 @@ def stream() -> Response:
 
 
 def _with_blocks(
-    events: Iterator[RelayEvent], relay: Relay
+    events: Iterator[RelayEvent], answer_text: Callable[[], str]
 ) -> Iterator[RelayEvent | dict[str, object]]:
     """Add a `block` event with highlighted HTML each time a code fence closes.
 
@@ -271,7 +314,7 @@ def _with_blocks(
         yield event
         done = isinstance(event, Done)
         if (type(event) is str and "`" in event) or done:
-            text = relay.text()
+            text = answer_text()
             for match in FENCE.finditer(text, searched_from):
                 if match.group(3) is None and not done:
                     break  # still open: wait for its closing fence
@@ -280,7 +323,7 @@ def _with_blocks(
                 emitted += 1
                 searched_from = match.end()
         if done:
-            yield {"type": "html", "html": str(pool.apply(render_answer, (relay.text(),)))}
+            yield {"type": "html", "html": str(pool.apply(render_answer, (answer_text(),)))}
 
 
 @bp.app_errorhandler(CSRFError)
@@ -294,7 +337,7 @@ def on_csrf_error(exc: CSRFError) -> Response | tuple[str, int]:
     )
     if wants_json_response():
         return error_response(err, csrf_token=generate_csrf())
-    return _page(form=_form(), form_error=err.message), 400
+    return page("index.html", form=prompt_form(), form_error=err.message), 400
 
 
 def _relay_from_form(form: PromptForm) -> Relay:
@@ -308,6 +351,8 @@ def _relay_from_form(form: PromptForm) -> Relay:
                 "model": form.model.data or None,
                 "temperature": temperature,
                 "max_tokens": form.max_tokens.data,
+                "conversation_id": form.conversation_id.data or None,
+                "continue_answer": form.continue_answer.data or None,
             }.items()
             if v is not None
         },

@@ -1,0 +1,387 @@
+"""The history API end to end, on SQLite and on a real PostgreSQL server: answers
+stored as they stream, follow-ups, Continue, share links, deletion, owners kept
+apart, retention, migrations, and a failing database that never breaks a stream."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import text, update
+
+from tests.conftest import ROOT, TEST_SETTINGS, Server
+from tests.fake_upstream import ANSWERS, FakeUpstream
+from tests.helpers import metrics, prompt, value
+from webapp import create_app
+from webapp.history import AnswerRow, Base, Store, make_engine, now
+
+KEYS = {"Authorization": "Bearer key-one"}, {"Authorization": "Bearer key-two"}
+
+
+@pytest.fixture()
+def make_app(upstream: FakeUpstream) -> Iterator[Callable[..., Flask]]:
+    """Apps on a given database; their connections are closed after the test."""
+    made: list[Flask] = []
+
+    def make(database_url: str, **settings: str) -> Flask:
+        upstream.reset()
+        app = create_app(
+            {
+                **TEST_SETTINGS,
+                "OPENAI_BASE_URL": upstream.url,
+                "DATABASE_URL": database_url,
+                **settings,
+            }
+        )
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.extensions["generation"].provider.close()  # its pooled upstream connections
+        if "history" in app.extensions:
+            app.extensions["history"].store.close()
+
+
+@pytest.fixture()
+def app(make_app: Callable[..., Flask], database_url: str) -> Flask:
+    return make_app(database_url)
+
+
+def generate(client: FlaskClient, directive: str, headers: Any = None, **body: Any) -> Any:
+    """POST /generate-code/ as NDJSON; the response, its text and its done event."""
+    response = client.post(
+        "/generate-code/",
+        json={"prompt": prompt(directive), **body},
+        headers={"Accept": "application/x-ndjson", **(headers or {})},
+    )
+    events = [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
+    text = "".join(e["text"] for e in events if e["type"] == "delta")
+    done = next((e for e in events if e["type"] == "done"), None)
+    return response, text, done
+
+
+def test_an_answer_is_stored_whole_and_listed(client: FlaskClient, fake: FakeUpstream) -> None:
+    response, streamed, done = generate(client, "answer=code", language="Python")
+    answer_id = response.headers["X-Answer-ID"]
+    stored = client.get(f"/answers/{answer_id}").get_json()
+    assert stored["text"] == streamed == ANSWERS["code"]
+    assert stored["code_blocks"] == done["code_blocks"] and stored["code_blocks"]
+    assert stored["finish_reason"] == "stop" and stored["outcome"] == "ok"
+    assert stored["usage"] == done["usage"]
+    assert stored["language"] == "Python" and stored["model"] == "gpt-4o-mini"
+    assert stored["conversation_id"] == response.headers["X-Conversation-ID"]
+    listed = client.get("/answers").get_json()
+    assert [a["id"] for a in listed["answers"]] == [answer_id]
+    assert listed["next"] is None
+
+
+def test_the_list_is_newest_first_filtered_and_paged(
+    client: FlaskClient, fake: FakeUpstream
+) -> None:
+    ids = []
+    for word in ("alpha", "beta", "gamma"):
+        response = client.post(
+            "/generate-code/", json={"prompt": prompt("tokens=2", text=f"Write {word}")}
+        )
+        response.get_data()  # the answer ends (and is saved) as its body is read
+        ids.append(response.headers["X-Answer-ID"])
+    first = client.get("/answers?limit=2").get_json()
+    assert [a["id"] for a in first["answers"]] == ids[::-1][:2]
+    rest = client.get(f"/answers?limit=2&before={first['next']}").get_json()
+    assert [a["id"] for a in rest["answers"]] == [ids[0]] and rest["next"] is None
+    assert [a["id"] for a in client.get("/answers?q=BETA").get_json()["answers"]] == [ids[1]]
+    assert client.get("/answers?q=100%25").get_json()["answers"] == []  # % is literal
+    bad = client.get("/answers?limit=0")
+    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_request"
+
+
+def test_a_follow_up_sends_the_conversation_and_becomes_the_next_version(
+    client: FlaskClient, fake: FakeUpstream
+) -> None:
+    first, first_text, _ = generate(client, "answer=code id=v1")
+    conversation = first.headers["X-Conversation-ID"]
+    second = client.post(
+        "/generate-code/",
+        json={
+            "prompt": "Now add type hints [[fake answer=runnable]]",
+            "conversation_id": conversation,
+        },
+    )
+    assert second.status_code == 200 and second.get_data()
+    sent = fake.records_for("Now add type hints")[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert sent[2]["content"] == first_text
+    assert sent[3]["content"].startswith("Now add type hints")
+    assert second.headers["X-Conversation-ID"] == conversation
+    stored = client.get(f"/answers/{second.headers['X-Answer-ID']}").get_json()
+    assert stored["parent_id"] == first.headers["X-Answer-ID"]
+    assert stored["text"] == ANSWERS["runnable"]
+    assert "X-History-Trimmed" not in second.headers
+
+
+def test_the_oldest_turns_are_left_out_to_fit_the_prompt_limit(
+    make_app: Callable[..., Flask], upstream: FakeUpstream, database_url: str
+) -> None:
+    fake = upstream
+    client = make_app(database_url, MAX_PROMPT_TOKENS="60").test_client()
+    conversation = None
+    for turn in range(3):
+        body: dict[str, Any] = {"prompt": f"Turn {turn} [[fake tokens=12]]"}
+        if conversation:
+            body["conversation_id"] = conversation
+        response = client.post("/generate-code/", json=body)
+        assert response.get_data()
+        conversation = response.headers["X-Conversation-ID"]
+    assert response.headers["X-History-Trimmed"] == "1"
+    sent = fake.records_for("Turn 2")[-1].body["messages"]
+    assert "Turn 0" not in json.dumps(sent) and "Turn 1" in json.dumps(sent)
+
+
+def test_continue_carries_a_cut_answer_on_without_a_seam(
+    client: FlaskClient, fake: FakeUpstream
+) -> None:
+    cut, first_text, done = generate(client, "tokens=12 id=cont obey_max=1", max_tokens=5)
+    assert done["finish_reason"] == "length" and first_text == "t0 t1 t2 t3 t4 "
+    answer_id = cut.headers["X-Answer-ID"]
+    response = client.post(
+        "/generate-code/",
+        json={"continue_answer": answer_id, "max_tokens": 50},
+        headers={"Accept": "application/x-ndjson"},
+    )
+    assert response.status_code == 200 and response.headers["X-Answer-ID"] == answer_id
+    sent = fake.records_for("id=cont")[-1].body["messages"]
+    assert sent[-2] == {"role": "assistant", "content": first_text}
+    lines = [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
+    more = "".join(e["text"] for e in lines if e["type"] == "delta")
+    whole = client.get(f"/answers/{answer_id}").get_json()
+    assert whole["text"] == first_text + more == "".join(f"t{i} " for i in range(12))
+    assert whole["finish_reason"] == "stop"
+    again = client.post("/generate-code/", json={"continue_answer": answer_id})
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "not_continuable"
+    missing = client.post("/generate-code/", json={"continue_answer": "nope"})
+    assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "answer_not_found"
+
+
+def test_a_share_link_is_read_only_public_and_revocable(
+    client: FlaskClient, app: Flask, fake: FakeUpstream
+) -> None:
+    response, _, _ = generate(client, "answer=markdown")
+    answer_id = response.headers["X-Answer-ID"]
+    link = client.post(f"/answers/{answer_id}/share").get_json()
+    assert link["share_url"].endswith("/s/" + link["share_id"]) and len(link["share_id"]) >= 24
+    assert client.post(f"/answers/{answer_id}/share").get_json() == link  # the same link
+    stranger = app.test_client()
+    page = stranger.get(f"/s/{link['share_id']}")
+    assert page.status_code == 200 and "slugify" in page.get_data(as_text=True)
+    assert '<meta name="robots" content="noindex' in page.get_data(as_text=True)
+    assert page.headers["X-Robots-Tag"].startswith("noindex")
+    assert page.headers["Cache-Control"] == "no-store"
+    assert 'href="javascript:' not in page.get_data(as_text=True)  # as safe as ever
+    assert "<table" in page.get_data(as_text=True)  # rendered, not escaped twice
+    assert client.delete(f"/answers/{answer_id}/share").status_code == 204
+    assert stranger.get(f"/s/{link['share_id']}").status_code == 404
+    assert client.get(f"/answers/{answer_id}").get_json()["shared"] is False
+
+
+def test_delete_an_answer_and_a_conversation(client: FlaskClient, fake: FakeUpstream) -> None:
+    first, _, _ = generate(client, "tokens=2")
+    conversation = first.headers["X-Conversation-ID"]
+    second = client.post(
+        "/generate-code/", json={"prompt": prompt("tokens=3"), "conversation_id": conversation}
+    )
+    assert second.get_data()
+    assert client.delete(f"/answers/{first.headers['X-Answer-ID']}").status_code == 204
+    assert client.get(f"/answers/{first.headers['X-Answer-ID']}").status_code == 404
+    assert client.get(f"/answers/{second.headers['X-Answer-ID']}").status_code == 200
+    assert client.delete(f"/conversations/{conversation}").status_code == 204
+    assert client.get("/answers").get_json()["answers"] == []
+    gone = client.delete(f"/conversations/{conversation}")
+    assert gone.status_code == 404 and gone.get_json()["error"]["code"] == "conversation_not_found"
+
+
+def test_owners_are_kept_apart_by_api_key(
+    make_app: Callable[..., Flask], database_url: str
+) -> None:
+    app = make_app(database_url, API_KEYS="key-one,key-two")
+    one, two = app.test_client(), app.test_client()
+    response, _, _ = generate(one, "tokens=3", headers=KEYS[0])
+    answer_id = response.headers["X-Answer-ID"]
+    conversation = response.headers["X-Conversation-ID"]
+    assert one.get("/answers", headers=KEYS[0]).get_json()["answers"][0]["id"] == answer_id
+    # The second key sees nothing of the first's, and can touch none of it.
+    assert two.get("/answers", headers=KEYS[1]).get_json()["answers"] == []
+    for method, path in [
+        ("get", f"/answers/{answer_id}"),
+        ("delete", f"/answers/{answer_id}"),
+        ("post", f"/answers/{answer_id}/share"),
+        ("delete", f"/answers/{answer_id}/share"),
+        ("delete", f"/conversations/{conversation}"),
+    ]:
+        refused = getattr(two, method)(path, headers=KEYS[1])
+        assert refused.status_code == 404, (method, path)
+    follow = two.post(
+        "/generate-code/",
+        json={"prompt": "more", "conversation_id": conversation},
+        headers=KEYS[1],
+    )
+    assert follow.status_code == 404
+    assert follow.get_json()["error"]["code"] == "conversation_not_found"
+    steal = two.post("/generate-code/", json={"continue_answer": answer_id}, headers=KEYS[1])
+    assert steal.status_code == 404
+    assert one.get("/answers").status_code == 401  # no key: no history either
+    assert one.get(f"/answers/{answer_id}", headers=KEYS[0]).status_code == 200
+
+
+def test_owners_are_kept_apart_by_session_without_keys(
+    client: FlaskClient, app: Flask, fake: FakeUpstream
+) -> None:
+    response, _, _ = generate(client, "tokens=3")
+    answer_id = response.headers["X-Answer-ID"]
+    other = app.test_client()
+    assert other.get("/answers").get_json()["answers"] == []
+    assert other.get(f"/answers/{answer_id}").status_code == 404
+    assert other.delete(f"/answers/{answer_id}").status_code == 404
+    assert other.post(f"/answers/{answer_id}/share").status_code == 404
+    assert client.get(f"/answers/{answer_id}").status_code == 200
+
+
+def test_history_off_stores_nothing(make_app: Callable[..., Flask], tmp_path: Path) -> None:
+    app = make_app(f"sqlite:///{tmp_path / 'h.db'}", HISTORY="off")
+    client = app.test_client()
+    response, text, _ = generate(client, "tokens=3")
+    assert text and "X-Answer-ID" not in response.headers
+    listed = client.get("/answers")
+    assert listed.status_code == 404 and listed.get_json()["error"]["code"] == "history_off"
+    assert not (tmp_path / "h.db").exists()
+
+
+def test_old_answers_are_deleted_after_history_days(
+    make_app: Callable[..., Flask], database_url: str
+) -> None:
+    client = make_app(database_url).test_client()
+    old, _, _ = generate(client, "tokens=2")
+    new, _, _ = generate(client, "tokens=2")
+    store = Store.open(database_url)
+    with store.engine.begin() as connection:
+        connection.execute(
+            update(AnswerRow)
+            .where(AnswerRow.id == old.headers["X-Answer-ID"])
+            .values(created_at=now() - timedelta(days=31))
+        )
+    store.close()
+    # A worker starting with HISTORY_DAYS purges at once (and then hourly while it works).
+    make_app(database_url, HISTORY_DAYS="30")
+    ids = [a["id"] for a in client.get("/answers").get_json()["answers"]]
+    assert ids == [new.headers["X-Answer-ID"]]
+
+
+def test_the_migrations_build_exactly_the_models(database_url: str) -> None:
+    store = Store.open(database_url)
+    Store.open(database_url).close()  # a second start-up finds the schema in place
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(connection)
+        assert compare_metadata(context, Base.metadata) == []
+        revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    assert revision == "0001"
+    store.close()
+
+
+def test_several_processes_migrating_at_once_all_succeed(database_url: str) -> None:
+    env = {"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "webapp.history", "upgrade"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(4)
+    ]
+    outputs = [run.communicate(timeout=60)[0].decode() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0, 0], outputs
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+    engine.dispose()
+
+
+def test_text_is_saved_while_the_answer_grows(server_with_history: Server) -> None:
+    """At most SAVE_INTERVAL (2 s) of text is missing from the store mid-answer."""
+    server = server_with_history
+    session = requests.Session()
+    with session.post(
+        server.url + "/generate-code/",
+        json={"prompt": prompt("tokens=40 delay=0.1")},
+        stream=True,
+        timeout=30,
+    ) as response:
+        answer_id = response.headers["X-Answer-ID"]
+        started, received, partial = time.monotonic(), "", None
+        for piece in response.iter_content(None, decode_unicode=True):
+            received += piece
+            if partial is None and time.monotonic() - started > 2.6:
+                partial = session.get(f"{server.url}/answers/{answer_id}", timeout=10).json()
+                at_that_time = received
+    assert partial is not None and partial["outcome"] == "pending"
+    assert at_that_time.startswith(partial["text"]) and partial["text"].startswith("t0 t1 ")
+    whole = session.get(f"{server.url}/answers/{answer_id}", timeout=10).json()
+    assert whole["outcome"] == "ok" and whole["text"] == received
+
+
+def test_a_failing_database_never_breaks_the_stream(server_with_history: Server) -> None:
+    server = server_with_history
+    engine = make_engine(server.database_url)
+    with engine.begin() as connection:  # the database loses its table under the running app
+        connection.execute(text("DROP TABLE answers"))
+    engine.dispose()
+    before = value(metrics(server), "codegen_history_write_failures_total", operation="create")
+    response = requests.post(
+        server.url + "/generate-code/", json={"prompt": prompt("tokens=5")}, timeout=30
+    )
+    assert response.status_code == 200 and response.text == "t0 t1 t2 t3 t4 "
+    assert "X-Answer-ID" not in response.headers
+    after = value(metrics(server), "codegen_history_write_failures_total", operation="create")
+    assert after == before + 1
+    listed = requests.get(server.url + "/answers", timeout=10)
+    assert listed.status_code == 503
+    assert listed.json()["error"]["code"] == "history_unavailable"
+    assert "Traceback" not in listed.text and "answers" not in listed.json()["error"]["message"]
+
+
+@pytest.fixture()
+def server_with_history(serve: Any, fake: FakeUpstream, tmp_path: Path) -> Server:
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    server: Server = serve(DATABASE_URL=url)
+    server.database_url = url  # type: ignore[attr-defined]
+    return server
+
+
+def test_two_workers_share_one_history(serve: Any, fake: FakeUpstream, tmp_path: Path) -> None:
+    """Two workers start together (each migrates under the lock), and an answer
+    written by one is read by the other."""
+    server = serve(WEB_CONCURRENCY="2", DATA_DIR=str(tmp_path))
+    session = requests.Session()
+    ids = []
+    for _ in range(6):
+        response = session.post(
+            server.url + "/generate-code/", json={"prompt": prompt("tokens=2")}, timeout=30
+        )
+        ids.append(response.headers["X-Answer-ID"])
+    for _ in range(6):  # the requests land on either worker
+        listed = session.get(server.url + "/answers", timeout=10).json()["answers"]
+        assert sorted(a["id"] for a in listed) == sorted(ids)
+    assert "Traceback" not in server.logs()

@@ -1,0 +1,92 @@
+"""The history API: the owner's answers as JSON, deletion and share links.
+
+    GET    /answers                  newest first (?q= filter, ?limit=, ?before= cursor)
+    GET    /answers/<id>             one answer
+    DELETE /answers/<id>             204
+    POST   /answers/<id>/share       {"share_id", "share_url"}
+    DELETE /answers/<id>/share       204 (the link is a 404 from then on)
+    DELETE /conversations/<id>       204, every version
+
+Owners are found as for generation (webapp/service.py: `owner`): with API_KEYS
+the key authenticates every call here; without, the session cookie that
+`POST /generate-code/` set. Another owner's answer is a 404, like a missing one.
+"""
+
+from __future__ import annotations
+
+import orjson
+from flask import Blueprint, Response, request, url_for
+
+from webapp.errors import BadRequest, NotFound
+from webapp.history import MAX_PAGE_SIZE, PAGE_SIZE
+from webapp.service import answer_of, owner, store
+
+bp = Blueprint("answers", __name__)
+
+# What a listing shows of each answer: enough to choose one, not its whole text.
+SUMMARY = ("id", "conversation_id", "parent_id", "prompt", "language", "model", "finish_reason")
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+
+
+@bp.get("/answers")
+def list_answers() -> Response:
+    raw_limit = request.args.get("limit", str(PAGE_SIZE))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
+        raise BadRequest(f"limit: must be a whole number from 1 to {MAX_PAGE_SIZE}.")
+    found, cursor = store().page(
+        owner(),
+        query=request.args.get("q", "")[:200],
+        limit=int(raw_limit),
+        before=request.args.get("before") or None,
+    )
+    items = []
+    for answer in found:
+        item = {name: getattr(answer, name) for name in SUMMARY}
+        item.update(
+            outcome=answer.outcome,
+            created_at=answer.created_at.isoformat() + "Z",
+            chars=len(answer.text),
+            shared=answer.share_id is not None,
+        )
+        items.append(item)
+    return _json({"answers": items, "next": cursor})
+
+
+@bp.get("/answers/<answer_id>")
+def get_answer(answer_id: str) -> Response:
+    return _json(answer_of(answer_id).to_json())
+
+
+@bp.delete("/answers/<answer_id>")
+def delete_answer(answer_id: str) -> Response:
+    if not store().delete_answer(owner(), answer_id):
+        raise NotFound("There is no answer of yours with that id.")
+    return Response(status=204)
+
+
+@bp.post("/answers/<answer_id>/share")
+def share_answer(answer_id: str) -> Response:
+    share_id = store().share(owner(), answer_id)
+    if share_id is None:
+        raise NotFound("There is no answer of yours with that id.")
+    url = url_for("ui.shared", share_id=share_id, _external=True)
+    return _json({"share_id": share_id, "share_url": url})
+
+
+@bp.delete("/answers/<answer_id>/share")
+def unshare_answer(answer_id: str) -> Response:
+    if not store().unshare(owner(), answer_id):
+        raise NotFound("There is no answer of yours with that id.")
+    return Response(status=204)
+
+
+@bp.delete("/conversations/<conversation_id>")
+def delete_conversation(conversation_id: str) -> Response:
+    if not store().delete_conversation(owner(), conversation_id):
+        raise NotFound(
+            "There is no conversation of yours with that id.", code="conversation_not_found"
+        )
+    return Response(status=204)

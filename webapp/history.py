@@ -1,0 +1,502 @@
+"""Answers that last: the history store (SQLAlchemy 2, migrated by Alembic).
+
+Every query is scoped to an owner (an API key's id, or an anonymous id kept in
+the signed session): another owner's answer is simply not found. A share link
+is the one way around that, made on purpose and revocable.
+
+The store is never on the per-token path. A recording (webapp/recording.py)
+creates the row when an answer starts, saves its text as it grows (at most
+every few seconds) and once at the end. SQLite is the default (a file in
+DATA_DIR, nothing to set up); PostgreSQL (`DATABASE_URL`) serves several
+machines. Calls are short; psycopg 3 yields to gevent by itself, and SQLite
+writes are small transactions in WAL mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection, CursorResult, Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from webapp.errors import HistoryUnavailable
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+# Any constant works: it names the lock that serialises migrations on PostgreSQL.
+_MIGRATION_LOCK = 7_310_442_001
+PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def translated(method: Callable[P, R]) -> Callable[P, R]:
+    """The store's one translation of database errors: HistoryUnavailable (logged by
+    whoever catches it, with the cause chained)."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            raise HistoryUnavailable(
+                "The history database is unavailable right now; try again shortly."
+            ) from exc
+
+    return call
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)  # stored naive, in UTC
+
+
+def new_id() -> str:
+    return secrets.token_urlsafe(12)  # 96 random bits
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(80), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class AnswerRow(Base):
+    __tablename__ = "answers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    parent_id: Mapped[str | None] = mapped_column(String(32))
+    owner: Mapped[str] = mapped_column(String(80), index=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    language: Mapped[str | None] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(200))
+    temperature: Mapped[float | None] = mapped_column(Float)
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text, default="")
+    code_blocks: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    finish_reason: Mapped[str | None] = mapped_column(String(40))
+    outcome: Mapped[str] = mapped_column(String(40), default="pending")
+    usage: Mapped[dict[str, int] | None] = mapped_column(JSON)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    timing: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    share_id: Mapped[str | None] = mapped_column(String(40), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """One answer as read from the store (detached from any session)."""
+
+    id: str
+    conversation_id: str
+    parent_id: str | None
+    prompt: str
+    language: str | None
+    model: str
+    temperature: float | None
+    max_tokens: int
+    text: str
+    code_blocks: list[dict[str, str]]
+    finish_reason: str | None
+    outcome: str
+    usage: dict[str, int] | None
+    cost_usd: float | None
+    timing: dict[str, float] | None
+    share_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: AnswerRow) -> StoredAnswer:
+        return cls(**{name: getattr(row, name) for name in cls.__slots__})
+
+    @property
+    def continuable(self) -> bool:
+        """It stopped at its token limit, so Continue may carry it on."""
+        return self.finish_reason == "length" and self.outcome == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        body = {name: getattr(self, name) for name in self.__slots__}
+        body["created_at"] = self.created_at.isoformat() + "Z"
+        body["updated_at"] = self.updated_at.isoformat() + "Z"
+        body["shared"] = body.pop("share_id") is not None
+        return body
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Heroku's `postgres://` (and plain `postgresql://`) as SQLAlchemy's psycopg 3 URL."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = sqlalchemy_url(url)
+    if url.startswith("sqlite"):
+        # A short busy wait: the C library blocks the event loop while it waits.
+        engine = create_engine(url, connect_args={"timeout": 2.0})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+            cursor.execute("PRAGMA synchronous=NORMAL")  # no fsync per commit in WAL mode
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+@contextlib.contextmanager
+def migration_lock(engine: Engine) -> Iterator[Connection]:
+    """One migrator at a time, across workers (and machines, on PostgreSQL)."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK})
+            connection.commit()
+            try:
+                yield connection
+            finally:
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK}
+                )
+                connection.commit()
+        else:
+            database = engine.url.database or ""
+            lock_path = Path(database + ".migrate.lock") if database else None
+            if lock_path is None or database == ":memory:":
+                yield connection
+                return
+            with lock_path.open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    yield connection
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest migration (a no-op when it is there)."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    with migration_lock(engine) as connection:
+        settings = AlembicConfig()
+        settings.set_main_option("script_location", str(MIGRATIONS))
+        settings.attributes["connection"] = connection
+        command.upgrade(settings, "head")
+        connection.commit()
+
+
+class Store:
+    """Answers and conversations, each visible to its owner only.
+
+    Methods take the owner first and return None / False for what the owner
+    cannot see, so a view cannot forget the check. Writes commit at once.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._session = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Store:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(url)
+        if migrate:
+            upgrade(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # Writing an answer -------------------------------------------------------------
+
+    @translated
+    def create(
+        self,
+        owner: str,
+        *,
+        prompt: str,
+        language: str | None,
+        model: str,
+        temperature: float | None,
+        max_tokens: int,
+        conversation_id: str | None = None,
+        parent_id: str | None = None,
+    ) -> StoredAnswer:
+        """A new answer, in a new conversation or as the next version of one."""
+        stamp = now()
+        with self._session() as session, session.begin():
+            if conversation_id is None:
+                conversation_id = new_id()
+                session.add(
+                    Conversation(
+                        id=conversation_id, owner=owner, created_at=stamp, updated_at=stamp
+                    )
+                )
+                session.flush()  # the answer's foreign key needs the row first
+            else:
+                session.execute(
+                    update(Conversation)
+                    .where(Conversation.id == conversation_id)
+                    .values(updated_at=stamp)
+                )
+            row = AnswerRow(
+                id=new_id(),
+                conversation_id=conversation_id,
+                parent_id=parent_id,
+                owner=owner,
+                prompt=prompt,
+                language=language,
+                model=model,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                text="",
+                code_blocks=[],
+                outcome="pending",
+                created_at=stamp,
+                updated_at=stamp,
+            )
+            session.add(row)
+            session.flush()
+            return StoredAnswer.of(row)
+
+    @translated
+    def save_text(self, answer_id: str, text_so_far: str) -> None:
+        with self._session() as session, session.begin():
+            session.execute(
+                update(AnswerRow)
+                .where(AnswerRow.id == answer_id)
+                .values(text=text_so_far, updated_at=now())
+            )
+
+    @translated
+    def finish(self, answer_id: str, **outcome: Any) -> None:
+        """The answer's last state: text, code_blocks, finish_reason, outcome, usage..."""
+        with self._session() as session, session.begin():
+            session.execute(
+                update(AnswerRow)
+                .where(AnswerRow.id == answer_id)
+                .values(**outcome, updated_at=now())
+            )
+
+    @translated
+    def reopen(self, owner: str, answer_id: str) -> None:
+        """Mark an answer as being continued (pending again) until its recording ends."""
+        with self._session() as session, session.begin():
+            session.execute(
+                update(AnswerRow)
+                .where(AnswerRow.id == answer_id, AnswerRow.owner == owner)
+                .values(outcome="pending", updated_at=now())
+            )
+
+    # Reading -----------------------------------------------------------------------
+
+    @translated
+    def get(self, owner: str, answer_id: str) -> StoredAnswer | None:
+        with self._session() as session:
+            row = session.scalar(
+                select(AnswerRow).where(AnswerRow.id == answer_id, AnswerRow.owner == owner)
+            )
+            return StoredAnswer.of(row) if row is not None else None
+
+    @translated
+    def page(
+        self, owner: str, *, query: str = "", limit: int = PAGE_SIZE, before: str | None = None
+    ) -> tuple[list[StoredAnswer], str | None]:
+        """The owner's answers, newest first, filtered by a text in the prompt or the
+        answer; and the cursor of the next page (None on the last)."""
+        limit = max(1, min(limit, MAX_PAGE_SIZE))
+        statement = select(AnswerRow).where(AnswerRow.owner == owner)
+        if query.strip():
+            like = (
+                "%"
+                + query.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                + "%"
+            )
+            statement = statement.where(
+                or_(
+                    func.lower(AnswerRow.prompt).like(like.lower(), escape="\\"),
+                    func.lower(AnswerRow.text).like(like.lower(), escape="\\"),
+                )
+            )
+        with self._session() as session:
+            if before is not None:
+                anchor = session.scalar(
+                    select(AnswerRow).where(AnswerRow.id == before, AnswerRow.owner == owner)
+                )
+                if anchor is not None:
+                    statement = statement.where(
+                        or_(
+                            AnswerRow.created_at < anchor.created_at,
+                            (AnswerRow.created_at == anchor.created_at)
+                            & (AnswerRow.id < anchor.id),
+                        )
+                    )
+            rows = session.scalars(
+                statement.order_by(AnswerRow.created_at.desc(), AnswerRow.id.desc()).limit(
+                    limit + 1
+                )
+            ).all()
+        found = [StoredAnswer.of(r) for r in rows[:limit]]
+        return found, (found[-1].id if len(rows) > limit else None)
+
+    @translated
+    def versions(self, owner: str, conversation_id: str) -> list[StoredAnswer]:
+        """A conversation's answers, oldest first (empty: none of this owner's)."""
+        with self._session() as session:
+            rows = session.scalars(
+                select(AnswerRow)
+                .where(AnswerRow.conversation_id == conversation_id, AnswerRow.owner == owner)
+                .order_by(AnswerRow.created_at, AnswerRow.id)
+            ).all()
+            return [StoredAnswer.of(r) for r in rows]
+
+    @translated
+    def shared(self, share_id: str) -> StoredAnswer | None:
+        with self._session() as session:
+            row = session.scalar(select(AnswerRow).where(AnswerRow.share_id == share_id))
+            return StoredAnswer.of(row) if row is not None else None
+
+    # Owner actions -----------------------------------------------------------------
+
+    @translated
+    def delete_answer(self, owner: str, answer_id: str) -> bool:
+        with self._session() as session, session.begin():
+            row = session.scalar(
+                select(AnswerRow).where(AnswerRow.id == answer_id, AnswerRow.owner == owner)
+            )
+            if row is None:
+                return False
+            conversation_id = row.conversation_id
+            session.delete(row)
+            session.flush()
+            left = session.scalar(
+                select(func.count())
+                .select_from(AnswerRow)
+                .where(AnswerRow.conversation_id == conversation_id)
+            )
+            if not left:
+                session.execute(delete(Conversation).where(Conversation.id == conversation_id))
+            return True
+
+    @translated
+    def delete_conversation(self, owner: str, conversation_id: str) -> bool:
+        with self._session() as session, session.begin():
+            result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                delete(AnswerRow).where(
+                    AnswerRow.conversation_id == conversation_id, AnswerRow.owner == owner
+                )
+            )
+            gone = result.rowcount
+            session.execute(
+                delete(Conversation).where(
+                    Conversation.id == conversation_id, Conversation.owner == owner
+                )
+            )
+            return bool(gone)
+
+    @translated
+    def share(self, owner: str, answer_id: str) -> str | None:
+        """The answer's share id (made now, or the one it has); None if not the owner's."""
+        with self._session() as session, session.begin():
+            row = session.scalar(
+                select(AnswerRow).where(AnswerRow.id == answer_id, AnswerRow.owner == owner)
+            )
+            if row is None:
+                return None
+            if row.share_id is None:
+                row.share_id = secrets.token_urlsafe(18)  # 144 random bits
+            return row.share_id
+
+    @translated
+    def unshare(self, owner: str, answer_id: str) -> bool:
+        with self._session() as session, session.begin():
+            result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                update(AnswerRow)
+                .where(AnswerRow.id == answer_id, AnswerRow.owner == owner)
+                .values(share_id=None)
+            )
+            return bool(result.rowcount)
+
+    @translated
+    def purge(self, days: int, batch: int = 500) -> int:
+        """Delete up to `batch` answers older than `days` (and emptied conversations)."""
+        cutoff = now() - timedelta(days=days)
+        with self._session() as session, session.begin():
+            ids = session.scalars(
+                select(AnswerRow.id).where(AnswerRow.created_at < cutoff).limit(batch)
+            ).all()
+            if not ids:
+                return 0
+            session.execute(delete(AnswerRow).where(AnswerRow.id.in_(ids)))
+            session.execute(
+                delete(Conversation).where(
+                    Conversation.updated_at < cutoff,
+                    ~select(AnswerRow.id)
+                    .where(AnswerRow.conversation_id == Conversation.id)
+                    .exists(),
+                )
+            )
+            return len(ids)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m webapp.history upgrade`: migrate now (Heroku's release phase)."""
+    import argparse
+
+    from webapp.config import Config
+
+    parser = argparse.ArgumentParser(description="The history database.")
+    parser.add_argument("command", choices=("upgrade",))
+    parser.parse_args(argv)
+    config = Config.from_env()
+    store = Store.open(config.database, migrate=True)
+    store.close()
+    print("history database is up to date")
+
+
+if __name__ == "__main__":
+    main()
