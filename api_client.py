@@ -12,6 +12,13 @@ Interactive (no arguments): a menu first, then the prompt for the choice:
 Non-interactive:
   python api_client.py "Write a Python palindrome check" --format sse
   python api_client.py "..." --no-stream --url http://localhost:8000
+  python api_client.py --history                      your stored answers, newest first
+  python api_client.py "Now add type hints" --follow-up ANSWER_ID
+
+Each answer's id is printed after it ("[answer ... in conversation ...]").
+Without API keys the server knows you by its session cookie, which is kept in
+~/.cache/streaming-codegen/api-client-cookies.txt between runs; with keys,
+pass --key (or set CODEGEN_API_KEY).
 
 Exit codes: 0 success, 2 client error (4xx or bad usage), 3 server error
 (5xx, unreachable or timed out), 4 a stream that ended early (truncated or an
@@ -21,10 +28,14 @@ error event), 130 interrupted by Ctrl-C while a request was running.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.cookiejar
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
@@ -49,6 +60,30 @@ MENU = (
 )
 
 OK, CLIENT_ERROR, SERVER_ERROR, TRUNCATED, INTERRUPTED = 0, 2, 3, 4, 130
+COOKIES = Path("~/.cache/streaming-codegen/api-client-cookies.txt").expanduser()
+
+
+def session(key: str | None = None) -> requests.Session:
+    """Requests with the server's session cookie kept between runs (your history's
+    owner when the server has no API keys), and the key when given."""
+    client = requests.Session()
+    jar = http.cookiejar.LWPCookieJar(str(COOKIES))
+    if COOKIES.exists():
+        with contextlib.suppress(OSError, http.cookiejar.LoadError):  # unreadable: a new one
+            jar.load(ignore_discard=True)
+    client.cookies = jar  # type: ignore[assignment]
+    if key:
+        client.headers["Authorization"] = f"Bearer {key}"
+    return client
+
+
+def save_cookies(client: requests.Session) -> None:
+    jar = client.cookies
+    if isinstance(jar, http.cookiejar.LWPCookieJar):
+        COOKIES.parent.mkdir(parents=True, exist_ok=True)
+        jar.save(ignore_discard=True)
+        COOKIES.chmod(0o600)
+
 
 T = TypeVar("T")
 
@@ -123,6 +158,7 @@ def generate(
     stream: bool = True,
     timeout: float = 300.0,
     total_timeout: float | None = None,
+    client: requests.Session | None = None,
 ) -> int:
     """POST the body and print the answer; `timeout` bounds each wait for the
     server (the first byte included), `total_timeout` the whole answer."""
@@ -133,7 +169,7 @@ def generate(
     deadline = None if total_timeout is None else time.monotonic() + total_timeout
     try:
         data = body if isinstance(body, str) else json.dumps(body)
-        with requests.post(
+        with (client or requests).post(
             endpoint,
             data=data,
             headers={**headers, "Content-Type": "application/json"},
@@ -142,6 +178,12 @@ def generate(
         ) as response:
             if response.status_code != 200:
                 return _error_exit(response)
+            if response.headers.get("X-Answer-ID"):
+                print(
+                    f"[answer {response.headers['X-Answer-ID']} in conversation "
+                    f"{response.headers.get('X-Conversation-ID', '?')}]",
+                    file=sys.stderr,
+                )
             if not stream:
                 answer = response.json()
                 print(answer["text"])
@@ -222,6 +264,35 @@ def menu(url: str) -> int:
         return OK
 
 
+def history(url: str, client: requests.Session, limit: int = 20) -> int:
+    """Print your stored answers, newest first: id, when, prompt."""
+    try:
+        response = client.get(
+            url.rstrip("/") + "/answers", params={"limit": limit}, timeout=CONNECT_TIMEOUT
+        )
+    except requests.RequestException as exc:
+        print(f"[cannot reach {url}: {exc.__class__.__name__}]", file=sys.stderr)
+        return SERVER_ERROR
+    if response.status_code != 200:
+        return _error_exit(response)
+    answers = response.json()["answers"]
+    if not answers:
+        print("No stored answers yet (for this key, or this client's cookie).", file=sys.stderr)
+    for answer in answers:
+        prompt = " ".join(answer["prompt"].split())[:70]
+        print(f"{answer['id']}  {answer['created_at'][:16].replace('T', ' ')}  {prompt}")
+    return OK
+
+
+def conversation_of(url: str, client: requests.Session, answer_id: str) -> str | None:
+    response = client.get(f"{url.rstrip('/')}/answers/{answer_id}", timeout=CONNECT_TIMEOUT)
+    if response.status_code != 200:
+        _error_exit(response)
+        return None
+    conversation: str = response.json()["conversation_id"]
+    return conversation
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -236,8 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--total-timeout", type=float, help="give up when the whole answer takes longer, s"
     )
+    parser.add_argument("--history", action="store_true", help="list your stored answers")
+    parser.add_argument(
+        "--follow-up", metavar="ID", help="refine the answer ID (its conversation comes along)"
+    )
+    parser.add_argument("--key", default=os.environ.get("CODEGEN_API_KEY"), help="API key")
     args = parser.parse_args(argv)
+    client = session(args.key)
     try:
+        if args.history:
+            return history(args.url, client)
         if args.prompt is None:
             return menu(args.url)
         body: dict[str, Any] = {"prompt": args.prompt}
@@ -245,12 +324,25 @@ def main(argv: list[str] | None = None) -> int:
             body["language"] = args.language
         if args.model:
             body["model"] = args.model
+        if args.follow_up:
+            conversation = conversation_of(args.url, client, args.follow_up)
+            if conversation is None:
+                return CLIENT_ERROR
+            body["conversation_id"] = conversation
         return generate(
-            args.url, body, args.format, not args.no_stream, args.timeout, args.total_timeout
+            args.url,
+            body,
+            args.format,
+            not args.no_stream,
+            args.timeout,
+            args.total_timeout,
+            client,
         )
     except KeyboardInterrupt:
         print("\n[interrupted] bye", file=sys.stderr)
         return INTERRUPTED
+    finally:
+        save_cookies(client)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python -m bench.ab OTHER_TREE [--rounds 6] [--streams 300 --tokens 100 --rate 20]
     git worktree add /tmp/before HEAD~1 && python -m bench.ab /tmp/before
+    python -m bench.ab . --env-a HISTORY=off     # one tree, two settings
 
 On a noisy machine one run of `make bench` moves ±20%; a change worth 5-10%
 only shows when both builds run in the same minutes. Both trees are served
@@ -27,9 +28,11 @@ from pathlib import Path  # noqa: E402
 from bench.relay import APP, ROOT, Target, app_env, free_port, run, start, wait_port  # noqa: E402
 
 
-def serve(tree: Path, upstream: int, workers: int) -> tuple[subprocess.Popen[bytes], int]:
+def serve(
+    tree: Path, upstream: int, workers: int, extra: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    process = start(APP, app_env(upstream, port, workers), cwd=tree)
+    process = start(APP, app_env(upstream, port, workers, extra), cwd=tree)
     wait_port(port)
     return process, port
 
@@ -42,7 +45,16 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=1)
+    for side in ("a", "b"):
+        parser.add_argument(
+            f"--env-{side}", action="append", default=[], metavar="KEY=VALUE",
+            help=f"a setting for {side.upper()} only (repeatable)",
+        )  # fmt: skip
     args = parser.parse_args()
+    extra = {
+        "A": dict(item.split("=", 1) for item in args.env_a),
+        "B": dict(item.split("=", 1) for item in args.env_b),
+    }
 
     up = free_port()
     processes = [start([sys.executable, "-m", "bench.upstream", str(up)])]
@@ -50,7 +62,7 @@ def main() -> int:
     targets = []
     try:
         for name, tree in (("A", args.other.resolve()), ("B", ROOT)):
-            process, port = serve(tree, up, args.workers)
+            process, port = serve(tree, up, args.workers, extra[name])
             processes.append(process)
             targets.append(Target(name, port, "/generate-code/", process.pid))
         for target in targets:
@@ -70,8 +82,10 @@ def main() -> int:
             process.terminate()
     for name, tree in (("A", args.other), ("B", ROOT)):
         if cpu[name]:
+            settings = " ".join(f"{k}={v}" for k, v in extra[name].items())
             print(
-                f"{name} {tree}: CPU per token median {statistics.median(cpu[name]):.1f} µs "
+                f"{name} {tree} {settings}: "
+                f"CPU per token median {statistics.median(cpu[name]):.1f} µs "
                 f"{cpu[name]}, TTFT p50 median {statistics.median(ttft[name]):.2f} ms"
             )
     if cpu["A"] and cpu["B"]:

@@ -262,8 +262,11 @@ def start(
 APP = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"]
 
 
-def app_env(upstream_port: int, port: int, workers: int) -> dict[str, str]:
-    """The app's settings for a benchmark against the fake upstream."""
+def app_env(
+    upstream_port: int, port: int, workers: int, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The app's settings for a benchmark against the fake upstream (history on, in a
+    folder of its own; `extra` overrides, e.g. HISTORY=off)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PROVIDER"))}
     env.update(
         {
@@ -280,6 +283,8 @@ def app_env(upstream_port: int, port: int, workers: int) -> dict[str, str]:
             # One process per relay, nginx too: the load generator and the upstream
             # need the other core of a 2-core machine (FIELD_NOTES measures so).
             "WEB_CONCURRENCY": str(workers),
+            "DATA_DIR": tempfile.mkdtemp(prefix="codegen-bench-data-"),
+            **(extra or {}),
         }
     )
     return env
@@ -322,6 +327,10 @@ def main() -> int:
     procs.append(start([sys.executable, "-m", "bench.upstream", str(up_port)]))
     app = start(APP, app_env(up_port, app_port, args.workers))
     procs.append(app)
+    # The same app without history: what storing every answer costs the relay.
+    plain_port = free_port()
+    plain = start(APP, app_env(up_port, plain_port, args.workers, {"HISTORY": "off"}))
+    procs.append(plain)
     targets = [Target("direct", up_port, "/v1/chat/completions", None)]
     nginx_dir = tempfile.mkdtemp()
     nginx = shutil.which("nginx") or (
@@ -346,6 +355,8 @@ def main() -> int:
     targets.append(Target("gevent", bare_port, "/generate-code/", bare.pid))
     wait_port(app_port)
     targets.append(Target("app", app_port, "/generate-code/", app.pid))
+    wait_port(plain_port)
+    targets.append(Target("app-nohist", plain_port, "/generate-code/", plain.pid))
 
     results: list[Result] = []
     try:

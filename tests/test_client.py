@@ -8,23 +8,54 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from tests.conftest import ROOT, Server
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import prompt
 
 NOWHERE = "http://127.0.0.1:9"  # nothing listens: the menu must not need a server
+# The client keeps its cookie under ~/.cache: a home of the run's, never the user's.
+HOME = tempfile.mkdtemp(prefix="codegen-client-home-")
 
 
-def client(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def client(
+    *args: str, stdin: str | None = None, home: str = HOME
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(ROOT / "api_client.py"), *args],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "HOME": home},
     )
+
+
+def test_history_and_follow_up_across_runs(
+    server: Server, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    home = str(tmp_path)
+    first = client(prompt(text="Write the first one"), "--url", server.url, home=home)
+    assert first.returncode == 0, first.stderr
+    answer_id = re.search(r"\[answer (\S+) in conversation (\S+)\]", first.stderr)
+    assert answer_id
+    follow = client(
+        prompt(text="Now the second"), "--url", server.url, "--follow-up", answer_id[1], home=home
+    )
+    assert follow.returncode == 0, follow.stderr
+    assert f"in conversation {answer_id[2]}]" in follow.stderr  # the same conversation
+    listed = client("--history", "--url", server.url, home=home)
+    assert listed.returncode == 0
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2 and "Now the second" in lines[0] and "Write the first" in lines[1]
+    # Another client (another cookie) has a history of its own: empty.
+    other = client("--history", "--url", server.url, home=str(tmp_path / "other"))
+    assert other.returncode == 0 and other.stdout == ""
+    unknown = client("more", "--url", server.url, "--follow-up", "nope", home=home)
+    assert unknown.returncode == 2 and "answer_not_found" in unknown.stderr
 
 
 def test_streams_a_prompt_in_each_format(server: Server, fake: FakeUpstream) -> None:

@@ -19,7 +19,7 @@ from webapp.errors import NotFound
 from webapp.history import StoredAnswer
 from webapp.render import render_answer
 from webapp.service import answer_of, owner, store
-from webapp.ui import CUT_AT_LIMIT, bp, page, prompt_form
+from webapp.ui import bp, page, prompt_form, recent_answers
 
 
 def _rendered(answer: StoredAnswer) -> Markup:
@@ -39,6 +39,7 @@ def answer_page(answer_id: str) -> str:
     form = prompt_form()
     form.conversation_id.data = answer.conversation_id
     form.prompt.data = ""
+    history, query = recent_answers()
     return page(
         "answer.html",
         form=form,
@@ -47,7 +48,8 @@ def answer_page(answer_id: str) -> str:
         versions=versions,
         numbers=_version_numbers(versions),
         files=exports.code_files(answer.code_blocks),
-        cut_at_limit=CUT_AT_LIMIT,
+        history=history,
+        query=query,
         share_url=(
             url_for("ui.shared", share_id=answer.share_id, _external=True)
             if answer.share_id

@@ -1,0 +1,248 @@
+"""The history on the page, in real Chromium: find an answer after a reload,
+refine it into versions and compare them, share and revoke, Continue a cut
+answer, download its code; with the script and without it; and two browsers
+that never see each other's answers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import Server
+from tests.fake_upstream import ANSWERS, FakeUpstream
+from tests.helpers import wait_idle
+from tests.test_page import DESKTOP, PHONE, SHOTS, serious_violations, wait_until
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture()
+def context_for(chromium: Any, server: Server) -> Iterator[Any]:
+    """Fresh browser contexts (each its own cookies: its own owner)."""
+    contexts = []
+    foreign: list[str] = []
+
+    def make(**options: Any) -> Any:
+        context = chromium.new_context(**options)
+        context.on(
+            "request", lambda r: None if r.url.startswith(server.url) else foreign.append(r.url)
+        )
+        contexts.append(context)
+        return context
+
+    yield make
+    for context in contexts:
+        context.close()
+    assert foreign == [], f"requests to other origins: {foreign}"
+
+
+def ask(page: Any, text: str, max_tokens: str | None = None) -> None:
+    """Send the form with the script: Ctrl+Enter, then wait for the saved answer's link."""
+    page.fill("#prompt", text)
+    if max_tokens is not None:
+        page.fill("#max_tokens", max_tokens)
+    page.press("#prompt", "Control+Enter")
+    wait_idle(page)
+    page.wait_for_selector("#saved-link")
+
+
+def open_saved(page: Any) -> str:
+    page.click("#saved-link")
+    page.wait_for_url(re.compile(r"/a/[\w-]+$"))
+    return str(page.url.rsplit("/", 1)[1])
+
+
+def test_an_answer_is_found_in_the_history_after_a_reload(
+    context_for: Any, server: Server, fake: FakeUpstream
+) -> None:
+    page = context_for().new_page()
+    page.goto(server.url + "/")
+    ask(page, "Palindrome for the history [[fake answer=code]]")
+    page.reload()
+    page.fill("#history-q", "palindrome for the")
+    page.press("#history-q", "Enter")
+    entries = page.locator(".history-list a")
+    assert entries.count() == 1
+    entries.first.click()
+    page.wait_for_url(re.compile(r"/a/[\w-]+$"))
+    assert "def is_palindrome" in page.inner_text("#answer figure.codeblock pre.highlight")
+    assert page.query_selector("#answer strong").inner_text() == "normalises"
+    page.fill("#history-q", "nothing like this")
+    page.press("#history-q", "Enter")
+    assert "No answer matches" in page.inner_text(".history")
+
+
+def test_refine_twice_then_compare_three_versions(
+    context_for: Any, server: Server, fake: FakeUpstream
+) -> None:
+    page = context_for().new_page()
+    page.goto(server.url + "/")
+    ask(page, "Sum a range [[fake answer=runnable]]")
+    open_saved(page)
+    ask(page, "Now make it raise [[fake answer=raising]]")
+    assert "def parse" in page.inner_text("#answer")  # the new version streamed in
+    open_saved(page)
+    ask(page, "Back to the palindrome [[fake answer=code]]")
+    open_saved(page)
+    versions = page.locator("nav.versions li")
+    assert versions.count() == 3
+    assert page.inner_text("nav.versions [aria-current=page]") == "Version 3"
+    # The follow-up carried the conversation: the third request held both earlier answers.
+    sent = fake.records_for("Back to the palindrome")[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user", "assistant", "user"]
+    page.select_option("form.compare select[name=a]", label="Version 1")
+    page.click("#compare")
+    page.wait_for_url(re.compile(r"/compare\?"))
+    diff = page.inner_text("#diff")
+    assert "--- version 1" in diff and "+++ version 3" in diff
+    assert "-print(sum(range(10)))" in diff
+    assert "+def is_palindrome(text: str) -> bool:" in diff
+    assert page.query_selector("#diff span.add") and page.query_selector("#diff span.del")
+
+
+def test_share_opens_without_cookies_and_revoking_makes_it_404(
+    context_for: Any, server: Server, fake: FakeUpstream
+) -> None:
+    page = context_for().new_page()
+    page.goto(server.url + "/")
+    ask(page, "A markdown answer to share [[fake answer=markdown]]")
+    open_saved(page)
+    page.click("#share-button")
+    link = page.get_attribute("#share-url", "href")
+    assert link and "/s/" in link
+    stranger = context_for().new_page()
+    response = stranger.goto(link)
+    assert response.status == 200
+    assert response.headers["cache-control"] == "no-store"
+    assert "slugify" in stranger.inner_text("main")
+    assert stranger.query_selector("meta[name=robots][content*=noindex]")
+    assert not stranger.query_selector("#prompt-form")  # read-only: nothing to send
+    page.click("#unshare")
+    assert page.query_selector("#share-button")
+    assert stranger.goto(link).status == 404
+
+
+def test_continue_joins_a_cut_answer_with_no_seam(
+    context_for: Any, server: Server, fake: FakeUpstream
+) -> None:
+    page = context_for().new_page()
+    page.goto(server.url + "/")
+    ask(page, "Count for me [[fake tokens=8 obey_max=1 id=seam]]", max_tokens="5")
+    assert page.inner_text("#answer").strip() == "t0 t1 t2 t3 t4"
+    assert "Max tokens" in page.inner_text("#stats")
+    open_saved(page)
+    page.click("#continue")
+    wait_idle(page)
+    page.wait_for_selector("#saved-link")
+    assert page.inner_text("#answer").split() == [f"t{i}" for i in range(8)]
+    assert page.is_hidden("#continue-form")  # it ended on its own this time
+    page.reload()  # the stored answer is the whole, once
+    assert page.inner_text("#answer").split() == [f"t{i}" for i in range(8)]
+    assert not page.query_selector("#continue")
+
+
+def test_download_a_code_block(context_for: Any, server: Server, fake: FakeUpstream) -> None:
+    page = context_for(accept_downloads=True).new_page()
+    page.goto(server.url + "/")
+    ask(page, "Code to download [[fake answer=code]]")
+    open_saved(page)
+    with page.expect_download() as info:
+        page.click(".downloads a[download]")
+    download = info.value
+    assert download.suggested_filename == "snippet-1.py"
+    with open(download.path()) as saved:
+        content = saved.read()
+    expected = ANSWERS["code"].split("```python\n")[1].split("```")[0]
+    assert content == expected
+
+
+def test_two_browsers_never_see_each_others_answers(
+    context_for: Any, server: Server, fake: FakeUpstream
+) -> None:
+    mine = context_for().new_page()
+    mine.goto(server.url + "/")
+    ask(mine, "Only mine to see [[fake tokens=3]]")
+    answer_id = open_saved(mine)
+    theirs = context_for().new_page()
+    theirs.goto(server.url + "/")
+    assert "Only mine to see" not in theirs.inner_text("body")
+    assert theirs.goto(f"{server.url}/a/{answer_id}").status == 404
+    assert theirs.goto(f"{server.url}/a/{answer_id}/download/1").status == 404
+    theirs.goto(server.url + "/")
+    token = theirs.get_attribute("input[name=csrf_token]", "value")
+    for action in ("delete", "share"):
+        refused = theirs.request.post(
+            f"{server.url}/a/{answer_id}/{action}", form={"csrf_token": token}
+        )
+        assert refused.status == 404
+    assert mine.goto(f"{server.url}/a/{answer_id}").status == 200
+
+
+def test_the_history_works_without_javascript(
+    context_for: Any, server: Server, fake: FakeUpstream
+) -> None:
+    page = context_for(java_script_enabled=False).new_page()
+    page.goto(server.url + "/")
+    page.fill("#prompt", "No script, first version [[fake answer=runnable]]")
+    page.click("#generate")
+    page.wait_for_selector(".saved a")
+    page.click(".saved a")
+    page.wait_for_url(re.compile(r"/a/[\w-]+$"))
+    page.fill("#prompt", "No script, refined [[fake answer=code]]")
+    page.click("#generate")
+    page.wait_for_selector(".saved a")
+    page.click(".saved a")
+    assert page.locator("nav.versions li").count() == 2
+    page.click("#compare")
+    assert "+def is_palindrome" in page.inner_text("#diff")
+    page.go_back()
+    page.click("#share-button")
+    link = page.get_attribute("#share-url", "href")
+    assert link and context_for().new_page().goto(link).status == 200
+    page.click("#delete-conversation")
+    page.wait_for_url(server.url + "/")
+    assert "No script, first version" not in page.inner_text("body")
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_the_history_pages_pass_the_audit(
+    context_for: Any, server: Server, fake: FakeUpstream, scheme: str, size: str
+) -> None:
+    viewport = DESKTOP if size == "desktop" else PHONE
+    page = context_for(color_scheme=scheme, viewport=viewport).new_page()
+    page.goto(server.url + "/")
+    ask(page, "Slugs, audited [[fake answer=markdown]]")
+    assert serious_violations(page) == [], "the form with a saved answer"
+    open_saved(page)
+    ask(page, "Shorter, audited [[fake answer=code]]")
+    open_saved(page)
+    page.click("#share-button")
+    assert serious_violations(page) == [], "an answer's page"
+    page.screenshot(path=str(SHOTS / f"history-answer-{size}-{scheme}.png"), full_page=True)
+    link = page.get_attribute("#share-url", "href")
+    page.click("#compare")
+    assert serious_violations(page) == [], "the compare page"
+    page.screenshot(path=str(SHOTS / f"history-compare-{size}-{scheme}.png"), full_page=True)
+    page.goto(link)
+    assert serious_violations(page) == [], "a shared answer"
+    assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+
+
+def test_escape_stops_the_answer_and_the_upstream(
+    context_for: Any, server: Server, fake: FakeUpstream
+) -> None:
+    page = context_for().new_page()
+    page.goto(server.url + "/")
+    page.fill("#prompt", "forever [[fake forever=1 delay=0.05 id=esc]]")
+    page.press("#prompt", "Control+Enter")
+    page.wait_for_selector("#stop:not([hidden])")
+    wait_until(page, "document.querySelector('#answer').textContent.length > 10")
+    page.keyboard.press("Escape")
+    wait_idle(page)
+    assert page.inner_text("#stats") == "Stopped."
+    closed = fake.wait_closed(1, timeout=3)
+    assert closed and closed[0].how == "client_closed"
