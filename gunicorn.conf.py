@@ -75,3 +75,13 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     from webapp import fastio
 
     fastio.install(read_timeout=_config.client_read_timeout)
+
+
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    # Answers that ended in the last milliseconds are still queued: write them.
+    import sys
+
+    wsgi = sys.modules.get("wsgi")
+    recorder = getattr(wsgi, "app", None) and wsgi.app.extensions.get("history")  # type: ignore[union-attr]
+    if recorder is not None:
+        recorder.close()

@@ -32,6 +32,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -119,6 +120,21 @@ class AnswerRow(Base):
     share_id: Mapped[str | None] = mapped_column(String(40), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+# The tables themselves, for the writes that go many rows at a time (Core, no ORM).
+ANSWERS = Base.metadata.tables["answers"]
+CONVERSATIONS = Base.metadata.tables["conversations"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewAnswer:
+    """An answer's rows before they are written (Store.new_answer, Store.create)."""
+
+    id: str
+    conversation_id: str
+    conversation_row: dict[str, Any] | None
+    answer_row: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,9 +269,8 @@ class Store:
 
     # Writing an answer -------------------------------------------------------------
 
-    @translated
-    def create(
-        self,
+    @staticmethod
+    def new_answer(
         owner: str,
         *,
         prompt: str,
@@ -265,61 +280,70 @@ class Store:
         max_tokens: int,
         conversation_id: str | None = None,
         parent_id: str | None = None,
-    ) -> StoredAnswer:
-        """A new answer, in a new conversation or as the next version of one."""
+    ) -> NewAnswer:
+        """A new answer's rows, ids made here (so its id is known before it is
+        written), in a new conversation or as the next version of one."""
         stamp = now()
-        with self._session() as session, session.begin():
-            if conversation_id is None:
-                conversation_id = new_id()
-                session.add(
-                    Conversation(
-                        id=conversation_id, owner=owner, created_at=stamp, updated_at=stamp
-                    )
-                )
-                session.flush()  # the answer's foreign key needs the row first
-            else:
-                session.execute(
-                    update(Conversation)
-                    .where(Conversation.id == conversation_id)
-                    .values(updated_at=stamp)
-                )
-            row = AnswerRow(
-                id=new_id(),
-                conversation_id=conversation_id,
-                parent_id=parent_id,
-                owner=owner,
-                prompt=prompt,
-                language=language,
-                model=model,
-                temperature=temperature,
-                max_tokens=max_tokens,
-                text="",
-                code_blocks=[],
-                outcome="pending",
-                created_at=stamp,
-                updated_at=stamp,
-            )
-            session.add(row)
-            session.flush()
-            return StoredAnswer.of(row)
+        conversation = None
+        if conversation_id is None:
+            conversation_id = new_id()
+            conversation = {
+                "id": conversation_id,
+                "owner": owner,
+                "created_at": stamp,
+                "updated_at": stamp,
+            }
+        answer_id = new_id()
+        answer: dict[str, Any] = {
+            "id": answer_id,
+            "conversation_id": conversation_id,
+            "parent_id": parent_id,
+            "owner": owner,
+            "prompt": prompt,
+            "language": language,
+            "model": model,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "text": "",
+            "code_blocks": [],
+            "outcome": "pending",
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        return NewAnswer(answer_id, conversation_id, conversation, answer)
 
     @translated
-    def save_text(self, answer_id: str, text_so_far: str) -> None:
-        with self._session() as session, session.begin():
-            session.execute(
-                update(AnswerRow)
-                .where(AnswerRow.id == answer_id)
-                .values(text=text_so_far, updated_at=now())
-            )
+    def write(self, answers: list[NewAnswer], ends: list[dict[str, Any]]) -> None:
+        """New answers (and their new conversations), then the last state of ended
+        ones (`id`, text, code_blocks, finish_reason, outcome, usage, ...): one
+        transaction for all."""
+        conversations = [a.conversation_row for a in answers if a.conversation_row]
+        stamp = now()
+        with self.engine.begin() as connection:
+            if conversations:
+                connection.execute(CONVERSATIONS.insert(), conversations)
+            if answers:
+                connection.execute(ANSWERS.insert(), [a.answer_row for a in answers])
+            if ends:
+                columns: dict[str, Any] = {k: bindparam(k) for k in ends[0] if k != "id"}
+                connection.execute(
+                    ANSWERS.update()
+                    .where(ANSWERS.c.id == bindparam("answer_id"))
+                    .values(**columns, updated_at=stamp),
+                    [{**{k: v for k, v in end.items() if k != "id"}, "answer_id": end["id"]}
+                     for end in ends],
+                )  # fmt: skip
 
     @translated
-    def finish(self, answer_id: str, **outcome: Any) -> None:
-        """The answer's last state: text, code_blocks, finish_reason, outcome, usage..."""
-        with self._session() as session, session.begin():
-            session.execute(
-                update(AnswerRow)
-                .where(AnswerRow.id == answer_id)
-                .values(**outcome, updated_at=now())
+    def save_texts(self, texts: dict[str, str]) -> None:
+        """The text so far of several answers (answer id -> text): one transaction."""
+        stamp = now()
+        with self.engine.begin() as connection:
+            connection.execute(
+                ANSWERS.update()
+                .where(ANSWERS.c.id == bindparam("answer_id"))
+                .values(text=bindparam("text_so_far"), updated_at=stamp),
+                [{"answer_id": k, "text_so_far": v} for k, v in texts.items()],
             )
 
     @translated
@@ -474,7 +498,7 @@ class Store:
             session.execute(delete(AnswerRow).where(AnswerRow.id.in_(ids)))
             session.execute(
                 delete(Conversation).where(
-                    Conversation.updated_at < cutoff,
+                    Conversation.created_at < cutoff,
                     ~select(AnswerRow.id)
                     .where(AnswerRow.conversation_id == Conversation.id)
                     .exists(),

@@ -44,6 +44,7 @@ def store() -> Store:
     found = recorder()
     if found is None:
         raise NotFound("This server keeps no history (HISTORY=off).", code="history_off")
+    found.flush()  # this worker's answers that just started are in what is read
     return found.store
 
 
