@@ -488,6 +488,16 @@ def print_goals(results: list[Result]) -> None:
         line(f"TTFT added p50 < 1 ms, {scenario}", added(scenario), " ms", 1.0)
     for scenario in ("300 streams at 20 tok/s, all at once", "300 streams at 20 tok/s, steady"):
         line(f"TTFT added p99 < 20 ms, {scenario}", added(scenario, p99=True), " ms", 20.0)
+    print("\nHistory on (app) against off (app-nohist), from this run:")
+    for scenario in sorted({r.scenario for r in results if r.target == "app-nohist"}):
+        on, off = by.get((scenario, "app")), by.get((scenario, "app-nohist"))
+        if on and off and on.cpu_us_per_token and off.cpu_us_per_token:
+            print(
+                f"- {scenario}: CPU per token {on.cpu_us_per_token} vs "
+                f"{off.cpu_us_per_token} µs ({on.cpu_us_per_token / off.cpu_us_per_token:.2f}x), "
+                f"TTFT p50 {on.ttft_p50_ms - off.ttft_p50_ms:+.2f} ms, "
+                f"p99 {on.ttft_p99_ms - off.ttft_p99_ms:+.2f} ms"
+            )
     many = by.get(("1000 streams at 5 tok/s", "app"))
     if many:
         held = "met" if many.errors == 0 else "NOT met"

@@ -79,6 +79,10 @@ ANSWERS = {
         "- *short*\n- **clear**\n"
     ),
     "runnable": "```python\nprint(sum(range(10)))\nprint('done')\n```\n",
+    "two_blocks": (
+        "A server and its client:\n\n```go\npackage main\n\nfunc main() {}\n```\n\n"
+        "```weird-lang\nhello\n```\n"
+    ),
     "raising": "```python\ndef parse(x):\n    return int(x)\n\nparse('nope')\n```\n",
     "looping": "```python\nwhile True:\n    pass\n```\n",
     "xss": (

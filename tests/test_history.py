@@ -4,8 +4,10 @@ apart, retention, migrations, and a failing database that never breaks a stream.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
+import zipfile
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ from sqlalchemy import text, update
 
 from tests.conftest import ROOT, TEST_SETTINGS, Server
 from tests.fake_upstream import ANSWERS, FakeUpstream
-from tests.helpers import metrics, prompt, value
+from tests.helpers import csrf_token_of, metrics, prompt, value
 from webapp import create_app
 from webapp.history import AnswerRow, Base, Store, make_engine, now
 
@@ -384,3 +386,59 @@ def test_two_workers_share_one_history(serve: Any, fake: FakeUpstream, tmp_path:
         listed = session.get(server.url + "/answers", timeout=10).json()["answers"]
         assert sorted(a["id"] for a in listed) == sorted(ids)
     assert "Traceback" not in server.logs()
+
+
+def test_several_blocks_download_as_a_zip_and_one_as_its_file(
+    client: FlaskClient, fake: FakeUpstream
+) -> None:
+    response, _, _ = generate(client, "answer=two_blocks")
+    answer_id = response.headers["X-Answer-ID"]
+    one = client.get(f"/a/{answer_id}/download/1")
+    assert one.headers["Content-Disposition"] == 'attachment; filename="snippet-1.go"'
+    assert one.get_data(as_text=True) == "package main\n\nfunc main() {}\n"
+    assert one.mimetype == "text/plain"  # never rendered as a page
+    unknown = client.get(f"/a/{answer_id}/download/2")
+    assert unknown.headers["Content-Disposition"].endswith('filename="snippet-2.txt"')
+    everything = client.get(f"/a/{answer_id}/download")
+    assert everything.mimetype == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(everything.get_data())) as archive:
+        assert archive.namelist() == ["snippet-1.go", "snippet-2.txt"]
+        assert archive.read("snippet-2.txt") == b"hello\n"
+    assert client.get(f"/a/{answer_id}/download/3").status_code == 404
+
+
+def test_a_share_link_needs_no_sign_in_when_keys_are_set(
+    make_app: Callable[..., Flask], database_url: str
+) -> None:
+    app = make_app(database_url, API_KEYS="key-one")
+    owner = app.test_client()
+    response, _, _ = generate(owner, "answer=code", headers=KEYS[0])
+    link = owner.post(f"/answers/{response.headers['X-Answer-ID']}/share", headers=KEYS[0])
+    stranger = app.test_client()
+    assert stranger.get("/").status_code == 302  # the page itself wants a sign-in
+    shared = stranger.get(f"/s/{link.get_json()['share_id']}")
+    assert shared.status_code == 200 and "is_palindrome" in shared.get_data(as_text=True)
+
+
+def test_the_page_says_when_turns_were_left_out(
+    make_app: Callable[..., Flask], database_url: str
+) -> None:
+    client = make_app(database_url, MAX_PROMPT_TOKENS="60").test_client()
+    conversation = None
+    for turn in range(3):
+        body: dict[str, Any] = {"prompt": f"Turn {turn} [[fake tokens=12]]"}
+        if conversation:
+            body["conversation_id"] = conversation
+        response = client.post("/generate-code/", json=body)
+        assert response.get_data()
+        conversation = response.headers["X-Conversation-ID"]
+    token = csrf_token_of(client.get("/").get_data(as_text=True))
+    page = client.post(
+        "/",
+        data={
+            "csrf_token": token,
+            "prompt": "Turn 3 [[fake tokens=2]]",
+            "conversation_id": conversation,
+        },
+    ).get_data(as_text=True)
+    assert "oldest turns of this conversation were left out to fit the prompt limit" in page

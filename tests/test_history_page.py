@@ -246,3 +246,22 @@ def test_escape_stops_the_answer_and_the_upstream(
     assert page.inner_text("#stats") == "Stopped."
     closed = fake.wait_closed(1, timeout=3)
     assert closed and closed[0].how == "client_closed"
+
+
+def test_continue_and_a_trimmed_follow_up_without_javascript(
+    context_for: Any, server: Server, fake: FakeUpstream
+) -> None:
+    page = context_for(java_script_enabled=False).new_page()
+    page.goto(server.url + "/")
+    page.fill("#prompt", "No script, cut [[fake tokens=8 obey_max=1]]")
+    page.fill("#max_tokens", "5")
+    page.click("#generate")
+    page.wait_for_selector(".saved a")
+    assert "Max tokens" in page.inner_text(".stats")
+    page.click(".saved a")
+    page.click("#continue")
+    page.wait_for_selector(".saved a")
+    assert page.inner_text(".rendered").split() == [f"t{i}" for i in range(8)]
+    page.click(".saved a")
+    assert page.inner_text("#answer").split() == [f"t{i}" for i in range(8)]
+    assert not page.query_selector("#continue")

@@ -275,6 +275,7 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
             cut_at_limit=CUT_AT_LIMIT if cut else None,
             timing=relay.timing(),
             answer_id=recorded[0] if recorded else None,
+            trimmed=g.get("history_trimmed", 0),
         )
     ).encode()
     yield tail.encode()
