@@ -555,6 +555,8 @@
     const doc = document.documentElement;
     follow = window.innerHeight + window.scrollY >= doc.scrollHeight - 80;
   }, { passive: true });
+  // A stored answer's page: its Python blocks can run too.
+  answer.querySelectorAll("figure.codeblock").forEach(addRunButton);
   answer.addEventListener("click", async (e) => {
     const run = e.target.closest("button.run");
     if (run) {

@@ -82,6 +82,7 @@ def test_refine_twice_then_compare_three_versions(
     page.goto(server.url + "/")
     ask(page, "Sum a range [[fake answer=runnable]]")
     open_saved(page)
+    assert page.query_selector("#answer figure.codeblock button.run")  # stored, still runnable
     ask(page, "Now make it raise [[fake answer=raising]]")
     assert "def parse" in page.inner_text("#answer")  # the new version streamed in
     open_saved(page)

@@ -53,6 +53,10 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_LOCK = 7_310_442_001
 PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+# Versions of one conversation read at once (a page, a follow-up's turns).
+MAX_VERSIONS = 100
+# Earlier versions a follow-up considers: MAX_PROMPT_TOKENS keeps fewer anyway.
+MAX_TURNS = 20
 
 
 P = ParamSpec("P")
@@ -408,15 +412,19 @@ class Store:
         return found, (found[-1].id if len(rows) > limit else None)
 
     @translated
-    def versions(self, owner: str, conversation_id: str) -> list[StoredAnswer]:
-        """A conversation's answers, oldest first (empty: none of this owner's)."""
+    def versions(
+        self, owner: str, conversation_id: str, newest: int = MAX_VERSIONS
+    ) -> list[StoredAnswer]:
+        """A conversation's newest answers (at most `newest`: memory stays bounded
+        however long it grows), oldest first; empty: none of this owner's."""
         with self._session() as session:
             rows = session.scalars(
                 select(AnswerRow)
                 .where(AnswerRow.conversation_id == conversation_id, AnswerRow.owner == owner)
-                .order_by(AnswerRow.created_at, AnswerRow.id)
+                .order_by(AnswerRow.created_at.desc(), AnswerRow.id.desc())
+                .limit(newest)
             ).all()
-            return [StoredAnswer.of(r) for r in rows]
+            return [StoredAnswer.of(r) for r in reversed(rows)]
 
     @translated
     def shared(self, share_id: str) -> StoredAnswer | None:

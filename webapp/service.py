@@ -15,7 +15,7 @@ from flask import current_app, g, request, session
 from webapp.errors import BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMediaType
 from webapp.generation import GenerationService, Relay, Turn
 from webapp.guard import Guard
-from webapp.history import Store, StoredAnswer
+from webapp.history import MAX_TURNS, Store, StoredAnswer
 from webapp.recording import Recorder
 from webapp.schema import GenerateCodeRequest
 
@@ -91,13 +91,14 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
                 "continued; this one ended on its own.",
             )
         versions = store().versions(owner(), continued.conversation_id)
-        earlier = versions[: [v.id for v in versions].index(continued.id)]
+        ids = [v.id for v in versions]
+        earlier = versions[: ids.index(continued.id)][-MAX_TURNS:] if continued.id in ids else []
         turns = [(v.prompt, v.text) for v in earlier if v.text]
         prompt, language = continued.prompt, continued.language
         if model is None and continued.model in generation().provider.models:
             model = continued.model
     elif params.conversation_id is not None:
-        versions = store().versions(owner(), params.conversation_id)
+        versions = store().versions(owner(), params.conversation_id, newest=MAX_TURNS)
         if not versions:
             raise NotFound(
                 "conversation_id: there is no conversation of yours with that id.",
