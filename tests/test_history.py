@@ -7,9 +7,9 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import zipfile
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
