@@ -405,6 +405,13 @@
   }
 
   function handle(event, started, fresh) {
+    if (event.seq !== undefined) {
+      // An event's seq is the answer's length once it is applied: anything at or
+      // below what arrived already is a repeat (a re-attachment never sends one).
+      if (event.type === "delta" && event.seq <= fresh.seq) return;
+      fresh.seq = event.seq;
+    }
+    if (event.type === "done" || event.type === "error") fresh.ended = true;
     switch (event.type) {
       case "delta":
         if (fresh.first) {
@@ -447,6 +454,95 @@
     }
   }
 
+  async function readEvents(response, started, fresh) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffered = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffered += decoder.decode(value, { stream: true });
+      const lines = buffered.split("\n");
+      buffered = lines.pop();
+      for (const line of lines) if (line) handle(JSON.parse(line), started, fresh);
+    }
+  }
+
+  // The answer being generated is named in the address, so a reload picks it up.
+  function keepInUrl(answerId) {
+    const url = new URL(window.location.href);
+    if (answerId) url.searchParams.set("answer", answerId);
+    else url.searchParams.delete("answer");
+    if (url.href !== window.location.href) history.replaceState(null, "", url.href);
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const REATTACH_WAITS = [0, 500, 1000, 2000, 4000, 4000];
+
+  // The connection broke (or the page was reloaded): follow the answer again from
+  // the last event that arrived. The server kept generating meanwhile.
+  async function reattach(fresh, started) {
+    for (const wait of REATTACH_WAITS) {
+      if (fresh.ended) return;
+      stats.textContent = "Reconnecting…";
+      stats.hidden = false;
+      announce("Reconnecting.");
+      await sleep(wait);
+      if (controller && controller.signal.aborted) throw new DOMException("stopped", "AbortError");
+      let response;
+      try {
+        response = await fetch(`/ui/answers/${encodeURIComponent(fresh.answerId)}/events?after=${fresh.seq}`, {
+          headers: { Accept: "application/x-ndjson" },
+          signal: controller ? controller.signal : undefined,
+        });
+      } catch (e) {
+        if (e.name === "AbortError") throw e;
+        continue; // still offline: wait longer
+      }
+      if (response.status === 404) break; // deleted, or not ours: nothing to pick up
+      if (!response.ok) continue;
+      if (stats.textContent === "Reconnecting…") stats.textContent = "Picking up where it stopped…";
+      try {
+        await readEvents(response, started, fresh);
+      } catch (e) {
+        if (e.name === "AbortError") throw e;
+      }
+    }
+    if (!fresh.ended) showError("The connection to the server was lost. What arrived is shown.", fresh.requestId);
+  }
+
+  function stopped(fresh) {
+    stats.textContent = "Stopped.";
+    stats.hidden = false;
+    announce("Stopped.");
+    fresh.ended = true;
+    if (fresh.answerId) {
+      // The server keeps a dropped answer going for a while: Stop means stop.
+      const token = form.querySelector("input[name=csrf_token]").value;
+      fetch(`/answers/${encodeURIComponent(fresh.answerId)}/cancel`, { method: "POST", headers: { "X-CSRFToken": token } }).catch(() => {});
+    }
+  }
+
+  // After a reload mid-answer: pick it up from the start.
+  async function resumeFromUrl() {
+    const answerId = new URL(window.location.href).searchParams.get("answer");
+    if (!answerId || controller) return;
+    controller = new AbortController();
+    setBusy(true);
+    const fresh = { first: true, requestId: "", answerId, seq: 0, ended: false };
+    const started = performance.now();
+    try {
+      await reattach(fresh, started);
+    } catch (e) {
+      if (e.name === "AbortError") stopped(fresh);
+    } finally {
+      keepInUrl("");
+      controller = null;
+      if (!final) render();
+      setBusy(false);
+    }
+  }
+
   async function generate(p, retried) {
     if (!p.continue_answer && !p.prompt.trim()) {
       showError("Please describe the code you want.");
@@ -462,7 +558,7 @@
     stats.hidden = false;
     announce("Waiting for the model.");
     const started = performance.now();
-    const fresh = { first: true, requestId: "", answerId: "" };
+    const fresh = { first: true, requestId: "", answerId: "", seq: 0, ended: false };
     seed = p.continue_answer && source ? source.textContent : "";
     const token = form.querySelector("input[name=csrf_token]").value;
     try {
@@ -497,26 +593,24 @@
         markInvalid(err);
         return;
       }
-      const reader = response.body.getReader();
-      const decoder = new TextDecoder();
-      let buffered = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffered += decoder.decode(value, { stream: true });
-        const lines = buffered.split("\n");
-        buffered = lines.pop();
-        for (const line of lines) if (line) handle(JSON.parse(line), started, fresh);
-      }
+      if (fresh.answerId) keepInUrl(fresh.answerId);
+      await readEvents(response, started, fresh);
+      if (!fresh.ended && fresh.answerId) await reattach(fresh, started);
     } catch (e) {
       if (e.name === "AbortError") {
-        stats.textContent = "Stopped.";
-        stats.hidden = false;
-        announce("Stopped.");
+        stopped(fresh);
+      } else if (fresh.answerId && !fresh.ended) {
+        try {
+          await reattach(fresh, started);
+        } catch (again) {
+          if (again.name === "AbortError") stopped(fresh);
+          else showError("The connection to the server was lost. What arrived is shown.", fresh.requestId);
+        }
       } else {
         showError("The connection to the server was lost. What arrived is shown.", fresh.requestId);
       }
     } finally {
+      if (fresh.ended || !fresh.answerId) keepInUrl("");
       controller = null;
       if (!final) render();
       if (fresh.first && stats.textContent === "Waiting for the model…") stats.hidden = true;
@@ -555,6 +649,7 @@
     const doc = document.documentElement;
     follow = window.innerHeight + window.scrollY >= doc.scrollHeight - 80;
   }, { passive: true });
+  resumeFromUrl();
   // A stored answer's page: its Python blocks can run too.
   answer.querySelectorAll("figure.codeblock").forEach(addRunButton);
   answer.addEventListener("click", async (e) => {

@@ -53,6 +53,7 @@ STAGES: list[tuple[str, set[str]]] = [
             "app",
             "fastio",
             "recording",
+            "jobs",
             "answers",
             "history_pages",
             "",

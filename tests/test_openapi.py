@@ -39,6 +39,7 @@ def test_the_description_is_valid_openapi(client: FlaskClient) -> None:
         "stream",
         "conversation_id",
         "continue_answer",
+        "resumable",
     }
     assert body["properties"]["max_tokens"]["anyOf"][0]["maximum"] == 512
     responses = spec["paths"]["/generate-code/"]["post"]["responses"]

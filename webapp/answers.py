@@ -6,6 +6,8 @@
     POST   /answers/<id>/share       {"share_id", "share_url"}
     DELETE /answers/<id>/share       204 (the link is a 404 from then on)
     DELETE /conversations/<id>       204, every version
+    GET    /answers/<id>/events      re-attach: the events after Last-Event-ID / ?after=
+    POST   /answers/<id>/cancel      Stop a resumable answer, whichever worker runs it
 
 Owners are found as for generation (webapp/service.py: `owner`): with API_KEYS
 the key authenticates every call here; without, the session cookie that
@@ -14,12 +16,18 @@ the key authenticates every call here; without, the session cookie that
 
 from __future__ import annotations
 
-import orjson
-from flask import Blueprint, Response, request, url_for
+import time
+from collections.abc import Callable, Iterator
 
+import orjson
+from flask import Blueprint, Response, current_app, g, request, url_for
+
+from webapp import formats
+from webapp.config import Config
 from webapp.errors import BadRequest, NotFound
-from webapp.history import MAX_PAGE_SIZE, PAGE_SIZE
-from webapp.service import answer_of, owner, store
+from webapp.history import MAX_PAGE_SIZE, PAGE_SIZE, StoredAnswer
+from webapp.jobs import Numbered, follow_stored
+from webapp.service import STREAM_HEADERS, answer_of, jobs, owner, store
 
 bp = Blueprint("answers", __name__)
 
@@ -80,6 +88,62 @@ def share_answer(answer_id: str) -> Response:
 def unshare_answer(answer_id: str) -> Response:
     if not store().unshare(owner(), answer_id):
         raise NotFound("There is no answer of yours with that id.")
+    return Response(status=204)
+
+
+def events_after() -> int:
+    """Where a re-attachment picks up: Last-Event-ID (SSE), else ?after=, else 0."""
+    raw = request.headers.get("Last-Event-ID") or request.args.get("after", "0")
+    if not raw.isdigit() or len(raw) > 12:
+        raise BadRequest("after: must be a whole number of characters, 0 or more.")
+    return int(raw)
+
+
+def follow(answer_id: str, after: int) -> tuple[Iterator[Numbered], Callable[[], str]]:
+    """An answer's events after `after`: live from its job when it runs in this worker,
+    else through its stored row (another worker's, or a finished answer)."""
+    answer = answer_of(answer_id)
+    job = jobs().get(answer_id)
+    if job is not None:
+        g.followed_through = "job"
+        return job.follow(after), job.text
+    g.followed_through = "store"
+    # Read while streaming, outside the request's context: bound now.
+    who, latest, history = owner(), [answer], store()
+
+    def read() -> StoredAnswer | None:
+        found = history.get(who, answer_id)
+        if found is not None:
+            latest[0] = found
+        return found
+
+    config: Config = current_app.config["APP_CONFIG"]
+    until = time.monotonic() + config.total_timeout + config.resume_grace
+    events = follow_stored(read, after, heartbeat=config.heartbeat_interval, until=until)
+    return events, lambda: latest[0].text
+
+
+@bp.get("/answers/<answer_id>/events")
+def answer_events(answer_id: str) -> Response:
+    after = events_after()
+    events, _ = follow(answer_id, after)
+    accept = request.accept_mimetypes
+    mimetype = formats.NDJSON if accept[formats.NDJSON] > accept[formats.SSE] else formats.SSE
+    return Response(
+        formats.NUMBERED[mimetype](events),
+        mimetype=mimetype,
+        # Which way it is followed: live in this worker, or through the stored row.
+        headers={**STREAM_HEADERS, "X-Followed-Through": g.followed_through},
+        direct_passthrough=True,
+    )
+
+
+@bp.post("/answers/<answer_id>/cancel")
+def cancel_answer(answer_id: str) -> Response:
+    """Stop: the upstream closes within a second, whoever is attached, on any worker."""
+    answer = answer_of(answer_id)
+    if not jobs().cancel(answer_id) and answer.outcome == "pending":
+        store().request_cancel(owner(), answer_id)  # its worker looks every 0.4 s
     return Response(status=204)
 
 

@@ -9,7 +9,15 @@ from flask import Blueprint, Response, request
 
 from webapp import formats
 from webapp.codeblocks import explanation_of
-from webapp.service import STREAM_HEADERS, generation, guard, new_relay, read_json_body
+from webapp.service import (
+    STREAM_HEADERS,
+    detach,
+    generation,
+    guard,
+    new_relay,
+    read_json_body,
+    run_detached,
+)
 
 bp = Blueprint("api", __name__)
 
@@ -33,6 +41,7 @@ def stream_response(body: Iterator[bytes], mimetype: str) -> Response:
 def generate_code() -> Response:
     params = generation().validate(read_json_body())
     relay = new_relay(params)
+    resumable = params.resumable and params.stream and detach(relay)
     if not params.stream:
         relay.start(commit_after=None)
         text, done = relay.collect()
@@ -52,6 +61,8 @@ def generate_code() -> Response:
     # and can still answer 504 or 429 with a proper status.
     commit_after = None if mimetype == formats.TEXT else relay.config.heartbeat_interval
     relay.start(commit_after=commit_after)
+    if resumable:
+        return stream_response(formats.NUMBERED[mimetype](run_detached(relay).follow(0)), mimetype)
     return stream_response(formats.FORMATTERS[mimetype](relay.events()), mimetype)
 
 

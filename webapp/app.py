@@ -25,6 +25,7 @@ from webapp.errors import ClientReadTimeout, PayloadTooLarge, RequestTimeout, Un
 from webapp.generation import GenerationService
 from webapp.guard import LIMITED_ENDPOINTS, Guard
 from webapp.history import Store
+from webapp.jobs import Jobs
 from webapp.observability import Observer, record_history_failure, record_rejection
 from webapp.providers import build_provider
 from webapp.recording import Recorder
@@ -197,11 +198,14 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     app.extensions["generation"] = GenerationService(
         config, provider, count_tokens, hooks=Observer(config.log_prompts)
     )
+    jobs = Jobs(grace=config.resume_grace, heartbeat=config.heartbeat_interval)
+    app.extensions["jobs"] = jobs
     if config.history:
         recorder = Recorder(
             Store.open(config.database),
             history_days=config.history_days,
             on_failure=record_history_failure,
+            on_cancel=jobs.cancel,
         )
         recorder.purge_now()
         app.extensions["history"] = recorder

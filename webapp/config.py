@@ -182,6 +182,11 @@ class Config:
         "USD per million tokens for a cost estimate, `model=prompt/completion`, "
         "e.g. `gpt-4o-mini=0.15/0.6`.",
     )
+    resume_grace: float = _setting(
+        15.0,
+        "Seconds a resumable answer (the page's, or the API's with `resumable: true`) keeps "
+        "generating after its last client left, for one to re-attach; then it is closed.",
+    )
     history: bool = _setting(
         True, "Keep every answer (history, follow-ups, share links); `off` stores nothing."
     )

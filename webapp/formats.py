@@ -65,6 +65,61 @@ def ndjson(events: Iterator[RelayEvent | dict[str, object]]) -> Iterator[bytes]:
             yield dumps(event) + b"\n"
 
 
+# -- resumable answers: every event carries its id (the answer's length once applied) --
+
+
+def sse_numbered(events: Iterator[tuple[int, RelayEvent]]) -> Iterator[bytes]:
+    """SSE with `id:` lines, so EventSource's Last-Event-ID picks up where it broke."""
+    dumps = orjson.dumps
+    for end, event in events:
+        if type(event) is str:
+            yield b'id: %d\nevent: delta\ndata: {"text":%s}\n\n' % (end, dumps(event))
+        elif isinstance(event, Ping):
+            yield b": ping\n\n"
+        elif isinstance(event, Done):
+            yield b"id: %d\nevent: done\ndata: %s\n\n" % (end, dumps(done_payload(event)))
+        elif isinstance(event, Failed):
+            yield b"id: %d\nevent: error\ndata: %s\n\n" % (end, dumps(event.error.to_dict()))
+
+
+def ndjson_numbered(
+    events: Iterator[tuple[int, RelayEvent | dict[str, object]]],
+) -> Iterator[bytes]:
+    """NDJSON with a `seq` on deltas and the end (the answer's length once applied)."""
+    dumps = orjson.dumps
+    for end, event in events:
+        if type(event) is str:
+            yield b'{"type":"delta","seq":%d,"text":%s}\n' % (end, dumps(event))
+        elif isinstance(event, Ping):
+            yield b'{"type":"ping"}\n'
+        elif isinstance(event, Done):
+            yield dumps({"type": "done", "seq": end, **done_payload(event)}) + b"\n"
+        elif isinstance(event, Failed):
+            yield dumps({"type": "error", "seq": end, **event.error.to_dict()}) + b"\n"
+        elif isinstance(event, dict):
+            yield dumps(event) + b"\n"
+
+
+def text_numbered(events: Iterator[tuple[int, RelayEvent]]) -> Iterator[bytes]:
+    return text_plain(event for _, event in events)
+
+
+def numbered(events: Iterator[RelayEvent], start: int = 0) -> Iterator[tuple[int, RelayEvent]]:
+    """A relay's events with their ids, for a stream that is not resumable."""
+    end = start
+    for event in events:
+        if type(event) is str:
+            end += len(event)
+        yield (-1 if isinstance(event, Ping) else end), event
+
+
+NUMBERED: dict[str, Callable[[Iterator[tuple[int, RelayEvent]]], Iterator[bytes]]] = {
+    TEXT: text_numbered,
+    SSE: sse_numbered,
+    NDJSON: ndjson_numbered,
+}
+
+
 FORMATTERS: dict[str, Callable[[Iterator[RelayEvent]], Iterator[bytes]]] = {
     TEXT: text_plain,
     SSE: sse,

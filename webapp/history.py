@@ -51,6 +51,8 @@ from webapp.errors import HistoryUnavailable
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant works: it names the lock that serialises migrations on PostgreSQL.
 _MIGRATION_LOCK = 7_310_442_001
+# The outcome of a running answer whose Stop reached another worker.
+CANCELLING = "cancelling"
 PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 # Versions of one conversation read at once (a page, a follow-up's turns).
@@ -348,6 +350,32 @@ class Store:
                 .where(ANSWERS.c.id == bindparam("answer_id"))
                 .values(text=bindparam("text_so_far"), updated_at=stamp),
                 [{"answer_id": k, "text_so_far": v} for k, v in texts.items()],
+            )
+
+    @translated
+    def request_cancel(self, owner: str, answer_id: str) -> bool:
+        """Mark a running answer for its worker to stop (webapp/recording.py)."""
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                ANSWERS.update()
+                .where(
+                    ANSWERS.c.id == answer_id,
+                    ANSWERS.c.owner == owner,
+                    ANSWERS.c.outcome == "pending",
+                )
+                .values(outcome=CANCELLING)
+            )
+            return bool(result.rowcount)
+
+    @translated
+    def cancel_requested(self, answer_ids: list[str]) -> list[str]:
+        with self.engine.connect() as connection:
+            return list(
+                connection.scalars(
+                    select(ANSWERS.c.id).where(
+                        ANSWERS.c.id.in_(answer_ids), ANSWERS.c.outcome == CANCELLING
+                    )
+                )
             )
 
     @translated

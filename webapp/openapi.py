@@ -355,6 +355,47 @@ def history_paths(error: dict[str, Any], request_id: dict[str, Any]) -> dict[str
                 "responses": {**gone, **failures("401", "404")},
             },
         },
+        "/answers/{answer_id}/events": {
+            "get": {
+                "operationId": "answerEvents",
+                "summary": "Re-attach: the events after Last-Event-ID (or ?after=), then live",
+                "description": "Event ids are the answer's length in characters once the "
+                "event is applied. SSE (default) carries them as `id:`, NDJSON as `seq`. "
+                "A finished answer replays and ends.",
+                "parameters": [
+                    answer_id,
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 10**12 - 1},
+                    },
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The stream (text/event-stream or application/x-ndjson)",
+                        "headers": request_id,
+                        "content": {
+                            "text/event-stream": {"schema": {"type": "string"}},
+                            "application/x-ndjson": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **failures("400", "401", "404"),
+                },
+            }
+        },
+        "/answers/{answer_id}/cancel": {
+            "post": {
+                "operationId": "cancelAnswer",
+                "summary": "Stop a resumable answer: its upstream closes within a second",
+                "parameters": [answer_id],
+                "responses": {**gone, **failures("401", "404")},
+            }
+        },
         "/conversations/{conversation_id}": {
             "delete": {
                 "operationId": "deleteConversation",

@@ -38,6 +38,8 @@ from webapp.history import NewAnswer, Store, StoredAnswer
 log = logging.getLogger("webapp.history")
 
 SAVE_INTERVAL = 2.0
+# How often the writer looks for a Stop sent to another worker (through the row).
+CANCEL_CHECK = 0.4
 COALESCE = 0.05
 PURGE_INTERVAL = 3600.0
 
@@ -67,11 +69,13 @@ class Recorder:
         *,
         history_days: int = 0,
         on_failure: Callable[[str], None] = lambda operation: None,
+        on_cancel: Callable[[str], object] = lambda answer_id: None,
         interval: float = SAVE_INTERVAL,
     ) -> None:
         self.store = store
         self.history_days = history_days
         self._on_failure = on_failure
+        self._on_cancel = on_cancel
         self._interval = interval
         self._active: dict[str, Recording] = {}
         self._queued: list[tuple[NewAnswer, Recording]] = []
@@ -189,16 +193,31 @@ class Recorder:
         answers that grew every interval. Ends when nothing is left to watch."""
         next_save = time.monotonic() + self._interval
         while self._active or self._queued or self._ended:
-            if self._wake.wait(max(0.0, next_save - time.monotonic())):
+            wait = min(CANCEL_CHECK, max(0.0, next_save - time.monotonic()))
+            if self._wake.wait(wait):
                 # Let a burst gather: one transaction for the answers that start
                 # (or end) together, not one each between their requests.
                 gevent.sleep(COALESCE)
             self._wake.clear()
             self.flush()
+            self._check_cancels()
             if time.monotonic() >= next_save:
                 self._save_progress()
                 self._maybe_purge()
                 next_save = time.monotonic() + self._interval
+
+    def _check_cancels(self) -> None:
+        """A Stop that reached another worker is a mark in the row: honour it here."""
+        running = [r.answer_id for r in self._active.values() if r.written]
+        if not running:
+            return
+        try:
+            wanted = self.store.cancel_requested(running)
+        except HistoryUnavailable:
+            self._failed("cancel")
+            return
+        for answer_id in wanted:
+            self._on_cancel(answer_id)
 
     def _save_progress(self) -> None:
         grown: dict[str, str] = {}

@@ -30,6 +30,11 @@ class GenerateCodeRequest(BaseModel):
         None, description="At most MAX_OUTPUT_TOKENS."
     )
     stream: bool = Field(True, description="false: one JSON object at the end.")
+    resumable: bool = Field(
+        False,
+        description="Keep generating for RESUME_GRACE s if the connection drops, so "
+        "GET /answers/{id}/events can pick it up where it broke (needs history on).",
+    )
     conversation_id: str | None = Field(
         None,
         max_length=32,

@@ -16,6 +16,7 @@ from webapp.errors import BadRequest, Conflict, NotFound, Unauthorized, Unsuppor
 from webapp.generation import GenerationService, Relay, Turn
 from webapp.guard import Guard
 from webapp.history import MAX_TURNS, Store, StoredAnswer
+from webapp.jobs import Job, Jobs
 from webapp.recording import Recorder
 from webapp.schema import GenerateCodeRequest
 
@@ -73,6 +74,25 @@ def answer_of(answer_id: str) -> StoredAnswer:
     if found is None:
         raise NotFound("There is no answer of yours with that id.")
     return found
+
+
+def jobs() -> Jobs:
+    found: Jobs = current_app.extensions["jobs"]
+    return found
+
+
+def detach(relay: Relay) -> bool:
+    """Make a new answer resumable, before it starts: its end is the job's to decide
+    (RESUME_GRACE), not this response's. False when it cannot be (history off)."""
+    if not g.get("recorded"):
+        return False
+    relay.client_socket = None
+    return True
+
+
+def run_detached(relay: Relay) -> Job:
+    """The started answer as a job this and later responses follow."""
+    return jobs().start(relay, g.recorded[0], prefix=g.get("continued_text", ""))
 
 
 def new_relay(params: GenerateCodeRequest) -> Relay:

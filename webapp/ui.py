@@ -36,21 +36,25 @@ from wtforms import (
 from wtforms.validators import DataRequired, Length, Optional
 
 from webapp import formats
+from webapp.answers import events_after, follow
 from webapp.codeblocks import FENCE
 from webapp.config import Config
 from webapp.errors import AppError, BadRequest
-from webapp.events import Done, Failed, RelayEvent
+from webapp.events import Done, Failed, Ping, RelayEvent
 from webapp.generation import Relay
+from webapp.jobs import Numbered
 from webapp.render import code_block_html, render_answer
 from webapp.responses import error_response, wants_json_response
 from webapp.service import (
     STREAM_HEADERS,
+    detach,
     generation,
     guard,
     new_relay,
     owner,
     read_json_body,
     recorder,
+    run_detached,
 )
 
 bp = Blueprint("ui", __name__)
@@ -287,20 +291,37 @@ def stream() -> Response:
     # orjson, as the API: deep nesting is a 400, never a RecursionError.
     params = generation().validate(read_json_body())
     relay = new_relay(params)
+    resumable = detach(relay)  # the page's answers survive a reload or a dropped connection
     relay.start(commit_after=_config().heartbeat_interval)
     prefix = g.get("continued_text", "")
-    events = _with_blocks(relay.events(), lambda: prefix + relay.text())
+    if resumable:
+        job = run_detached(relay)
+        events, text = job.follow(0), job.text
+    else:
+        events, text = formats.numbered(relay.events(), len(prefix)), lambda: prefix + relay.text()
+    return _page_stream(events, text)
+
+
+def _page_stream(events: Iterator[Numbered], text: Callable[[], str]) -> Response:
     return Response(
-        formats.ndjson(events),
+        formats.ndjson_numbered(_with_blocks(events, text)),
         mimetype=formats.NDJSON,
         headers=STREAM_HEADERS,
         direct_passthrough=True,
     )
 
 
+@bp.get("/ui/answers/<answer_id>/events")
+def reattach(answer_id: str) -> Response:
+    """The page picks an answer up again (a reload, a dropped connection): the
+    events after `?after=` characters, then the live ones, as /ui/stream sends them."""
+    events, text = follow(answer_id, events_after())
+    return _page_stream(events, text)
+
+
 def _with_blocks(
-    events: Iterator[RelayEvent], answer_text: Callable[[], str]
-) -> Iterator[RelayEvent | dict[str, object]]:
+    events: Iterator[Numbered], answer_text: Callable[[], str]
+) -> Iterator[tuple[int, RelayEvent | Ping | dict[str, object]]]:
     """Add a `block` event with highlighted HTML each time a code fence closes.
 
     A block counts once its closing fence arrived (an opening fence alone is
@@ -311,8 +332,8 @@ def _with_blocks(
     emitted = 0
     searched_from = 0
     pool = get_hub().threadpool
-    for event in events:
-        yield event
+    for end, event in events:
+        yield end, event
         done = isinstance(event, Done)
         if (type(event) is str and "`" in event) or done:
             text = answer_text()
@@ -320,11 +341,11 @@ def _with_blocks(
                 if match.group(3) is None and not done:
                     break  # still open: wait for its closing fence
                 html = pool.apply(code_block_html, (match.group(2).rstrip("\n"), match.group(1)))
-                yield {"type": "block", "index": emitted, "html": html}
+                yield -1, {"type": "block", "index": emitted, "html": html}
                 emitted += 1
                 searched_from = match.end()
         if done:
-            yield {"type": "html", "html": str(pool.apply(render_answer, (answer_text(),)))}
+            yield -1, {"type": "html", "html": str(pool.apply(render_answer, (answer_text(),)))}
 
 
 @bp.app_errorhandler(CSRFError)

@@ -1,0 +1,245 @@
+"""Resumable answers under real gunicorn, against the fault-injecting upstream:
+a client that drops and re-attaches gets exactly the rest, on the same worker or
+another; an abandoned answer is closed after RESUME_GRACE; Stop closes the
+upstream within a second, whoever is attached; 200 clients dropping at random
+all end with exactly the whole text."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import Server
+from tests.fake_upstream import FakeUpstream
+from tests.helpers import prompt
+
+GRACE = "2"
+
+
+def whole(tokens: int) -> str:
+    return "".join(f"t{i} " for i in range(tokens))
+
+
+def sse(response: requests.Response) -> Iterator[tuple[int | None, str, dict[str, Any]]]:
+    """(id, event, data) as they arrive."""
+    event_id: int | None = None
+    name = ""
+    for raw in response.iter_lines():
+        line = raw.decode()
+        if line.startswith("id: "):
+            event_id = int(line[4:])
+        elif line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            yield event_id, name, json.loads(line[6:])
+            event_id, name = None, ""
+
+
+def start(server: Server, session: requests.Session, directive: str) -> requests.Response:
+    response = session.post(
+        server.url + "/generate-code/",
+        json={"prompt": prompt(directive), "resumable": True},
+        headers={"Accept": "text/event-stream"},
+        stream=True,
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return response
+
+
+def read(response: requests.Response, deltas: int | None = None) -> tuple[str, int, str | None]:
+    """Text, the last event id, and how it ended (None: not yet); stops after `deltas`."""
+    text, last, end = "", 0, None
+    seen = 0
+    for event_id, name, data in sse(response):
+        if event_id is not None:
+            last = event_id
+        if name == "delta":
+            text += data["text"]
+            seen += 1
+            if deltas is not None and seen >= deltas:
+                break
+        elif name in ("done", "error"):
+            end = name if name == "done" else data["code"]
+            break
+    response.close()
+    return text, last, end
+
+
+def reattach(server: Server, session: requests.Session, answer_id: str, last: int) -> Any:
+    return session.get(
+        f"{server.url}/answers/{answer_id}/events",
+        headers={"Accept": "text/event-stream", "Last-Event-ID": str(last)},
+        stream=True,
+        timeout=30,
+    )
+
+
+@pytest.fixture()
+def resumable(serve: Any, fake: FakeUpstream) -> Server:
+    server: Server = serve(RESUME_GRACE=GRACE)
+    return server
+
+
+def test_a_dropped_client_gets_exactly_the_rest(resumable: Server, fake: FakeUpstream) -> None:
+    session = requests.Session()
+    response = start(resumable, session, "tokens=30 delay=0.03 id=drop")
+    answer_id = response.headers["X-Answer-ID"]
+    first, last, end = read(response, deltas=5)
+    assert end is None and len(first) == last and first == whole(30)[: len(first)]
+    time.sleep(0.3)  # the answer goes on without anyone
+    rest, _, end = read(reattach(resumable, session, answer_id, last))
+    assert end == "done"
+    assert first + rest == whole(30)
+    # Re-attaching after the end replays from any point, and ends.
+    again, _, end = read(reattach(resumable, session, answer_id, 10))
+    assert end == "done" and again == whole(30)[10:]
+    assert len(fake.records_for("id=drop")) == 1  # one generation, however many readers
+
+
+def test_ndjson_carries_seq_and_after_works_too(resumable: Server, fake: FakeUpstream) -> None:
+    session = requests.Session()
+    response = session.post(
+        resumable.url + "/generate-code/",
+        json={"prompt": prompt("tokens=12 delay=0.02"), "resumable": True},
+        headers={"Accept": "application/x-ndjson"},
+        timeout=30,
+    )
+    events = [json.loads(line) for line in response.text.splitlines()]
+    seqs = [e["seq"] for e in events if e["type"] == "delta"]
+    assert seqs == sorted(seqs) and seqs[-1] == len(whole(12))
+    assert events[-1]["type"] == "done" and events[-1]["seq"] == len(whole(12))
+    tail = session.get(
+        f"{resumable.url}/answers/{response.headers['X-Answer-ID']}/events?after=6",
+        headers={"Accept": "application/x-ndjson"},
+        timeout=30,
+    )
+    lines = [json.loads(line) for line in tail.text.splitlines()]
+    assert "".join(e["text"] for e in lines if e["type"] == "delta") == whole(12)[6:]
+
+
+def test_an_abandoned_answer_is_closed_after_the_grace(
+    resumable: Server, fake: FakeUpstream
+) -> None:
+    session = requests.Session()
+    response = start(resumable, session, "forever=1 delay=0.05 id=abandon")
+    read(response, deltas=3)
+    left = time.monotonic()
+    closed = fake.wait_closed(1, timeout=float(GRACE) + 5)
+    assert closed and closed[0].how == "client_closed"
+    waited = closed[0].at - left
+    assert float(GRACE) - 0.5 <= waited <= float(GRACE) + 1.0, waited
+
+
+def test_a_plain_api_answer_still_stops_when_its_client_leaves(
+    resumable: Server, fake: FakeUpstream
+) -> None:
+    response = requests.post(
+        resumable.url + "/generate-code/",
+        json={"prompt": prompt("forever=1 delay=0.05 id=plain")},
+        headers={"Accept": "text/event-stream"},
+        stream=True,
+        timeout=30,
+    )
+    read(response, deltas=3)
+    left = time.monotonic()
+    closed = fake.wait_closed(1, timeout=5)
+    assert closed and closed[0].at - left <= 1.0
+
+
+def test_stop_during_a_reattached_stream_closes_the_upstream(
+    resumable: Server, fake: FakeUpstream
+) -> None:
+    session = requests.Session()
+    response = start(resumable, session, "forever=1 delay=0.05 id=stop")
+    answer_id = response.headers["X-Answer-ID"]
+    _, last, _ = read(response, deltas=3)
+    follower = reattach(resumable, session, answer_id, last)
+    events = sse(follower)
+    next(events)
+    asked = time.monotonic()
+    assert session.post(f"{resumable.url}/answers/{answer_id}/cancel").status_code == 204
+    closed = fake.wait_closed(1, timeout=5)
+    assert closed and closed[0].at - asked <= 1.0
+    ends = [data for _, name, data in events if name == "error"]
+    assert ends and ends[-1]["code"] == "cancelled"
+    stored = session.get(f"{resumable.url}/answers/{answer_id}").json()
+    assert stored["outcome"] == "cancelled"
+
+
+def test_reattach_is_for_the_owner_only(resumable: Server, fake: FakeUpstream) -> None:
+    session = requests.Session()
+    answer_id = start(resumable, session, "tokens=3").headers["X-Answer-ID"]
+    stranger = requests.Session()
+    assert reattach(resumable, stranger, answer_id, 0).status_code == 404
+    assert stranger.post(f"{resumable.url}/answers/{answer_id}/cancel").status_code == 404
+    bad = session.get(f"{resumable.url}/answers/{answer_id}/events?after=-1")
+    assert bad.status_code == 400
+
+
+def test_reattach_through_the_other_worker(serve: Any, fake: FakeUpstream, tmp_path: Any) -> None:
+    """Two workers: a re-attachment lands on either; through the job or through the
+    stored row (polled), the client gets exactly the rest."""
+    server: Server = serve(RESUME_GRACE="5", WEB_CONCURRENCY="2", DATA_DIR=str(tmp_path))
+    routes: set[str] = set()
+    for attempt in range(12):
+        session = requests.Session()
+        response = start(server, session, f"tokens=40 delay=0.03 id=two{attempt}")
+        answer_id = response.headers["X-Answer-ID"]
+        first, last, _ = read(response, deltas=4)
+        follower = session.get(
+            f"{server.url}/answers/{answer_id}/events",
+            headers={"Accept": "text/event-stream", "Last-Event-ID": str(last)},
+            stream=True,
+            timeout=30,
+        )
+        routes.add(follower.headers.get("X-Followed-Through", "?"))
+        status, route = follower.status_code, follower.headers.get("X-Followed-Through")
+        rest, _, end = read(follower)
+        assert end == "done" and first + rest == whole(40), (attempt, status, route, first, rest)
+        if {"job", "store"} <= routes:
+            break
+    assert {"job", "store"} <= routes, routes
+
+
+def test_200_clients_dropping_at_random_all_get_the_whole_text(
+    serve: Any, fake: FakeUpstream, tmp_path: Any
+) -> None:
+    # 200 answers start at once on a 2-core machine shared with the clients: generous bounds.
+    server: Server = serve(
+        RESUME_GRACE="10",
+        DATA_DIR=str(tmp_path),
+        FIRST_TOKEN_TIMEOUT="30",
+        IDLE_TIMEOUT="20",
+        TOTAL_TIMEOUT="120",
+    )
+    tokens = 40
+    rng = random.Random(7)
+    plans = [[rng.randint(1, 12) for _ in range(rng.randint(0, 3))] for _ in range(200)]
+
+    def client(plan: list[int]) -> str:
+        session = requests.Session()
+        response = start(server, session, f"tokens={tokens} delay=0.02")
+        answer_id = response.headers["X-Answer-ID"]
+        text, last, end = read(response, deltas=plan[0] if plan else None)
+        for drop_after in plan[1:]:
+            if end:
+                break
+            more, last, end = read(reattach(server, session, answer_id, last), deltas=drop_after)
+            text += more
+        while not end:
+            more, last, end = read(reattach(server, session, answer_id, last))
+            text += more
+        return text if end == "done" else f"ended with {end} after {text!r}"
+
+    with ThreadPoolExecutor(200) as pool:
+        texts = list(pool.map(client, plans))
+    wrong = [(plan, text) for plan, text in zip(plans, texts, strict=True) if text != whole(tokens)]
+    assert wrong == []

@@ -1,0 +1,245 @@
+"""Answers that outlive their response: a refresh, a dropped connection or a
+switch of worker does not lose or cancel them.
+
+A resumable answer runs as a `Job`: its relay is read by a greenlet of its
+own, and every event goes into the job's log, numbered by the answer's length
+in characters once it is applied (an event's id is "everything up to here").
+Any number of responses follow the job (`follow(after)`): the text after
+`after` first, in one delta, then each new event as it comes; nothing twice,
+nothing missing, whichever worker or moment they join at.
+
+When the last follower leaves, the job keeps generating for RESUME_GRACE
+seconds; if nobody comes back, its relay is closed (the upstream with it), as
+a non-resumable answer is closed when its client leaves. `cancel()` closes it
+at once, whoever follows. A finished job stays in memory for KEEP_FINISHED
+seconds; later re-attachments replay it from the history store.
+
+Memory: the log holds the same string objects as the relay's text (bounded by
+the answer's size bound), and one offset per event.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import gevent
+from gevent.event import Event
+
+from webapp.errors import AppError
+from webapp.events import PING, Done, Failed, Ping, RelayEvent
+from webapp.generation import Relay
+from webapp.history import CANCELLING, StoredAnswer
+
+log = logging.getLogger("webapp.jobs")
+
+KEEP_FINISHED = 60.0
+
+Numbered = tuple[int, RelayEvent | Ping]
+"""An event with its id: the answer's length once it is applied (pings: -1)."""
+
+
+def cancelled() -> AppError:
+    return AppError("The answer was stopped.", code="cancelled")
+
+
+class Job:
+    """One resumable answer in this worker; see the module docstring."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        answer_id: str,
+        *,
+        prefix: str = "",
+        grace: float,
+        heartbeat: float,
+        on_finished: Callable[[Job], None] = lambda job: None,
+    ) -> None:
+        self.relay = relay
+        self.answer_id = answer_id
+        self.events: list[RelayEvent] = []
+        self.ends: list[int] = []  # the answer's length after each event
+        self.prefix = prefix  # a Continue: the stored text it carries on, and numbers from
+        self.start = self.length = len(prefix)
+        self.finished = False
+        self.followers = 0
+        self._grace_s = grace
+        self._heartbeat = heartbeat
+        self._changed = Event()
+        self._grace: gevent.Greenlet[..., None] | None = None
+        self._on_finished = on_finished
+        self._runner = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        events, ends, changed = self.events, self.ends, self._changed
+        try:
+            for event in self.relay.events():
+                if event is PING:
+                    continue  # each follower sends its own keep-alives
+                if type(event) is str:
+                    self.length += len(event)
+                events.append(event)
+                ends.append(self.length)
+                changed.set()
+                changed = self._changed = Event()
+        finally:
+            # Killed (cancel, grace over, shutdown): the relay closed the upstream in
+            # its own finally; followers still get an end.
+            if not events or not isinstance(events[-1], Done | Failed):
+                events.append(Failed(cancelled()))
+                ends.append(self.length)
+            self.finished = True
+            changed.set()
+            self._on_finished(self)
+
+    def text(self) -> str:
+        return self.prefix + self.relay.text()
+
+    # Following -----------------------------------------------------------------
+
+    def follow(self, after: int) -> Iterator[Numbered]:
+        """The events after `after` characters: what is logged (its text as one
+        delta), then each new one, with a PING after each silent heartbeat."""
+        self._attached()
+        try:
+            events, ends = self.events, self.ends
+            after = max(after, self.start)
+            index = bisect.bisect_right(ends, after)
+            if index and type(events[index - 1]) is not str:
+                index -= 1  # the end event has the final length as its id too: resend it
+            backlog = index
+            while backlog < len(events) and type(events[backlog]) is str:
+                backlog += 1
+            if backlog > index:
+                text = "".join(events[index:backlog])  # type: ignore[arg-type]
+                end = ends[backlog - 1]
+                yield end, text[len(text) - (end - after) :]
+                index = backlog
+            while True:
+                while index < len(events):
+                    event = events[index]
+                    yield ends[index], event
+                    index += 1
+                    if type(event) is not str:
+                        return  # Done or Failed: the end
+                if self.finished:
+                    return
+                if not self._changed.wait(self._heartbeat) and index == len(events):
+                    yield -1, PING
+        finally:
+            self._detached()
+
+    def _attached(self) -> None:
+        self.followers += 1
+        if self._grace is not None:
+            self._grace.kill(block=False)
+            self._grace = None
+
+    def _detached(self) -> None:
+        self.followers -= 1
+        if self.followers == 0 and not self.finished:
+            self._grace = gevent.spawn_later(self._grace_s, self._abandon)
+
+    def _abandon(self) -> None:
+        if self.followers == 0 and not self.finished:
+            log.info("resumable answer abandoned", extra={"fields": {"answer": self.answer_id}})
+            self._runner.kill(block=False)  # the relay's finally closes the upstream
+
+    def cancel(self) -> None:
+        """Stop now, whoever follows: the upstream is closed within the loop's next turn."""
+        if not self.finished:
+            self.relay.outcome = "cancelled"
+            self._runner.kill(block=False)
+
+
+POLL_INTERVAL = 0.5
+
+
+def follow_stored(
+    read: Callable[[], StoredAnswer | None],
+    after: int,
+    *,
+    heartbeat: float,
+    until: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Numbered]:
+    """Follow an answer another worker (or an earlier one) generates, through its
+    stored row: every POLL_INTERVAL s, the text past `after` (the store has it at
+    most 2 s behind), then its end. A finished answer replays and ends at once."""
+    sent = after
+    last_sent = clock()
+    while True:
+        answer = read()
+        if answer is None:
+            yield sent, Failed(AppError("The answer was deleted.", code="answer_not_found"))
+            return
+        if len(answer.text) > sent:
+            yield len(answer.text), answer.text[sent:]
+            sent, last_sent = len(answer.text), clock()
+        if answer.outcome not in ("pending", CANCELLING):
+            yield sent, end_of(answer)
+            return
+        if clock() >= until:
+            late = AppError("The answer did not end in time.", code="deadline_exceeded")
+            yield sent, Failed(late)
+            return
+        if clock() - last_sent >= heartbeat:
+            yield -1, PING
+            last_sent = clock()
+        gevent.sleep(POLL_INTERVAL)
+
+
+def end_of(answer: StoredAnswer) -> Done | Failed:
+    """A stored answer's last event, as its relay sent it."""
+    if answer.outcome == "ok":
+        return Done(
+            answer.finish_reason,
+            answer.usage or {},
+            answer.code_blocks,
+            "",
+            answer.timing or {},
+            answer.cost_usd,
+        )
+    return Failed(AppError(f"The answer ended early ({answer.outcome}).", code=answer.outcome))
+
+
+class Jobs:
+    """This worker's resumable answers by id; finished ones stay KEEP_FINISHED seconds."""
+
+    def __init__(self, grace: float, heartbeat: float) -> None:
+        self.grace = grace
+        self.heartbeat = heartbeat
+        self._jobs: dict[str, Job] = {}
+
+    def start(self, relay: Relay, answer_id: str, prefix: str = "") -> Job:
+        job = Job(
+            relay,
+            answer_id,
+            prefix=prefix,
+            grace=self.grace,
+            heartbeat=self.heartbeat,
+            on_finished=self._finished,
+        )
+        self._jobs[answer_id] = job
+        return job
+
+    def get(self, answer_id: str) -> Job | None:
+        return self._jobs.get(answer_id)
+
+    def cancel(self, answer_id: str) -> bool:
+        """Cancel the answer if it runs here; False if it does not."""
+        job = self._jobs.get(answer_id)
+        if job is None:
+            return False
+        job.cancel()
+        return True
+
+    def _finished(self, job: Job) -> None:
+        gevent.spawn_later(KEEP_FINISHED, self._forget, job)
+
+    def _forget(self, job: Job) -> None:
+        if self._jobs.get(job.answer_id) is job:
+            del self._jobs[job.answer_id]
