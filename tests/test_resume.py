@@ -6,8 +6,11 @@ all end with exactly the whole text."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +21,7 @@ import requests
 
 from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
-from tests.helpers import prompt
+from tests.helpers import prompt, wait_idle
 
 GRACE = "2"
 
@@ -243,3 +246,98 @@ def test_200_clients_dropping_at_random_all_get_the_whole_text(
         texts = list(pool.map(client, plans))
     wrong = [(plan, text) for plan, text in zip(plans, texts, strict=True) if text != whole(tokens)]
     assert wrong == []
+
+
+@pytest.mark.browser
+def test_the_page_picks_an_answer_up_after_a_reload_and_a_network_drop(
+    chromium: Any, resumable: Server, fake: FakeUpstream
+) -> None:
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.goto(resumable.url + "/")
+        page.fill("#prompt", "Count slowly [[fake tokens=60 delay=0.05 id=reload]]")
+        page.press("#prompt", "Control+Enter")
+        wait_for_text(page, "t10 ")
+        assert "answer=" in page.url  # the answer in flight is named in the address
+        page.reload()
+        wait_idle(page)
+        page.wait_for_selector("#saved-link")
+        assert page.inner_text("#answer").split() == [f"t{i}" for i in range(60)]
+        assert "answer=" not in page.url
+        assert len(fake.records_for("id=reload")) == 1  # the reload did not ask again
+
+        # The connection breaks mid-answer: the page reconnects by itself.
+        with CuttingProxy(resumable.port) as proxy:
+            page.goto(proxy.url + "/")
+            page.fill("#prompt", "Count again [[fake tokens=60 delay=0.05 id=cut]]")
+            page.press("#prompt", "Control+Enter")
+            wait_for_text(page, "t10 ")
+            proxy.cut()
+            wait_idle(page)
+            page.wait_for_selector("#saved-link")
+            assert page.inner_text("#answer").split() == [f"t{i}" for i in range(60)]
+            assert proxy.cuts == 1 and len(fake.records_for("id=cut")) == 1
+    finally:
+        context.close()
+
+
+def wait_for_text(page: Any, text: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in page.inner_text("#answer"):
+        assert time.monotonic() < deadline, f"{text!r} never appeared"
+        time.sleep(0.05)
+
+
+class CuttingProxy:
+    """A TCP proxy in front of the app whose open connections the test can cut (a
+    network drop, as the browser sees it); new connections go through."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.open: list[socket.socket] = []
+        self.cuts = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def cut(self) -> None:
+        with self.lock:
+            for s in self.open:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+            self.open.clear()
+            self.cuts += 1
+
+    def __enter__(self) -> CuttingProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
+        self.cut()
