@@ -54,6 +54,7 @@ STAGES: list[tuple[str, set[str]]] = [
             "fastio",
             "recording",
             "jobs",
+            "eventlog",
             "answers",
             "history_pages",
             "",

@@ -22,6 +22,7 @@ import requests
 from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import prompt, wait_idle
+from tests.test_limits import Redis, redis_server  # noqa: F401 - a fixture
 
 GRACE = "2"
 
@@ -187,10 +188,18 @@ def test_reattach_is_for_the_owner_only(resumable: Server, fake: FakeUpstream) -
     assert bad.status_code == 400
 
 
-def test_reattach_through_the_other_worker(serve: Any, fake: FakeUpstream, tmp_path: Any) -> None:
-    """Two workers: a re-attachment lands on either; through the job or through the
-    stored row (polled), the client gets exactly the rest."""
-    server: Server = serve(RESUME_GRACE="5", WEB_CONCURRENCY="2", DATA_DIR=str(tmp_path))
+@pytest.mark.parametrize("with_redis", [False, True], ids=["database", "redis"])
+def test_reattach_through_the_other_worker(
+    serve: Any, fake: FakeUpstream, tmp_path: Any, request: pytest.FixtureRequest, with_redis: bool
+) -> None:
+    """Two workers: a re-attachment lands on either; through the job, or on the other
+    worker through Redis (or, without it, the stored row, polled), the client gets
+    exactly the rest."""
+    settings = {"RESUME_GRACE": "5", "WEB_CONCURRENCY": "2", "DATA_DIR": str(tmp_path)}
+    if with_redis:
+        settings["REDIS_URL"] = request.getfixturevalue("redis_server").url
+    server: Server = serve(**settings)
+    other = "redis" if with_redis else "store"
     routes: set[str] = set()
     for attempt in range(12):
         session = requests.Session()
@@ -207,9 +216,9 @@ def test_reattach_through_the_other_worker(serve: Any, fake: FakeUpstream, tmp_p
         status, route = follower.status_code, follower.headers.get("X-Followed-Through")
         rest, _, end = read(follower)
         assert end == "done" and first + rest == whole(40), (attempt, status, route, first, rest)
-        if {"job", "store"} <= routes:
+        if {"job", other} <= routes:
             break
-    assert {"job", "store"} <= routes, routes
+    assert {"job", other} <= routes, routes
 
 
 def test_200_clients_dropping_at_random_all_get_the_whole_text(
@@ -341,3 +350,50 @@ class CuttingProxy:
     def __exit__(self, *exc: object) -> None:
         self.listener.close()
         self.cut()
+
+
+# -- across instances, through Redis Streams -------------------------------------------
+
+
+def test_another_instance_sharing_redis_serves_the_rest_and_the_stop(
+    serve: Any, fake: FakeUpstream, redis_server: Redis, tmp_path: Any
+) -> None:
+    """Two instances (own databases, one Redis): the answer started on one is followed
+    from the other, and a Stop sent to the other closes the first's upstream."""
+    shared = {"REDIS_URL": redis_server.url, "RESUME_GRACE": "5"}
+    first = serve(INSTANCE="a", DATA_DIR=str(tmp_path / "a"), **shared)
+    second = serve(INSTANCE="b", DATA_DIR=str(tmp_path / "b"), **shared)
+    session = requests.Session()  # one browser: one session cookie for both instances
+    response = start(first, session, "tokens=40 delay=0.03 id=redis")
+    answer_id = response.headers["X-Answer-ID"]
+    begun, last, _ = read(response, deltas=4)
+    follower = reattach(second, session, answer_id, last)
+    assert follower.headers["X-Followed-Through"] == "redis"
+    rest, _, end = read(follower)
+    assert end == "done" and begun + rest == whole(40)
+    assert reattach(second, requests.Session(), answer_id, 0).status_code == 404  # not yours
+
+    fake.reset()
+    response = start(first, session, "forever=1 delay=0.05 id=redis-stop")
+    answer_id = response.headers["X-Answer-ID"]
+    read(response, deltas=3)
+    asked = time.monotonic()
+    assert session.post(f"{second.url}/answers/{answer_id}/cancel").status_code == 204
+    closed = fake.wait_closed(1, timeout=5)
+    assert closed and closed[0].at - asked <= 1.0
+
+
+def test_a_redis_outage_degrades_to_this_instance(
+    serve: Any, fake: FakeUpstream, redis_server: Redis, tmp_path: Any
+) -> None:
+    server = serve(REDIS_URL=redis_server.url, RESUME_GRACE="5", DATA_DIR=str(tmp_path))
+    redis_server.stop()
+    session = requests.Session()
+    response = start(server, session, "tokens=30 delay=0.03")
+    answer_id = response.headers["X-Answer-ID"]
+    begun, last, _ = read(response, deltas=4)
+    rest, _, end = read(reattach(server, session, answer_id, last))
+    assert end == "done" and begun + rest == whole(30)
+    health = requests.get(server.url + "/healthz", timeout=5).json()
+    assert health["resume_events"].startswith("redis down")
+    assert "redis unavailable for resumable answers" in server.logs()

@@ -16,6 +16,7 @@ the key authenticates every call here; without, the session cookie that
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 
@@ -25,7 +26,8 @@ from flask import Blueprint, Response, current_app, g, request, url_for
 from webapp import formats
 from webapp.config import Config
 from webapp.errors import BadRequest, NotFound
-from webapp.history import MAX_PAGE_SIZE, PAGE_SIZE, StoredAnswer
+from webapp.eventlog import EventLog, RedisUnavailable
+from webapp.history import CANCELLING, MAX_PAGE_SIZE, PAGE_SIZE, StoredAnswer
 from webapp.jobs import Numbered, follow_stored
 from webapp.service import STREAM_HEADERS, answer_of, jobs, owner, store
 
@@ -101,12 +103,33 @@ def events_after() -> int:
 
 def follow(answer_id: str, after: int) -> tuple[Iterator[Numbered], Callable[[], str]]:
     """An answer's events after `after`: live from its job when it runs in this worker,
-    else through its stored row (another worker's, or a finished answer)."""
-    answer = answer_of(answer_id)
-    job = jobs().get(answer_id)
+    else from Redis (any worker, any machine), else through its stored row."""
+    running = jobs()
+    config: Config = current_app.config["APP_CONFIG"]
+    until = time.monotonic() + config.total_timeout + config.resume_grace
+    try:
+        answer = answer_of(answer_id)
+    except NotFound:
+        # Another machine's answer, not in this one's database: Redis knows its owner.
+        if running.eventlog is None or not _redis_owner_is(running.eventlog, answer_id):
+            raise
+        g.followed_through = "redis"
+        events = running.eventlog.follow(
+            answer_id, after, heartbeat=config.heartbeat_interval, until=until
+        )
+        text = _Collected()
+        return text.wrap(events), text.text
+    job = running.get(answer_id)
     if job is not None:
         g.followed_through = "job"
         return job.follow(after), job.text
+    if running.eventlog is not None and answer.outcome in ("pending", CANCELLING):
+        g.followed_through = "redis"
+        events = running.eventlog.follow(
+            answer_id, after, heartbeat=config.heartbeat_interval, until=until
+        )
+        text = _Collected(answer.text[:after])
+        return text.wrap(events), text.text
     g.followed_through = "store"
     # Read while streaming, outside the request's context: bound now.
     who, latest, history = owner(), [answer], store()
@@ -117,10 +140,31 @@ def follow(answer_id: str, after: int) -> tuple[Iterator[Numbered], Callable[[],
             latest[0] = found
         return found
 
-    config: Config = current_app.config["APP_CONFIG"]
-    until = time.monotonic() + config.total_timeout + config.resume_grace
     events = follow_stored(read, after, heartbeat=config.heartbeat_interval, until=until)
     return events, lambda: latest[0].text
+
+
+def _redis_owner_is(eventlog: EventLog, answer_id: str) -> bool:
+    try:
+        return eventlog.owner_of(answer_id) == owner()
+    except RedisUnavailable:
+        return False
+
+
+class _Collected:
+    """The text a Redis follower has seen, for the page's code blocks."""
+
+    def __init__(self, known: str = "") -> None:
+        self.parts = [known]
+
+    def wrap(self, events: Iterator[Numbered]) -> Iterator[Numbered]:
+        for end, event in events:
+            if type(event) is str:
+                self.parts.append(event)
+            yield end, event
+
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 @bp.get("/answers/<answer_id>/events")
@@ -141,9 +185,19 @@ def answer_events(answer_id: str) -> Response:
 @bp.post("/answers/<answer_id>/cancel")
 def cancel_answer(answer_id: str) -> Response:
     """Stop: the upstream closes within a second, whoever is attached, on any worker."""
-    answer = answer_of(answer_id)
-    if not jobs().cancel(answer_id) and answer.outcome == "pending":
+    running = jobs()
+    try:
+        answer = answer_of(answer_id)
+    except NotFound:
+        if running.eventlog is None or not _redis_owner_is(running.eventlog, answer_id):
+            raise
+        running.eventlog.request_cancel(answer_id)  # another machine's: its job looks
+        return Response(status=204)
+    if not running.cancel(answer_id) and answer.outcome == "pending":
         store().request_cancel(owner(), answer_id)  # its worker looks every 0.4 s
+        if running.eventlog is not None:
+            with contextlib.suppress(RedisUnavailable):
+                running.eventlog.request_cancel(answer_id)
     return Response(status=204)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import orjson
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from webapp import formats
 from webapp.codeblocks import explanation_of
@@ -75,5 +75,6 @@ def healthz() -> Response:
         "model": info.model,
         **info.detail,
         **guard().health(),
+        **current_app.extensions["jobs"].health(),
     }
     return Response(orjson.dumps(body), mimetype="application/json")

@@ -22,6 +22,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webapp.config import Config
 from webapp.errors import ClientReadTimeout, PayloadTooLarge, RequestTimeout, Unauthorized
+from webapp.eventlog import EventLog
 from webapp.generation import GenerationService
 from webapp.guard import LIMITED_ENDPOINTS, Guard
 from webapp.history import Store
@@ -198,7 +199,9 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     app.extensions["generation"] = GenerationService(
         config, provider, count_tokens, hooks=Observer(config.log_prompts)
     )
-    jobs = Jobs(grace=config.resume_grace, heartbeat=config.heartbeat_interval)
+    # With Redis, resumable answers can be followed from any worker on any machine.
+    eventlog = EventLog(config.redis_url) if config.redis_url and config.history else None
+    jobs = Jobs(grace=config.resume_grace, heartbeat=config.heartbeat_interval, eventlog=eventlog)
     app.extensions["jobs"] = jobs
     if config.history:
         recorder = Recorder(

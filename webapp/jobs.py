@@ -29,6 +29,7 @@ import gevent
 from gevent.event import Event
 
 from webapp.errors import AppError
+from webapp.eventlog import PUBLISH_INTERVAL, EventLog, RedisUnavailable, encode_end
 from webapp.events import PING, Done, Failed, Ping, RelayEvent
 from webapp.generation import Relay
 from webapp.history import CANCELLING, StoredAnswer
@@ -36,6 +37,8 @@ from webapp.history import CANCELLING, StoredAnswer
 log = logging.getLogger("webapp.jobs")
 
 KEEP_FINISHED = 60.0
+# How often a running job looks for a Stop sent to another instance (Redis).
+CANCEL_CHECK = 0.4
 
 Numbered = tuple[int, RelayEvent | Ping]
 """An event with its id: the answer's length once it is applied (pings: -1)."""
@@ -57,6 +60,8 @@ class Job:
         grace: float,
         heartbeat: float,
         on_finished: Callable[[Job], None] = lambda job: None,
+        eventlog: EventLog | None = None,
+        owner: str = "",
     ) -> None:
         self.relay = relay
         self.answer_id = answer_id
@@ -72,6 +77,8 @@ class Job:
         self._grace: gevent.Greenlet[..., None] | None = None
         self._on_finished = on_finished
         self._runner = gevent.spawn(self._run)
+        if eventlog is not None:
+            gevent.spawn(self._publish, eventlog, owner)
 
     def _run(self) -> None:
         events, ends, changed = self.events, self.ends, self._changed
@@ -97,6 +104,41 @@ class Job:
 
     def text(self) -> str:
         return self.prefix + self.relay.text()
+
+    def _publish(self, eventlog: EventLog, owner: str) -> None:
+        """Copy the log to Redis in batches (consecutive deltas as one entry), and
+        honour a Stop sent to another instance. Stops at the end, or at an outage."""
+        events, ends = self.events, self.ends
+        published = 0
+        while True:
+            finished = self.finished
+            entries: list[tuple[int, str, bytes]] = []
+            while published < len(events):
+                event = events[published]
+                if type(event) is str:
+                    last = published
+                    while last + 1 < len(events) and type(events[last + 1]) is str:
+                        last += 1
+                    text = "".join(events[published : last + 1])  # type: ignore[arg-type]
+                    entries.append((ends[last], "delta", text.encode()))
+                    published = last + 1
+                else:
+                    kind, data = encode_end(event)  # type: ignore[arg-type]
+                    entries.append((ends[published], kind, data))
+                    published += 1
+            try:
+                if entries:
+                    stop = eventlog.publish(self.answer_id, owner, entries)
+                else:
+                    stop = eventlog.cancel_requested(self.answer_id)
+            except RedisUnavailable:
+                return  # this instance still serves it, through the job and the store
+            if stop:
+                self.cancel()
+            if finished and published == len(events):
+                return
+            self._changed.wait(CANCEL_CHECK)
+            gevent.sleep(PUBLISH_INTERVAL)  # let a batch gather
 
     # Following -----------------------------------------------------------------
 
@@ -209,12 +251,13 @@ def end_of(answer: StoredAnswer) -> Done | Failed:
 class Jobs:
     """This worker's resumable answers by id; finished ones stay KEEP_FINISHED seconds."""
 
-    def __init__(self, grace: float, heartbeat: float) -> None:
+    def __init__(self, grace: float, heartbeat: float, eventlog: EventLog | None = None) -> None:
         self.grace = grace
         self.heartbeat = heartbeat
+        self.eventlog = eventlog
         self._jobs: dict[str, Job] = {}
 
-    def start(self, relay: Relay, answer_id: str, prefix: str = "") -> Job:
+    def start(self, relay: Relay, answer_id: str, owner: str, prefix: str = "") -> Job:
         job = Job(
             relay,
             answer_id,
@@ -222,6 +265,8 @@ class Jobs:
             grace=self.grace,
             heartbeat=self.heartbeat,
             on_finished=self._finished,
+            eventlog=self.eventlog,
+            owner=owner,
         )
         self._jobs[answer_id] = job
         return job
@@ -236,6 +281,11 @@ class Jobs:
             return False
         job.cancel()
         return True
+
+    def health(self) -> dict[str, str]:
+        if self.eventlog is None:
+            return {"resume_events": "this instance"}
+        return {"resume_events": "redis" if self.eventlog.healthy else "redis down: this instance"}
 
     def _finished(self, job: Job) -> None:
         gevent.spawn_later(KEEP_FINISHED, self._forget, job)

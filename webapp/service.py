@@ -92,7 +92,7 @@ def detach(relay: Relay) -> bool:
 
 def run_detached(relay: Relay) -> Job:
     """The started answer as a job this and later responses follow."""
-    return jobs().start(relay, g.recorded[0], prefix=g.get("continued_text", ""))
+    return jobs().start(relay, g.recorded[0], owner(), prefix=g.get("continued_text", ""))
 
 
 def new_relay(params: GenerateCodeRequest) -> Relay:
