@@ -19,10 +19,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import Server
+from tests.conftest import Redis, Server
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import prompt, wait_idle
-from tests.test_limits import Redis, redis_server  # noqa: F401 - a fixture
 
 GRACE = "2"
 
