@@ -3,6 +3,7 @@
     python -m bench.ab OTHER_TREE [--rounds 6] [--streams 300 --tokens 100 --rate 20]
     git worktree add /tmp/before HEAD~1 && python -m bench.ab /tmp/before
     python -m bench.ab . --env-a HISTORY=off     # one tree, two settings
+    python -m bench.ab . --body-b '{"resumable": true}'   # or two kinds of request
 
 On a noisy machine one run of `make bench` moves ±20%; a change worth 5-10%
 only shows when both builds run in the same minutes. Both trees are served
@@ -20,6 +21,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -50,11 +52,16 @@ def main() -> int:
             f"--env-{side}", action="append", default=[], metavar="KEY=VALUE",
             help=f"a setting for {side.upper()} only (repeatable)",
         )  # fmt: skip
+    for side in ("a", "b"):
+        parser.add_argument(
+            f"--body-{side}", default="{}", help="JSON fields added to its requests"
+        )
     args = parser.parse_args()
     extra = {
         "A": dict(item.split("=", 1) for item in args.env_a),
         "B": dict(item.split("=", 1) for item in args.env_b),
     }
+    bodies = {"A": json.loads(args.body_a), "B": json.loads(args.body_b)}
 
     up = free_port()
     processes = [start([sys.executable, "-m", "bench.upstream", str(up)])]
@@ -64,7 +71,7 @@ def main() -> int:
         for name, tree in (("A", args.other.resolve()), ("B", ROOT)):
             process, port = serve(tree, up, args.workers, extra[name])
             processes.append(process)
-            targets.append(Target(name, port, "/generate-code/", process.pid))
+            targets.append(Target(name, port, "/generate-code/", process.pid, bodies[name]))
         for target in targets:
             run(target, "warmup", 50, 20, 0, 10)
         cpu: dict[str, list[float]] = {"A": [], "B": []}
@@ -82,7 +89,9 @@ def main() -> int:
             process.terminate()
     for name, tree in (("A", args.other), ("B", ROOT)):
         if cpu[name]:
-            settings = " ".join(f"{k}={v}" for k, v in extra[name].items())
+            settings = " ".join(f"{k}={v}" for k, v in extra[name].items()) + (
+                f" {json.dumps(bodies[name])}" if bodies[name] else ""
+            )
             print(
                 f"{name} {tree} {settings}: "
                 f"CPU per token median {statistics.median(cpu[name]):.1f} µs "

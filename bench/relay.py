@@ -28,7 +28,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
@@ -105,10 +105,11 @@ class Target:
     port: int
     path: str
     pid: int | None  # whose CPU counts (None: the upstream itself)
+    extra: dict[str, object] = field(default_factory=dict)  # more request fields
 
     def request(self, tokens: int, rate: float) -> bytes:
         if self.path == "/generate-code/":
-            body = json.dumps({"prompt": f"bench rate={rate}", "max_tokens": tokens})
+            body = json.dumps({"prompt": f"bench rate={rate}", "max_tokens": tokens, **self.extra})
         else:
             body = json.dumps(
                 {
