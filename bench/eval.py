@@ -84,7 +84,9 @@ class Answer:
     text: str = field(repr=False, default="")
 
 
-def ask_api(url: str, prompt: str, max_tokens: int, cut: bool) -> tuple[str, float | None, int]:
+def ask_api(
+    url: str, prompt: str, max_tokens: int, cut: bool, language: str | None = "Python"
+) -> tuple[str, float | None, int]:
     """(text, time to first token, tokens) from the API's NDJSON stream."""
     started = time.monotonic()
     first: float | None = None
@@ -92,7 +94,8 @@ def ask_api(url: str, prompt: str, max_tokens: int, cut: bool) -> tuple[str, flo
     tokens = 0
     with requests.post(
         url.rstrip("/") + "/generate-code/",
-        json={"prompt": prompt, "language": "Python", "max_tokens": max_tokens},
+        json={"prompt": prompt, "max_tokens": max_tokens}
+        | ({"language": language} if language else {}),
         headers={"Accept": "application/x-ndjson"},
         stream=True,
         timeout=(10, 300),
@@ -188,7 +191,8 @@ def run(args: argparse.Namespace) -> list[Answer]:
         ask = direct.ask
     else:
         url = args.url
-        ask = lambda prompt, max_tokens, cut: ask_api(url, prompt, max_tokens, cut)  # noqa: E731
+        language = None if args.no_language else "Python"
+        ask = lambda prompt, max_tokens, cut: ask_api(url, prompt, max_tokens, cut, language)  # noqa: E731
     answers = []
     for index, problem in enumerate(chosen, start=1):
         started = time.monotonic()
@@ -257,6 +261,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-tokens", type=int, default=768)
     parser.add_argument("--no-cut", dest="cut", action="store_false")
     parser.add_argument("--direct", action="store_true", help="the bare model, no app")
+    parser.add_argument(
+        "--no-language", action="store_true", help="send no `language` (the page's Any)"
+    )
     parser.add_argument("--label", default="")
     args = parser.parse_args(argv)
     process = None

@@ -20,6 +20,7 @@ from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import memory, prompt, worker_pid
 from webapp.events import Done
+from webapp.formats import numbered
 from webapp.generation import CHARS_PER_TOKEN_BOUND
 from webapp.guard import Guard
 from webapp.ui import _with_blocks
@@ -196,7 +197,7 @@ def test_a_bare_opening_fence_is_not_a_block_until_it_closes(app: Flask) -> None
 
     seen = []
     with app.app_context():
-        for event in _with_blocks(events(), answer.text):
+        for _, event in _with_blocks(numbered(events()), answer.text):
             seen.append(event)
     blocks = [(i, e) for i, e in enumerate(seen) if isinstance(e, dict) and e["type"] == "block"]
     assert len(blocks) == 1

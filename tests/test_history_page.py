@@ -19,6 +19,24 @@ from tests.test_page import DESKTOP, PHONE, SHOTS, serious_violations, wait_unti
 pytestmark = pytest.mark.browser
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, serve: Any, fake: FakeUpstream) -> Server:
+    """The page on both history databases: SQLite in DATA_DIR, and a database of
+    this module's on the real PostgreSQL server."""
+    if request.param == "sqlite":
+        found: Server = serve()
+        return found
+    import psycopg
+
+    cluster: str = request.getfixturevalue("postgres_server")
+    with psycopg.connect(cluster.replace("+psycopg", ""), autocommit=True) as connection:
+        exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = 'pages'").fetchone()
+        if not exists:
+            connection.execute("CREATE DATABASE pages")
+    found = serve(DATABASE_URL=cluster.rsplit("/", 1)[0] + "/pages")
+    return found
+
+
 @pytest.fixture()
 def context_for(chromium: Any, server: Server) -> Iterator[Any]:
     """Fresh browser contexts (each its own cookies: its own owner)."""

@@ -141,6 +141,21 @@ def test_an_abandoned_answer_is_closed_after_the_grace(
     assert float(GRACE) - 0.5 <= waited <= float(GRACE) + 1.0, waited
 
 
+def test_an_answer_abandoned_while_silent_is_closed_after_the_grace(
+    serve: Any, fake: FakeUpstream
+) -> None:
+    """The model goes quiet and the client leaves meanwhile: its leaving is seen
+    within DISCONNECT_CHECK, not at the next keep-alive, and the grace runs from there."""
+    server = serve(RESUME_GRACE=GRACE, IDLE_TIMEOUT="30", TOTAL_TIMEOUT="60")
+    session = requests.Session()
+    response = start(server, session, "tokens=50 stall_after=3 id=quiet")
+    read(response, deltas=3)
+    left = time.monotonic()
+    closed = fake.wait_closed(1, timeout=float(GRACE) + 5)
+    assert closed and closed[0].how == "client_closed"
+    assert closed[0].at - left <= float(GRACE) + 1.0
+
+
 def test_a_plain_api_answer_still_stops_when_its_client_leaves(
     resumable: Server, fake: FakeUpstream
 ) -> None:

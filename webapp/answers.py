@@ -29,7 +29,7 @@ from webapp.errors import BadRequest, NotFound
 from webapp.eventlog import EventLog, RedisUnavailable
 from webapp.history import CANCELLING, MAX_PAGE_SIZE, PAGE_SIZE, StoredAnswer
 from webapp.jobs import Numbered, follow_stored
-from webapp.service import STREAM_HEADERS, answer_of, jobs, owner, store
+from webapp.service import STREAM_HEADERS, answer_of, client_gone, jobs, owner, store
 
 bp = Blueprint("answers", __name__)
 
@@ -122,7 +122,7 @@ def follow(answer_id: str, after: int) -> tuple[Iterator[Numbered], Callable[[],
     job = running.get(answer_id)
     if job is not None:
         g.followed_through = "job"
-        return job.follow(after), job.text
+        return job.follow(after, client_gone()), job.text
     if running.eventlog is not None and answer.outcome in ("pending", CANCELLING):
         g.followed_through = "redis"
         events = running.eventlog.follow(

@@ -11,6 +11,7 @@ from webapp import formats
 from webapp.codeblocks import explanation_of
 from webapp.service import (
     STREAM_HEADERS,
+    client_gone,
     detach,
     generation,
     guard,
@@ -62,7 +63,8 @@ def generate_code() -> Response:
     commit_after = None if mimetype == formats.TEXT else relay.config.heartbeat_interval
     relay.start(commit_after=commit_after)
     if resumable:
-        return stream_response(formats.NUMBERED[mimetype](run_detached(relay).follow(0)), mimetype)
+        events = run_detached(relay).follow(0, client_gone())
+        return stream_response(formats.NUMBERED[mimetype](events), mimetype)
     return stream_response(formats.FORMATTERS[mimetype](relay.events()), mimetype)
 
 

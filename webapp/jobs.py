@@ -33,6 +33,7 @@ from webapp.eventlog import PUBLISH_INTERVAL, EventLog, RedisUnavailable, encode
 from webapp.events import PING, Done, Failed, Ping, RelayEvent
 from webapp.generation import Relay
 from webapp.history import CANCELLING, StoredAnswer
+from webapp.watchdog import DISCONNECT_CHECK
 
 log = logging.getLogger("webapp.jobs")
 
@@ -142,9 +143,13 @@ class Job:
 
     # Following -----------------------------------------------------------------
 
-    def follow(self, after: int) -> Iterator[Numbered]:
+    def follow(
+        self, after: int, client_gone: Callable[[], bool] = lambda: False
+    ) -> Iterator[Numbered]:
         """The events after `after` characters: what is logged (its text as one
-        delta), then each new one, with a PING after each silent heartbeat."""
+        delta), then each new one, with a PING after each silent heartbeat. While
+        silent it looks at the client every DISCONNECT_CHECK: one that left stops
+        following then, not at the next write, and the grace starts."""
         self._attached()
         try:
             events, ends = self.events, self.ends
@@ -169,8 +174,14 @@ class Job:
                         return  # Done or Failed: the end
                 if self.finished:
                     return
-                if not self._changed.wait(self._heartbeat) and index == len(events):
-                    yield -1, PING
+                silent = 0.0
+                while not self._changed.wait(DISCONNECT_CHECK) and index == len(events):
+                    if client_gone():
+                        return
+                    silent += DISCONNECT_CHECK
+                    if silent >= self._heartbeat:
+                        yield -1, PING
+                        silent = 0.0
         finally:
             self._detached()
 

@@ -8,6 +8,7 @@ stream slots are the same, and live here once.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 import orjson
 from flask import current_app, g, request, session
@@ -19,6 +20,7 @@ from webapp.history import MAX_TURNS, Store, StoredAnswer
 from webapp.jobs import Job, Jobs
 from webapp.recording import Recorder
 from webapp.schema import GenerateCodeRequest
+from webapp.sockets import peer_closed
 
 # Streams are never cached, and proxies (nginx) must not buffer them.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -93,6 +95,14 @@ def detach(relay: Relay) -> bool:
 def run_detached(relay: Relay) -> Job:
     """The started answer as a job this and later responses follow."""
     return jobs().start(relay, g.recorded[0], owner(), prefix=g.get("continued_text", ""))
+
+
+def client_gone() -> Callable[[], bool]:
+    """Whether this response's client has left (gunicorn exposes its socket)."""
+    sock = request.environ.get("gunicorn.socket")
+    if sock is None:
+        return lambda: False
+    return lambda: peer_closed(sock)
 
 
 def new_relay(params: GenerateCodeRequest) -> Relay:
