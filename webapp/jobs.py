@@ -78,11 +78,26 @@ class Job:
         self._grace: gevent.Greenlet[..., None] | None = None
         self._on_finished = on_finished
         self._runner = gevent.spawn(self._run)
+        gevent.spawn(self._tick)
         if eventlog is not None:
             gevent.spawn(self._publish, eventlog, owner)
 
+    def _wake(self) -> None:
+        """Wake every follower: a new event, the end, or a tick."""
+        changed, self._changed = self._changed, Event()
+        changed.set()
+
+    def _tick(self) -> None:
+        """Wake the followers every DISCONNECT_CHECK while the answer runs, so they can
+        look at their clients and send keep-alives: one timer per answer, not one per
+        event and follower."""
+        while not self.finished:
+            gevent.sleep(DISCONNECT_CHECK)
+            if self.followers:
+                self._wake()
+
     def _run(self) -> None:
-        events, ends, changed = self.events, self.ends, self._changed
+        events, ends = self.events, self.ends
         try:
             for event in self.relay.events():
                 if event is PING:
@@ -91,8 +106,7 @@ class Job:
                     self.length += len(event)
                 events.append(event)
                 ends.append(self.length)
-                changed.set()
-                changed = self._changed = Event()
+                self._wake()
         finally:
             # Killed (cancel, grace over, shutdown): the relay closed the upstream in
             # its own finally; followers still get an end.
@@ -100,7 +114,7 @@ class Job:
                 events.append(Failed(cancelled()))
                 ends.append(self.length)
             self.finished = True
-            changed.set()
+            self._wake()
             self._on_finished(self)
 
     def text(self) -> str:
@@ -174,14 +188,17 @@ class Job:
                         return  # Done or Failed: the end
                 if self.finished:
                     return
-                silent = 0.0
-                while not self._changed.wait(DISCONNECT_CHECK) and index == len(events):
+                ticks = 0
+                while index == len(events) and not self.finished:
+                    self._changed.wait()  # no timeout: the job's ticker wakes us too
+                    if index < len(events) or self.finished:
+                        break
                     if client_gone():
                         return
-                    silent += DISCONNECT_CHECK
-                    if silent >= self._heartbeat:
+                    ticks += 1
+                    if ticks * DISCONNECT_CHECK >= self._heartbeat:
                         yield -1, PING
-                        silent = 0.0
+                        ticks = 0
         finally:
             self._detached()
 
