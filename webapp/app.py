@@ -209,6 +209,7 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
             history_days=config.history_days,
             on_failure=record_history_failure,
             on_cancel=jobs.cancel,
+            cancellable=jobs.running,
         )
         recorder.purge_now()
         app.extensions["history"] = recorder

@@ -302,6 +302,10 @@ class Jobs:
     def get(self, answer_id: str) -> Job | None:
         return self._jobs.get(answer_id)
 
+    def running(self) -> list[str]:
+        """The ids of the answers running here (not finished)."""
+        return [answer_id for answer_id, job in self._jobs.items() if not job.finished]
+
     def cancel(self, answer_id: str) -> bool:
         """Cancel the answer if it runs here; False if it does not."""
         job = self._jobs.get(answer_id)

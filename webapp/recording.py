@@ -70,12 +70,14 @@ class Recorder:
         history_days: int = 0,
         on_failure: Callable[[str], None] = lambda operation: None,
         on_cancel: Callable[[str], object] = lambda answer_id: None,
+        cancellable: Callable[[], list[str]] = list,
         interval: float = SAVE_INTERVAL,
     ) -> None:
         self.store = store
         self.history_days = history_days
         self._on_failure = on_failure
         self._on_cancel = on_cancel
+        self._cancellable = cancellable
         self._interval = interval
         self._active: dict[str, Recording] = {}
         self._queued: list[tuple[NewAnswer, Recording]] = []
@@ -193,7 +195,9 @@ class Recorder:
         answers that grew every interval. Ends when nothing is left to watch."""
         next_save = time.monotonic() + self._interval
         while self._active or self._queued or self._ended:
-            wait = min(CANCEL_CHECK, max(0.0, next_save - time.monotonic()))
+            wait = max(0.0, next_save - time.monotonic())
+            if self._cancellable():  # a Stop may reach a resumable answer through its row
+                wait = min(wait, CANCEL_CHECK)
             if self._wake.wait(wait):
                 # Let a burst gather: one transaction for the answers that start
                 # (or end) together, not one each between their requests.
@@ -208,7 +212,7 @@ class Recorder:
 
     def _check_cancels(self) -> None:
         """A Stop that reached another worker is a mark in the row: honour it here."""
-        running = [r.answer_id for r in self._active.values() if r.written]
+        running = self._cancellable()  # resumable answers: the others end with their client
         if not running:
             return
         try:
