@@ -101,7 +101,11 @@ def ndjson_numbered(
 
 
 def text_numbered(events: Iterator[tuple[int, RelayEvent]]) -> Iterator[bytes]:
-    return text_plain(event for _, event in events)
+    for _, event in events:
+        if type(event) is str:
+            yield event.encode()
+        elif isinstance(event, Failed):
+            raise TruncatedStream(event.error.code)
 
 
 def numbered(events: Iterator[RelayEvent], start: int = 0) -> Iterator[tuple[int, RelayEvent]]:
