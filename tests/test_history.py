@@ -134,11 +134,8 @@ def test_a_follow_up_sends_the_conversation_and_becomes_the_next_version(
     assert "X-History-Trimmed" not in second.headers
 
 
-def test_the_oldest_turns_are_left_out_to_fit_the_prompt_limit(
-    make_app: Callable[..., Flask], upstream: FakeUpstream, database_url: str
-) -> None:
-    fake = upstream
-    client = make_app(database_url, MAX_PROMPT_TOKENS="60").test_client()
+def three_turns(client: FlaskClient) -> Any:
+    """A conversation of three 12-token turns; the last one's response."""
     conversation = None
     for turn in range(3):
         body: dict[str, Any] = {"prompt": f"Turn {turn} [[fake tokens=12]]"}
@@ -147,6 +144,15 @@ def test_the_oldest_turns_are_left_out_to_fit_the_prompt_limit(
         response = client.post("/generate-code/", json=body)
         assert response.get_data()
         conversation = response.headers["X-Conversation-ID"]
+    return response
+
+
+def test_the_oldest_turns_are_left_out_to_fit_the_prompt_limit(
+    make_app: Callable[..., Flask], upstream: FakeUpstream, database_url: str
+) -> None:
+    fake = upstream
+    client = make_app(database_url, MAX_PROMPT_TOKENS="60").test_client()
+    response = three_turns(client)
     assert response.headers["X-History-Trimmed"] == "1"
     sent = fake.records_for("Turn 2")[-1].body["messages"]
     assert "Turn 0" not in json.dumps(sent) and "Turn 1" in json.dumps(sent)
@@ -430,14 +436,7 @@ def test_the_page_says_when_turns_were_left_out(
     make_app: Callable[..., Flask], database_url: str
 ) -> None:
     client = make_app(database_url, MAX_PROMPT_TOKENS="60").test_client()
-    conversation = None
-    for turn in range(3):
-        body: dict[str, Any] = {"prompt": f"Turn {turn} [[fake tokens=12]]"}
-        if conversation:
-            body["conversation_id"] = conversation
-        response = client.post("/generate-code/", json=body)
-        assert response.get_data()
-        conversation = response.headers["X-Conversation-ID"]
+    conversation = three_turns(client).headers["X-Conversation-ID"]
     token = csrf_token_of(client.get("/").get_data(as_text=True))
     page = client.post(
         "/",
