@@ -27,6 +27,8 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import gevent  # noqa: E402
+
 from bench.relay import APP, ROOT, Target, app_env, free_port, run, start, wait_port  # noqa: E402
 
 
@@ -47,6 +49,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds of rest before each run")
     for side in ("a", "b"):
         parser.add_argument(
             f"--env-{side}", action="append", default=[], metavar="KEY=VALUE",
@@ -78,6 +81,10 @@ def main() -> int:
         ttft: dict[str, list[float]] = {"A": [], "B": []}
         for i in range(args.rounds):
             for target in targets if i % 2 == 0 else targets[::-1]:
+                # Let the last run's streams finish closing on both sides first: a
+                # target run straight after its own previous run measured 50-150 ms
+                # more TTFT than one that had rested, whichever build it was.
+                gevent.sleep(args.settle)
                 result = run(target, "ab", args.streams, args.tokens, args.rate, args.streams)
                 if result.errors or result.cpu_us_per_token is None:
                     print(f"{target.name}: {result.errors} errors; round not counted")
@@ -95,10 +102,14 @@ def main() -> int:
             print(
                 f"{name} {tree} {settings}: "
                 f"CPU per token median {statistics.median(cpu[name]):.1f} µs "
-                f"{cpu[name]}, TTFT p50 median {statistics.median(ttft[name]):.2f} ms"
+                f"{cpu[name]}, TTFT p50 median {statistics.median(ttft[name]):.2f} ms "
+                f"{[round(t) for t in ttft[name]]}"
             )
     if cpu["A"] and cpu["B"]:
-        print(f"B / A: {statistics.median(cpu['B']) / statistics.median(cpu['A']):.2f}")
+        print(
+            f"B / A: CPU {statistics.median(cpu['B']) / statistics.median(cpu['A']):.2f}, "
+            f"TTFT p50 {statistics.median(ttft['B']) - statistics.median(ttft['A']):+.1f} ms"
+        )
     return 0
 
 
