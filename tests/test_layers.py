@@ -30,6 +30,7 @@ STAGES: list[tuple[str, set[str]]] = [
         {
             "providers",
             "providers.base",
+            "seam",
             "providers.wire",
             "providers.openai",
             "providers.local",
@@ -52,6 +53,7 @@ STAGES: list[tuple[str, set[str]]] = [
             "observability",
             "app",
             "fastio",
+            "sessions",
             "recording",
             "jobs",
             "eventlog",

@@ -15,9 +15,7 @@ from typing import Any
 
 import orjson
 from flask import Flask, Response, current_app, g, request, session
-from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
-from itsdangerous import URLSafeTimedSerializer
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webapp.config import Config
@@ -31,6 +29,7 @@ from webapp.observability import Observer, record_history_failure, record_reject
 from webapp.providers import build_provider
 from webapp.recording import Recorder
 from webapp.responses import register_error_handlers
+from webapp.sessions import CookieSessions
 from webapp.tokens import count_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,26 +85,6 @@ def configure_logging(level: str) -> None:
         root.addHandler(handler)
         root.propagate = False
     root.setLevel(level.upper())
-
-
-class CachedSerializerSessions(SecureCookieSessionInterface):
-    """Flask's cookie sessions, with the signer built once per app, not per request.
-
-    Flask rebuilds (and test-serialises) its signer on every request, session
-    or not: a visible share of each API call under py-spy (`make bench`).
-    """
-
-    def get_cookie_secure(self, app: Flask) -> bool:
-        # Secure whenever the request came over HTTPS (directly or, with
-        # TRUST_FORWARDED_FOR, through a TLS proxy): plain HTTP keeps working.
-        return request.is_secure
-
-    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
-        cached: URLSafeTimedSerializer | None = app.extensions.get("session_serializer")
-        if cached is None:
-            cached = super().get_signing_serializer(app)
-            app.extensions["session_serializer"] = cached
-        return cached
 
 
 def assign_request_id() -> None:
@@ -183,7 +162,7 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         template_folder=str(ROOT / "templates"),
         static_folder=str(ROOT / "static"),
     )
-    app.session_interface = CachedSerializerSessions()
+    app.session_interface = CookieSessions()
     app.config.update(
         APP_CONFIG=config,
         SECRET_KEY=config.secret_key or secrets.token_hex(32),

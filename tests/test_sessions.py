@@ -1,0 +1,106 @@
+"""The session cookie (webapp/sessions.py): signed, expiring, and readable from the
+format of earlier versions, so an anonymous owner keeps their history."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import BadSignature
+
+from tests.conftest import TEST_SETTINGS
+from tests.fake_upstream import FakeUpstream
+from webapp import create_app
+from webapp.sessions import PREFIX, FastSerializer
+
+
+@pytest.fixture()
+def app(upstream: FakeUpstream, tmp_path: Path) -> Iterator[Flask]:
+    made = create_app({**TEST_SETTINGS, "OPENAI_BASE_URL": upstream.url, "DATA_DIR": str(tmp_path)})
+    yield made
+    made.extensions["generation"].provider.close()  # its pooled upstream connections
+    made.extensions["history"].close()
+
+
+def serializer(app: Flask) -> FastSerializer:
+    found = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
+    assert isinstance(found, FastSerializer)
+    return found
+
+
+def owner_cookie(client: object) -> str:
+    cookie = client.get_cookie("session")  # type: ignore[attr-defined]
+    assert cookie is not None
+    value: str = cookie.value
+    return value
+
+
+def test_an_answer_sets_a_signed_owner_cookie_that_the_next_request_keeps(
+    app: Flask, client: object
+) -> None:
+    first = client.post("/generate-code/", json={"prompt": "[[fake tokens=2]]"})  # type: ignore[attr-defined]
+    first.get_data()
+    cookie = owner_cookie(client)
+    assert cookie.startswith(PREFIX)
+    owner = serializer(app).loads(cookie, max_age=60)["owner"]
+    listed = client.get("/answers")  # type: ignore[attr-defined]
+    assert listed.status_code == 200
+    assert [a["id"] for a in listed.get_json()["answers"]] == [first.headers["X-Answer-ID"]]
+    assert serializer(app).loads(owner_cookie(client), max_age=60)["owner"] == owner
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda v: v[:-2] + ("AA" if not v.endswith("AA") else "BB"),  # another MAC
+        lambda v: v.replace(PREFIX, PREFIX + "e", 1),  # another payload, same MAC
+        lambda v: v.rsplit(".", 1)[0],  # no MAC
+        lambda v: PREFIX + "e30.1.x",  # {} with a made-up MAC
+        lambda v: "garbage",
+    ],
+)
+def test_a_forged_cookie_is_refused_and_its_owner_sees_nothing(
+    app: Flask, client: object, forge: object
+) -> None:
+    client.post("/generate-code/", json={"prompt": "[[fake tokens=2]]"}).get_data()  # type: ignore[attr-defined]
+    forged = forge(owner_cookie(client))  # type: ignore[operator]
+    with pytest.raises(BadSignature):
+        serializer(app).loads(forged, max_age=60)
+    client.set_cookie("session", forged)  # type: ignore[attr-defined]
+    assert client.get("/answers").get_json()["answers"] == []  # type: ignore[attr-defined]
+
+
+def test_an_expired_cookie_is_refused(app: Flask) -> None:
+    signer = serializer(app)
+    cookie = signer.dumps({"owner": "x" * 22})
+    assert signer.loads(cookie, max_age=60) == {"owner": "x" * 22}
+    signed, _, _ = cookie.rpartition(".")
+    payload = signed.rpartition(".")[0]
+    old = f"{payload}.{int(time.time()) - 120}"
+    with pytest.raises(BadSignature, match="expired"):
+        signer.loads(f"{old}.{signer._mac(old)}", max_age=60)
+
+
+def test_another_secret_key_cannot_read_the_cookie(app: Flask) -> None:
+    cookie = serializer(app).dumps({"owner": "x" * 22})
+    with pytest.raises(BadSignature):
+        FastSerializer("another key", None).loads(cookie, max_age=60)
+
+
+def test_a_cookie_from_the_previous_format_still_finds_its_owners_answers(
+    app: Flask, client: object
+) -> None:
+    """Flask's itsdangerous cookie, as earlier versions wrote it: still read."""
+    first = client.post("/generate-code/", json={"prompt": "[[fake tokens=2]]"})  # type: ignore[attr-defined]
+    first.get_data()
+    owner = serializer(app).loads(owner_cookie(client), max_age=60)["owner"]
+    legacy = SecureCookieSessionInterface().get_signing_serializer(app)
+    assert legacy is not None
+    other = app.test_client()
+    other.set_cookie("session", legacy.dumps({"owner": owner}))
+    listed = other.get("/answers").get_json()["answers"]
+    assert [a["id"] for a in listed] == [first.headers["X-Answer-ID"]]
