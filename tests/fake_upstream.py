@@ -18,6 +18,8 @@ Tokens are `t0 `, `t1 `, ... unless `answer=` names a canned text. Options:
     finish=length                    the finish reason sent at the end (default stop)
     obey_max=1                       stop at the request's max_tokens, with finish=length
     faults_once=1                    faults apply only to requests without a partial answer
+    restate=all|N                    a continuation first repeats the whole partial answer,
+                                     or its last N tokens, as chat models do
 
 Hostile upstreams (sizes in MB, sent as fast as the socket takes them):
     flood=MB                         first, MB of answer text in small valid deltas
@@ -273,6 +275,10 @@ class FakeUpstream:
         start = 0
         if partial is not None:
             start = len(split_tokens(partial)) if text else len(partial.split())
+            # A chat model asked to go on often restates first: all, or N tokens.
+            restate = opts.get("restate")
+            if restate:
+                start = 0 if restate == "all" else max(0, start - int(restate))
         h.send_response(200)
         h.send_header("Content-Type", "text/event-stream")
         h.send_header("Transfer-Encoding", "chunked")

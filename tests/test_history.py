@@ -158,10 +158,12 @@ def test_the_oldest_turns_are_left_out_to_fit_the_prompt_limit(
     assert "Turn 0" not in json.dumps(sent) and "Turn 1" in json.dumps(sent)
 
 
+@pytest.mark.parametrize("restate", ["", " restate=all"])
 def test_continue_carries_a_cut_answer_on_without_a_seam(
-    client: FlaskClient, fake: FakeUpstream
+    client: FlaskClient, fake: FakeUpstream, restate: str
 ) -> None:
-    cut, first_text, done = generate(client, "tokens=12 id=cont obey_max=1", max_tokens=5)
+    """Also when the model restates the answer, or its last words, before going on."""
+    cut, first_text, done = generate(client, f"tokens=12 id=cont obey_max=1{restate}", max_tokens=5)
     assert done["finish_reason"] == "length" and first_text == "t0 t1 t2 t3 t4 "
     answer_id = cut.headers["X-Answer-ID"]
     response = client.post(

@@ -121,6 +121,36 @@ def test_the_page_and_the_api_offer_the_local_model(local_server: Server) -> Non
 
 
 @pytest.mark.local_model
+@pytest.mark.parametrize("cut", [13, 40])
+def test_continue_with_the_real_model_gives_the_answer_it_would_have_given_whole(
+    local_server: Server, cut: int
+) -> None:
+    """The model carries its own reply on (no "please continue" turn, after which
+    small models restate the answer from the top): greedy, cut at `cut` tokens
+    and continued, the answer is the one it gives in one go."""
+    session = requests.Session()
+
+    def ask(**body: Any) -> requests.Response:
+        response = session.post(
+            local_server.url + "/generate-code/",
+            json={"temperature": 0, "stream": False, **body},
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        return response
+
+    prompt = "Write a Python function that checks whether a string is a palindrome."
+    first = ask(prompt=prompt, max_tokens=cut)
+    assert first.json()["finish_reason"] == "length"
+    answer_id = first.headers["X-Answer-ID"]
+    ask(continue_answer=answer_id, max_tokens=120)
+    whole = ask(prompt=prompt, max_tokens=cut + 120).json()["text"]
+    stored = session.get(f"{local_server.url}/answers/{answer_id}", timeout=10).json()["text"]
+    assert stored.startswith(first.json()["text"])
+    assert stored == whole
+
+
+@pytest.mark.local_model
 def test_health_answers_promptly_while_the_model_generates(local_server: Server) -> None:
     finished = threading.Event()
 

@@ -238,19 +238,31 @@ def test_heartbeats_after_the_start_turn_a_timeout_into_an_error_event(
     assert 1.0 <= elapsed < 1.0 + MARGIN
 
 
-@pytest.mark.parametrize("directive", ["drop_after=3", "stall_after=3", "malformed_after=3"])
+@pytest.mark.parametrize(
+    "directive",
+    [
+        "drop_after=3",
+        "stall_after=3",
+        "malformed_after=3",
+        # Models that restate before going on: the repeat is dropped at the seam.
+        "drop_after=3 restate=all",
+        "drop_after=7 restate=6",
+    ],
+)
 def test_resume_continues_a_broken_stream_seamlessly(
     serve: Any, fake: FakeUpstream, directive: str
 ) -> None:
     server = serve(RESUME_ON_FAILURE="true")
-    status, events, _ = sse(server, f"{directive} faults_once=1 tokens=8 id=res")
+    status, events, _ = sse(server, f"{directive} faults_once=1 tokens=12 id=res")
     assert status == 200
     assert events[-1][0] == "done"
-    assert text_of(events) == "".join(f"t{i} " for i in range(8))
+    assert text_of(events) == "".join(f"t{i} " for i in range(12))
     records = fake.records_for("id=res")
     assert len(records) == 2
     continuation = records[1].body["messages"]
-    assert continuation[-2] == {"role": "assistant", "content": "t0 t1 t2 "}
+    cut = int(directive.split()[0].split("=")[1])
+    sent = "".join(f"t{i} " for i in range(cut))
+    assert continuation[-2] == {"role": "assistant", "content": sent}
     assert fake.wait_closed(2) and fake.open_streams == 0
 
 

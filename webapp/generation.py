@@ -397,6 +397,10 @@ class Relay(Answer):
                 yield item
                 watchdog.writing = False
                 deadlines.last_sent = now
+            else:
+                # A continuation's restatement, held back (webapp/seam.py): the
+                # upstream has answered, so the idle bound applies from here.
+                deadlines.got_text = True
             if room < 0:
                 self._stop()
                 watchdog.guard_write(max(now, deadlines.total_at) + WRITE_GRACE)

@@ -22,6 +22,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception
 from webapp.config import Config
 from webapp.errors import AppError, ClientClosed, InternalError, UpstreamError, UpstreamTimeout
 from webapp.providers import Final, GenerationRequest, Provider, UpstreamStream
+from webapp.seam import SeamStream
 from webapp.watchdog import DISCONNECT_CHECK
 
 log = logging.getLogger("webapp.generation")
@@ -115,7 +116,7 @@ def continuation(request: GenerationRequest, partial: str, spent: int) -> Genera
         {"role": "user", "content": CONTINUE_PROMPT},
     ]
     return GenerationRequest(
-        messages, request.model, max(1, request.max_tokens - spent), request.temperature
+        messages, request.model, max(1, request.max_tokens - spent), request.temperature, partial
     )
 
 
@@ -246,6 +247,8 @@ class Opener:
     def _attempt(self, request: GenerationRequest, opening: Opening) -> None:
         self.attempts += 1
         stream = self.provider.open(request)
+        if request.partial and not self.provider.continues_partial:
+            stream = SeamStream(stream, request.partial)
         try:
             # Until the first text, a failure is still retryable: nothing was sent.
             # The relay's bounds stop this wait; the backstop is for a lost greenlet.

@@ -35,6 +35,9 @@ class GenerationRequest:
     model: str
     max_tokens: int
     temperature: float | None = None
+    # A continuation: the assistant text it carries on. Its messages also ask for
+    # that in words (for providers that cannot continue a message themselves).
+    partial: str | None = None
 
 
 @dataclass(slots=True)
@@ -64,6 +67,9 @@ class Provider(ABC):
     name: ClassVar[str]
     # The models a request may choose; the first is the default.
     models: tuple[str, ...]
+    # Whether `open` continues a request's `partial` text itself (as a raw
+    # completion after it); if not, the opener trims what the model restates.
+    continues_partial: ClassVar[bool] = False
 
     @abstractmethod
     def open(self, request: GenerationRequest) -> UpstreamStream:

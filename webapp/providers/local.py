@@ -40,6 +40,7 @@ log = logging.getLogger("webapp.local")
 
 class LocalProvider(Provider):
     name = "local"
+    continues_partial = True  # see _continuing
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -166,7 +167,9 @@ class LocalProvider(Provider):
             if request.temperature is not None:
                 kwargs["temperature"] = request.temperature
             kwargs["repeat_penalty"] = self.config.repeat_penalty
-            chunks = llama.create_chat_completion(request.messages, **kwargs)
+            chunks = self._continuing(llama, request, kwargs)
+            if chunks is None:
+                chunks = llama.create_chat_completion(request.messages, **kwargs)
             finish_reason = None
             produced = 0
             while True:
@@ -176,7 +179,7 @@ class LocalProvider(Provider):
                 if chunk is None:
                     break
                 choice = chunk["choices"][0]
-                text = choice["delta"].get("content")
+                text = choice["delta"].get("content") if "delta" in choice else choice["text"]
                 if text:
                     produced += 1
                     self.tokens_generated += 1
@@ -207,6 +210,33 @@ class LocalProvider(Provider):
                 pending.rawlink(lambda _: self._release(chunks))
             else:
                 self._release(chunks)
+
+    @staticmethod
+    def _continuing(llama: Any, request: GenerationRequest, kwargs: dict[str, Any]) -> Any:
+        """A continuation as the model's own next tokens: the chat so far through the
+        GGUF's template, then the partial answer as the start of its reply, left
+        open. Asked in words instead ("continue where you stopped"), small models
+        restate the answer from the top. None when there is no partial answer or
+        no template (the request's messages then ask in words)."""
+        template = llama.metadata.get("tokenizer.chat_template")
+        if request.partial is None or not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        eos, bos = llama.token_eos(), llama.token_bos()
+
+        def text_of(token: int) -> str:
+            return "" if token < 0 else llama.detokenize([token], special=True).decode()
+
+        formatter = Jinja2ChatFormatter(template, eos_token=text_of(eos), bos_token=text_of(bos))
+        # Without the two messages continuation() added: the partial answer and the plea.
+        result = formatter(messages=request.messages[:-2])  # type: ignore[arg-type]
+        prompt = llama.tokenize(
+            result.prompt.encode(), add_bos=not result.added_special, special=True
+        ) + llama.tokenize(request.partial.encode(), add_bos=False, special=False)
+        return llama.create_completion(
+            prompt, stop=result.stop, stopping_criteria=result.stopping_criteria, **kwargs
+        )
 
     def _release(self, chunks: Any) -> None:
         try:
