@@ -33,6 +33,7 @@ def relay_for(streams: list[Iterator[str | Final]], **settings: str) -> Relay:
 
     class Scripted:
         models = ("m",)
+        continues_partial = False
 
         def open(self, request: GenerationRequest) -> UpstreamStream:
             return IteratorStream(streams.pop(0))
