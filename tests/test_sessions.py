@@ -104,3 +104,37 @@ def test_a_cookie_from_the_previous_format_still_finds_its_owners_answers(
     other.set_cookie("session", legacy.dumps({"owner": owner}))
     listed = other.get("/answers").get_json()["answers"]
     assert [a["id"] for a in listed] == [first.headers["X-Answer-ID"]]
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_the_cookie_keeps_flasks_flags(app: Flask, scheme: str) -> None:
+    """HttpOnly, SameSite=Lax, Path=/, Secure over HTTPS only, and Vary: Cookie."""
+    client = app.test_client()
+    response = client.post(
+        "/generate-code/",
+        json={"prompt": "[[fake tokens=2]]"},
+        base_url=f"{scheme}://localhost",
+    )
+    response.get_data()
+    header = response.headers["Set-Cookie"]
+    assert "HttpOnly" in header and "SameSite=Lax" in header and "Path=/" in header
+    assert ("Secure" in header) == (scheme == "https")
+    assert "Cookie" in response.headers["Vary"]
+    cookie = client.get_cookie("session", domain="localhost")
+    assert cookie is not None and cookie.http_only and cookie.same_site == "Lax"
+    # A request that reads the session again keeps it, and sets nothing new.
+    again = client.get("/answers", base_url=f"{scheme}://localhost")
+    assert again.status_code == 200 and "Set-Cookie" not in again.headers
+
+
+def test_a_sign_out_still_deletes_the_cookie(app: Flask) -> None:
+    """The rare cases (an emptied session) are Flask's own."""
+    from flask import session
+
+    with app.test_request_context("/"):
+        session["owner"] = "x" * 22
+        session.clear()
+        response = app.response_class()
+        app.session_interface.save_session(app, session, response)  # type: ignore[arg-type]
+        assert "session=;" in response.headers["Set-Cookie"]
+        assert "Expires=Thu, 01 Jan 1970" in response.headers["Set-Cookie"]
