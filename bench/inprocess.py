@@ -1,0 +1,90 @@
+"""Plain against resumable answers, relayed in one process: less noise than bench.ab.
+
+    python -m bench.inprocess [--streams 300 --tokens 100 --rate 20 --rounds 4]
+
+The app runs in this process (no gunicorn), driven by Flask's test client from
+`--streams` greenlets at once against the fake upstream (`bench/upstream.py`, its
+own process). CPU is this process's: the app's and the client's, which both kinds
+share, so the difference between them is the app's. Rounds alternate which kind
+goes first; medians are printed. Tokens are counted on every answer: a round with
+a short answer fails loudly rather than counting.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+from flask import Flask  # noqa: E402
+from gevent.pool import Pool  # noqa: E402
+
+from bench.relay import free_port, start, wait_port  # noqa: E402
+from webapp import create_app  # noqa: E402
+
+
+def one(app: Flask, tokens: int, rate: float, resumable: bool) -> None:
+    body: dict[str, object] = {"prompt": f"bench rate={rate}", "max_tokens": tokens}
+    if resumable:
+        body["resumable"] = True
+    response = app.test_client().post("/generate-code/", json=body, buffered=False)
+    chunks: list[bytes] = list(response.response)  # type: ignore[arg-type]
+    seen = sum(chunk.count(b"tok") for chunk in chunks)
+    response.close()
+    if seen != tokens:
+        raise SystemExit(f"an answer had {seen} tokens of {tokens}")
+
+
+def cpu_per_token(app: Flask, streams: int, tokens: int, rate: float, resumable: bool) -> float:
+    started = time.process_time()
+    Pool(streams).map(lambda _: one(app, tokens, rate, resumable), range(streams))
+    return (time.process_time() - started) / (streams * tokens) * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--streams", type=int, default=300)
+    parser.add_argument("--tokens", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    port = free_port()
+    upstream = start([sys.executable, "-m", "bench.upstream", str(port)])
+    try:
+        wait_port(port)
+        app = create_app(
+            {
+                "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+                "OPENAI_API_KEY": "bench",
+                "LOG_LEVEL": "WARNING",
+                "RATE_LIMIT": "off",
+                "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
+                "MAX_OUTPUT_TOKENS": "10000",
+                "FIRST_TOKEN_TIMEOUT": "60",
+                "DATA_DIR": tempfile.mkdtemp(prefix="codegen-bench-data-"),
+            }
+        )
+        for kind in (False, True):  # warm up both paths
+            cpu_per_token(app, 50, 20, 0.0, kind)
+        results: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(args.rounds):
+            for kind in (False, True) if i % 2 == 0 else (True, False):
+                results[kind].append(cpu_per_token(app, args.streams, args.tokens, args.rate, kind))
+    finally:
+        upstream.terminate()
+    plain, resumable = (statistics.median(results[k]) for k in (False, True))
+    for name, kind in (("plain", False), ("resumable", True)):
+        rounds = ", ".join(f"{v:.1f}" for v in results[kind])
+        print(f"{name:9} CPU per token median {statistics.median(results[kind]):.1f} µs [{rounds}]")
+    print(f"resumable / plain: {resumable / plain:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
