@@ -3,17 +3,16 @@ first token.
 
 A `Recorder` keeps one writer greenlet per worker:
 - `begin()` makes the answer's ids at once (its `X-Answer-ID`) and queues its
-  row; the writer inserts the queued rows in one transaction once 50 ms pass
-  with no new one (at most 250 ms after the first). Three hundred answers
-  starting together cost one or two commits, after their requests, not three
+  row; the writer inserts the queued rows in one transaction, 50 ms later.
+  Three hundred answers starting together cost a few commits, not three
   hundred on the way to their first tokens.
 - every SAVE_INTERVAL seconds, the writer saves the text of the answers that
   grew since, in one transaction, so a crash loses at most that much.
 - the relay's cleanup (run once when the answer ends, whatever happened)
   queues the final text, code blocks, finish reason, usage and timing, and
-  wakes the writer: they are written the same way, with every other answer
-  that started or ended meanwhile. Reads in this worker flush the queue
-  first; another worker sees the end up to 250 ms later.
+  wakes the writer: they are written COALESCE (50 ms) later, with every other
+  answer that started or ended meanwhile. Reads in this worker flush the queue
+  first; another worker sees the end up to those 50 ms later.
 
 The relay never knows: it appends to a list, and the writer reads that list's
 length to see growth. A failed write is logged and counted, and never reaches
@@ -42,7 +41,6 @@ SAVE_INTERVAL = 2.0
 # How often the writer looks for a Stop sent to another worker (through the row).
 CANCEL_CHECK = 0.4
 COALESCE = 0.05
-GATHER_MAX = 0.25
 PURGE_INTERVAL = 3600.0
 
 
@@ -201,7 +199,9 @@ class Recorder:
             if self._cancellable():  # a Stop may reach a resumable answer through its row
                 wait = min(wait, CANCEL_CHECK)
             if self._wake.wait(wait):
-                self._gather()
+                # Let a burst gather: one transaction for the answers that start
+                # (or end) together, not one each between their requests.
+                gevent.sleep(COALESCE)
             self._wake.clear()
             self.flush()
             self._check_cancels()
@@ -209,18 +209,6 @@ class Recorder:
                 self._save_progress()
                 self._maybe_purge()
                 next_save = time.monotonic() + self._interval
-
-    def _gather(self) -> None:
-        """Let a burst gather: one transaction for the answers that start (or end)
-        together, written once they stop coming (or GATHER_MAX after the first), so
-        that the write does not sit between the burst's requests and their first
-        tokens."""
-        deadline = time.monotonic() + GATHER_MAX
-        while True:
-            self._wake.clear()
-            gevent.sleep(COALESCE)
-            if not self._wake.is_set() or time.monotonic() >= deadline:
-                return
 
     def _check_cancels(self) -> None:
         """A Stop that reached another worker is a mark in the row: honour it here."""
