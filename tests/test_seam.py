@@ -108,3 +108,18 @@ def test_overlap_is_linear_on_a_long_repetitive_answer() -> None:
     assert overlap(before, before + "c") == len(before)
     assert overlap(before, "b" + "ab" * 100 + "c") == 201  # "bab...ab" ends it too
     assert overlap(before, "c" + "ab" * 100) == 0
+
+
+def test_a_long_repetitive_restatement_is_dropped_whole() -> None:
+    """`0, 0, 0, ...` restated three characters a read: one search per mismatch,
+    not one check per place it could start (that was quadratic, and blocked the loop)."""
+    before = "values = [" + "0, " * 20_000
+    joined, _ = through(before, [*split("0, " * 20_000, 3), "0]\n"])
+    assert joined == "0]\n"
+
+
+def test_a_nul_in_the_text_is_just_a_character() -> None:
+    assert overlap("ab", "ab\0ab") == 0  # "ab" is too short to count as a repeat
+    before = "line one\nline two\0 and more\n"
+    assert overlap(before, "line two\0 and more\nnext") == len("line two\0 and more\n")
+    assert through(before, ["line two\0", " and more\n", "next"])[0] == "next"

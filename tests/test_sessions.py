@@ -138,3 +138,13 @@ def test_a_sign_out_still_deletes_the_cookie(app: Flask) -> None:
         app.session_interface.save_session(app, session, response)  # type: ignore[arg-type]
         assert "session=;" in response.headers["Set-Cookie"]
         assert "Expires=Thu, 01 Jan 1970" in response.headers["Set-Cookie"]
+
+
+def test_a_planted_non_ascii_cookie_is_an_empty_session_not_an_error(app: Flask) -> None:
+    client = app.test_client()
+    accent = "\u00e9"
+    for planted in (f"{PREFIX}{accent}.1.{'A' * 43}", f"{PREFIX}e30.1.{accent * 43}"):
+        with pytest.raises(BadSignature):
+            serializer(app).loads(planted, max_age=60)
+        response = client.get("/answers", headers={"Cookie": f"session={planted}"})
+        assert response.status_code == 200 and response.get_json()["answers"] == []

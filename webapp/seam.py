@@ -30,22 +30,31 @@ MIN_LINE_OVERLAP = 6
 def overlap(before: str, after: str) -> int:
     """The length of the longest start of `after` that `before` ends with, if it is
     long enough to be a repeat (see the module docstring), else 0."""
-    # The prefix function of `after` + separator + the tail of `before`: linear time.
-    tail = before[-len(after) :] if after else ""
-    text = after + "\0" + tail
-    border = [0] * len(text)
-    for i in range(1, len(text)):
-        k = border[i - 1]
-        while k and text[i] != text[k]:
+    if not before or not after:
+        return 0
+    # Knuth-Morris-Pratt: `after`'s prefix function, then the tail of `before` run
+    # through it; the state at the end is the answer. Linear, and no separator
+    # character that the model's own text could contain.
+    border = [0] * len(after)
+    k = 0
+    for i in range(1, len(after)):
+        while k and after[i] != after[k]:
             k = border[k - 1]
-        if text[i] == text[k]:
+        if after[i] == after[k]:
             k += 1
         border[i] = k
-    found = border[-1] if text else 0
-    if found >= MIN_OVERLAP:
-        return found
-    at_line_start = found == len(before) or before[-found - 1] == "\n"
-    return found if found >= MIN_LINE_OVERLAP and at_line_start else 0
+    k = 0
+    for ch in before[-len(after) :]:
+        if k == len(after):
+            k = border[k - 1]
+        while k and ch != after[k]:
+            k = border[k - 1]
+        if ch == after[k]:
+            k += 1
+    if k >= MIN_OVERLAP:
+        return k
+    at_line_start = k == len(before) or before[-k - 1] == "\n"
+    return k if k >= MIN_LINE_OVERLAP and at_line_start else 0
 
 
 class SeamStream(UpstreamStream):
@@ -55,7 +64,7 @@ class SeamStream(UpstreamStream):
         self._inner = inner
         self._before = before
         self._held = ""
-        self._starts: list[int] | None = None  # where in `before` the held text occurs
+        self._at = -1  # where in `before` the held text occurs (the first such place)
         self._deciding = bool(before)
         self._final: Final | None = None
 
@@ -73,24 +82,20 @@ class SeamStream(UpstreamStream):
 
     def _take(self, piece: str) -> str:
         before, held = self._before, self._held
-        if self._starts is None:
-            starts = []
-            at = before.find(piece)
-            while at >= 0:
-                starts.append(at)
-                at = before.find(piece, at + 1)
-        else:
-            base = len(held)
-            starts = [s for s in self._starts if before.startswith(piece, s + base)]
+        at = self._at
+        # The place found so far still matches, or the next place the whole held
+        # text occurs (str.find: C speed; one search per mismatch, not per read).
+        if at < 0 or not before.startswith(piece, at + len(held)):
+            at = before.find(held + piece, at + 1)
         held += piece
-        if starts:
-            self._held, self._starts = held, starts
+        if at >= 0:
+            self._held, self._at = held, at
             return ""
         return self._settle(held)
 
     def _settle(self, held: str) -> str:
         self._deciding = False
-        self._held, self._starts = "", None
+        self._held, self._at = "", -1
         return held[overlap(self._before, held) :]
 
     def close(self) -> None:

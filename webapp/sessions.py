@@ -66,6 +66,8 @@ class FastSerializer:
                 raise BadSignature("not a session cookie")
             legacy: dict[str, Any] = self._legacy.loads(value, max_age=max_age)
             return legacy
+        if not value.isascii():  # a planted cookie: refused, not a 500
+            raise BadSignature("session cookie is not ASCII")
         signed, _, mac = value.rpartition(".")
         if len(mac) != _MAC_LENGTH or not hmac.compare_digest(mac, self._mac(signed)):
             raise BadSignature("session cookie signature does not match")
@@ -111,7 +113,7 @@ class CookieSessions(SecureCookieSessionInterface):
             vary = response.headers.get("Vary")
             if not vary:
                 response.headers["Vary"] = "Cookie"
-            elif "cookie" not in vary.lower():
+            elif "cookie" not in {v.strip().lower() for v in vary.split(",")}:
                 response.headers["Vary"] = f"{vary}, Cookie"
         if not self.should_set_cookie(app, session):
             return

@@ -34,13 +34,14 @@ from webapp.providers.base import (
     UpstreamStream,
 )
 from webapp.runtime import RuntimeBroken, probe
+from webapp.seam import SeamStream
 
 log = logging.getLogger("webapp.local")
 
 
 class LocalProvider(Provider):
     name = "local"
-    continues_partial = True  # see _continuing
+    continues_partial = True  # see _continuing; without a chat template, open() trims
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -145,7 +146,17 @@ class LocalProvider(Provider):
 
     def open(self, request: GenerationRequest) -> UpstreamStream:
         # Tokens take tens of milliseconds each here: a pump greenlet costs nothing.
-        return IteratorStream(self.stream(request))
+        stream = IteratorStream(self.stream(request))
+        if request.partial and self._llama is not None and not self._template(self._llama):
+            # No template to continue the reply with: asked in words, the model may
+            # restate, so what it repeats is dropped as for other upstreams.
+            return SeamStream(stream, request.partial)
+        return stream
+
+    @staticmethod
+    def _template(llama: Any) -> str | None:
+        found: str | None = llama.metadata.get("tokenizer.chat_template")
+        return found
 
     def stream(self, request: GenerationRequest) -> Iterator[str | Final]:
         if self._waiting >= self.config.local_queue_size:
@@ -218,7 +229,7 @@ class LocalProvider(Provider):
         open. Asked in words instead ("continue where you stopped"), small models
         restate the answer from the top. None when there is no partial answer or
         no template (the request's messages then ask in words)."""
-        template = llama.metadata.get("tokenizer.chat_template")
+        template = LocalProvider._template(llama)
         if request.partial is None or not template:
             return None
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
