@@ -195,8 +195,12 @@ def fake(upstream: FakeUpstream) -> FakeUpstream:
 
 
 @pytest.fixture()
-def app(upstream: FakeUpstream, tmp_path: Path) -> Flask:
-    return create_app({**TEST_SETTINGS, "OPENAI_BASE_URL": upstream.url, "DATA_DIR": str(tmp_path)})
+def app(upstream: FakeUpstream, tmp_path: Path) -> Iterator[Flask]:
+    made = create_app({**TEST_SETTINGS, "OPENAI_BASE_URL": upstream.url, "DATA_DIR": str(tmp_path)})
+    yield made
+    made.extensions["generation"].provider.close()  # its pooled upstream connections
+    if "history" in made.extensions:
+        made.extensions["history"].close()
 
 
 @pytest.fixture()

@@ -4,26 +4,15 @@ format of earlier versions, so an anonymous owner keeps their history."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
+from flask.testing import FlaskClient
 from itsdangerous import BadSignature
 
-from tests.conftest import TEST_SETTINGS
-from tests.fake_upstream import FakeUpstream
-from webapp import create_app
 from webapp.sessions import PREFIX, FastSerializer
-
-
-@pytest.fixture()
-def app(upstream: FakeUpstream, tmp_path: Path) -> Iterator[Flask]:
-    made = create_app({**TEST_SETTINGS, "OPENAI_BASE_URL": upstream.url, "DATA_DIR": str(tmp_path)})
-    yield made
-    made.extensions["generation"].provider.close()  # its pooled upstream connections
-    made.extensions["history"].close()
 
 
 def serializer(app: Flask) -> FastSerializer:
@@ -32,22 +21,22 @@ def serializer(app: Flask) -> FastSerializer:
     return found
 
 
-def owner_cookie(client: object) -> str:
-    cookie = client.get_cookie("session")  # type: ignore[attr-defined]
+def owner_cookie(client: FlaskClient) -> str:
+    cookie = client.get_cookie("session")
     assert cookie is not None
     value: str = cookie.value
     return value
 
 
 def test_an_answer_sets_a_signed_owner_cookie_that_the_next_request_keeps(
-    app: Flask, client: object
+    app: Flask, client: FlaskClient
 ) -> None:
-    first = client.post("/generate-code/", json={"prompt": "[[fake tokens=2]]"})  # type: ignore[attr-defined]
+    first = client.post("/generate-code/", json={"prompt": "[[fake tokens=2]]"})
     first.get_data()
     cookie = owner_cookie(client)
     assert cookie.startswith(PREFIX)
     owner = serializer(app).loads(cookie, max_age=60)["owner"]
-    listed = client.get("/answers")  # type: ignore[attr-defined]
+    listed = client.get("/answers")
     assert listed.status_code == 200
     assert [a["id"] for a in listed.get_json()["answers"]] == [first.headers["X-Answer-ID"]]
     assert serializer(app).loads(owner_cookie(client), max_age=60)["owner"] == owner
@@ -64,14 +53,14 @@ def test_an_answer_sets_a_signed_owner_cookie_that_the_next_request_keeps(
     ],
 )
 def test_a_forged_cookie_is_refused_and_its_owner_sees_nothing(
-    app: Flask, client: object, forge: object
+    app: Flask, client: FlaskClient, forge: Callable[[str], str]
 ) -> None:
-    client.post("/generate-code/", json={"prompt": "[[fake tokens=2]]"}).get_data()  # type: ignore[attr-defined]
-    forged = forge(owner_cookie(client))  # type: ignore[operator]
+    client.post("/generate-code/", json={"prompt": "[[fake tokens=2]]"}).get_data()
+    forged = forge(owner_cookie(client))
     with pytest.raises(BadSignature):
         serializer(app).loads(forged, max_age=60)
-    client.set_cookie("session", forged)  # type: ignore[attr-defined]
-    assert client.get("/answers").get_json()["answers"] == []  # type: ignore[attr-defined]
+    client.set_cookie("session", forged)
+    assert client.get("/answers").get_json()["answers"] == []
 
 
 def test_an_expired_cookie_is_refused(app: Flask) -> None:
@@ -92,10 +81,10 @@ def test_another_secret_key_cannot_read_the_cookie(app: Flask) -> None:
 
 
 def test_a_cookie_from_the_previous_format_still_finds_its_owners_answers(
-    app: Flask, client: object
+    app: Flask, client: FlaskClient
 ) -> None:
     """Flask's itsdangerous cookie, as earlier versions wrote it: still read."""
-    first = client.post("/generate-code/", json={"prompt": "[[fake tokens=2]]"})  # type: ignore[attr-defined]
+    first = client.post("/generate-code/", json={"prompt": "[[fake tokens=2]]"})
     first.get_data()
     owner = serializer(app).loads(owner_cookie(client), max_age=60)["owner"]
     legacy = SecureCookieSessionInterface().get_signing_serializer(app)
@@ -135,7 +124,7 @@ def test_a_sign_out_still_deletes_the_cookie(app: Flask) -> None:
         session["owner"] = "x" * 22
         session.clear()
         response = app.response_class()
-        app.session_interface.save_session(app, session, response)  # type: ignore[arg-type]
+        app.session_interface.save_session(app, session, response)
         assert "session=;" in response.headers["Set-Cookie"]
         assert "Expires=Thu, 01 Jan 1970" in response.headers["Set-Cookie"]
 
