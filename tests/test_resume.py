@@ -128,16 +128,20 @@ def test_ndjson_carries_seq_and_after_works_too(resumable: Server, fake: FakeUps
     assert "".join(e["text"] for e in lines if e["type"] == "delta") == whole(12)[6:]
 
 
-def test_an_abandoned_answer_is_closed_after_the_grace(
-    resumable: Server, fake: FakeUpstream
-) -> None:
-    session = requests.Session()
-    response = start(resumable, session, "forever=1 delay=0.05 id=abandon")
+def closed_after_leaving(server: Server, fake: FakeUpstream, directive: str) -> float:
+    """Start an answer, read three deltas, leave: seconds until its upstream closed."""
+    response = start(server, requests.Session(), directive)
     read(response, deltas=3)
     left = time.monotonic()
     closed = fake.wait_closed(1, timeout=float(GRACE) + 5)
     assert closed and closed[0].how == "client_closed"
-    waited = closed[0].at - left
+    return closed[0].at - left
+
+
+def test_an_abandoned_answer_is_closed_after_the_grace(
+    resumable: Server, fake: FakeUpstream
+) -> None:
+    waited = closed_after_leaving(resumable, fake, "forever=1 delay=0.05 id=abandon")
     assert float(GRACE) - 0.5 <= waited <= float(GRACE) + 1.0, waited
 
 
@@ -147,13 +151,8 @@ def test_an_answer_abandoned_while_silent_is_closed_after_the_grace(
     """The model goes quiet and the client leaves meanwhile: its leaving is seen
     within DISCONNECT_CHECK, not at the next keep-alive, and the grace runs from there."""
     server = serve(RESUME_GRACE=GRACE, IDLE_TIMEOUT="30", TOTAL_TIMEOUT="60")
-    session = requests.Session()
-    response = start(server, session, "tokens=50 stall_after=3 id=quiet")
-    read(response, deltas=3)
-    left = time.monotonic()
-    closed = fake.wait_closed(1, timeout=float(GRACE) + 5)
-    assert closed and closed[0].how == "client_closed"
-    assert closed[0].at - left <= float(GRACE) + 1.0
+    waited = closed_after_leaving(server, fake, "tokens=50 stall_after=3 id=quiet")
+    assert waited <= float(GRACE) + 1.0, waited
 
 
 def test_a_plain_api_answer_still_stops_when_its_client_leaves(
