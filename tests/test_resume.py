@@ -191,6 +191,54 @@ def test_stop_during_a_reattached_stream_closes_the_upstream(
     assert stored["outcome"] == "cancelled"
 
 
+@pytest.mark.parametrize("directive", ["forever=1 delay=0.05", "tokens=50 stall_after=3"])
+def test_stop_while_the_starting_client_still_reads_ends_it_for_everyone(
+    serve: Any, fake: FakeUpstream, directive: str
+) -> None:
+    """The response that started an answer reads its relay itself; a Stop reaches
+    it mid-stream and mid-silence, and it and a second reader both get the end."""
+    server = serve(RESUME_GRACE=GRACE, IDLE_TIMEOUT="30", TOTAL_TIMEOUT="60")
+    session = requests.Session()
+    response = start(server, session, f"{directive} id=drivestop")
+    answer_id = response.headers["X-Answer-ID"]
+    driver = sse(response)
+    text = ""
+    while "t2 " not in text:
+        text += next(driver)[2]["text"]
+    watcher = reattach(server, session, answer_id, 0)
+    asked = time.monotonic()
+    assert session.post(f"{server.url}/answers/{answer_id}/cancel").status_code == 204
+    closed = fake.wait_closed(1, timeout=5)
+    assert closed and closed[0].at - asked <= 1.0
+    for name, data in ((name, data) for _, name, data in driver):
+        if name == "delta":
+            text += data["text"]
+        else:
+            assert (name, data["code"]) == ("error", "cancelled")
+            break
+    else:
+        raise AssertionError("the starting client got no end")
+    response.close()
+    seen, _, end = read(watcher)
+    assert end == "cancelled" and seen == text and whole(60).startswith(text)
+
+
+def test_a_second_reader_beside_the_starting_one_gets_the_same_text(
+    resumable: Server, fake: FakeUpstream
+) -> None:
+    session = requests.Session()
+    response = start(resumable, session, "tokens=40 delay=0.02 id=beside")
+    answer_id = response.headers["X-Answer-ID"]
+    driver = sse(response)
+    first = next(driver)[2]["text"]
+    watcher = reattach(resumable, session, answer_id, len(first))
+    rest = "".join(data.get("text", "") for _, _, data in driver)
+    response.close()
+    assert first + rest == whole(40)
+    seen, _, end = read(watcher)
+    assert end == "done" and first + seen == whole(40)
+
+
 def test_reattach_is_for_the_owner_only(resumable: Server, fake: FakeUpstream) -> None:
     session = requests.Session()
     answer_id = start(resumable, session, "tokens=3").headers["X-Answer-ID"]

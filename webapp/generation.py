@@ -34,7 +34,7 @@ from webapp.config import Config
 from webapp.deadlines import FIRST_TOKEN, TOTAL, Deadlines
 from webapp.deadlines import PING as PING_DUE
 from webapp.errors import AppError, BadRequest, UpstreamError, UpstreamTimeout
-from webapp.events import PING, Done, Failed, RelayEvent
+from webapp.events import LEFT, PING, Done, Failed, RelayEvent
 from webapp.opener import Opener, continuation, may_resume
 from webapp.providers import Final, GenerationRequest, Provider, UpstreamStream
 from webapp.schema import GenerateCodeRequest, parse_generate
@@ -131,6 +131,8 @@ class Answer:
     client_socket: Any = None
     # Run once when the answer ends, whatever the outcome (e.g. free a stream slot).
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+    # A resumable answer's: a client going away yields LEFT instead of stopping it.
+    hand_off: bool = False
 
     started: float = field(init=False, default=0.0)
     first_token_at: float | None = field(init=False, default=None)
@@ -143,6 +145,8 @@ class Answer:
     cost_usd: float | None = field(init=False, default=None)
     # Earlier turns of the conversation left out to fit MAX_PROMPT_TOKENS.
     trimmed_turns: int = field(init=False, default=0)
+    # Stop asked (webapp/jobs.py): the relay ends at its next look, within a second.
+    stop_requested: bool = field(init=False, default=False)
 
     _final: Final | None = field(init=False, default=None, repr=False)
     _ended: bool = field(init=False, default=False, repr=False)
@@ -153,7 +157,7 @@ class Answer:
         """Upstream requests made (the Relay's opener counts them)."""
         return 0
 
-    def events(self) -> Iterator[RelayEvent]:
+    def events(self) -> Generator[RelayEvent, None, None]:
         """Text, keep-alives, then one Done or Failed (the Relay's)."""
         raise NotImplementedError
 
@@ -189,6 +193,18 @@ class Answer:
 
     def _client_gone(self) -> bool:
         return self.client_socket is not None and peer_closed(self.client_socket)
+
+    def _leaving(self) -> Generator[RelayEvent, None, bool]:
+        """At a look at the client: True to stop now (a Stop, or the client left).
+        A relay to hand off yields LEFT instead, and carries on when read again."""
+        if self.stop_requested:
+            return True
+        if not self._client_gone():
+            return False
+        if not self.hand_off:
+            return True
+        yield LEFT
+        return False
 
     def _done(self) -> Done:
         final = self._final or Final()
@@ -312,7 +328,22 @@ class Relay(Answer):
 
     # The response side -----------------------------------------------------------
 
-    def events(self) -> Iterator[RelayEvent]:
+    def request_stop(self) -> None:
+        """Stop from another greenlet: the reader ends the answer at its next look,
+        within a second (its watchdog interrupts the read it is in)."""
+        self.stop_requested = True
+        if self._watchdog is not None:
+            self._watchdog.hurry()
+
+    def move_to(self, greenlet: Any) -> None:
+        """`greenlet` reads `events()` on from here, with no client to look at: the
+        one that read it so far yielded LEFT or stopped reading at a yield."""
+        self.client_socket = None
+        if self._watchdog is not None:
+            self._watchdog.greenlet = greenlet
+            self._watchdog.writing = False  # the write it covered is no more
+
+    def events(self) -> Generator[RelayEvent, None, None]:
         """Text (everything that arrived in one read), pings, then Done or Failed."""
         self._watchdog = Watchdog(
             self.clock, self._deadlines, gevent.getcurrent(), self._client_too_slow
@@ -341,7 +372,9 @@ class Relay(Answer):
             if now >= limit:
                 yield from self._when_due(now)
                 return room
-            if not opening.done.wait(min(limit - now, DISCONNECT_CHECK)) and self._client_gone():
+            if not opening.done.wait(min(limit - now, DISCONNECT_CHECK)) and (
+                yield from self._leaving()
+            ):
                 return None  # close() stops the upstream
         self._opener.take()
         if opening.error is not None:
@@ -376,7 +409,7 @@ class Relay(Answer):
                 if item is None:
                     # The watchdog woke us: something is due (the top of the loop
                     # sees to it), or it is time to look at the client.
-                    if clock() < limit and self._client_gone():
+                    if clock() < limit and (yield from self._leaving()):
                         return None
                     continue
                 deadlines.last_upstream = now = clock()

@@ -1,18 +1,21 @@
 """Answers that outlive their response: a refresh, a dropped connection or a
 switch of worker does not lose or cancel them.
 
-A resumable answer runs as a `Job`: its relay is read by a greenlet of its
-own, and every event goes into the job's log, numbered by the answer's length
-in characters once it is applied (an event's id is "everything up to here").
-Any number of responses follow the job (`follow(after)`): the text after
-`after` first, in one delta, then each new event as it comes; nothing twice,
-nothing missing, whichever worker or moment they join at.
+A resumable answer runs as a `Job`. Every event goes into the job's log,
+numbered by the answer's length in characters once it is applied (an event's
+id is "everything up to here"). The response that started the answer reads
+its relay itself (`drive`), in its own greenlet, as a plain answer does: no
+greenlet switch per event. When its client goes away, the relay is handed to a
+greenlet of the job's own, which reads on. Any number of other responses
+follow the job (`follow(after)`): the text after `after` first, in one delta,
+then each new event as it comes; nothing twice, nothing missing, whichever
+worker or moment they join at.
 
-When the last follower leaves, the job keeps generating for RESUME_GRACE
+When the last reader leaves, the job keeps generating for RESUME_GRACE
 seconds; if nobody comes back, its relay is closed (the upstream with it), as
 a non-resumable answer is closed when its client leaves. `cancel()` closes it
-at once, whoever follows. A finished job stays in memory for KEEP_FINISHED
-seconds; later re-attachments replay it from the history store.
+within a second, whoever reads it. A finished job stays in memory for
+KEEP_FINISHED seconds; later re-attachments replay it from the history store.
 
 Memory: the log holds the same string objects as the relay's text (bounded by
 the answer's size bound), and one offset per event.
@@ -24,13 +27,14 @@ import bisect
 import logging
 import time
 from collections.abc import Callable, Iterator
+from inspect import GEN_CLOSED, getgeneratorstate
 
 import gevent
 from gevent.event import Event
 
 from webapp.errors import AppError
 from webapp.eventlog import PUBLISH_INTERVAL, EventLog, RedisUnavailable, encode_end
-from webapp.events import PING, Done, Failed, Ping, RelayEvent
+from webapp.events import LEFT, PING, Done, Failed, Ping, RelayEvent
 from webapp.generation import Relay
 from webapp.history import CANCELLING, StoredAnswer
 from webapp.watchdog import DISCONNECT_CHECK
@@ -71,51 +75,112 @@ class Job:
         self.prefix = prefix  # a Continue: the stored text it carries on, and numbers from
         self.start = self.length = len(prefix)
         self.finished = False
-        self.followers = 0
+        self.followers = 0  # the driver and the watchers
+        self.watchers = 0  # who waits on `_changed`: followers but the driver, the publisher
         self._grace_s = grace
         self._heartbeat = heartbeat
         self._changed = Event()
-        self._grace: gevent.Greenlet[..., None] | None = None
+        self._source = relay.events()
+        self._driving = False
+        self._runner: gevent.Greenlet[..., None] | None = None
+        self._ticker: gevent.Greenlet[..., None] | None = None
         self._on_finished = on_finished
-        self._runner = gevent.spawn(self._run)
-        gevent.spawn(self._tick)
+        # Until the response that started it drives it, nobody does: if it never
+        # does, the grace ends it like any abandoned answer.
+        self._grace: gevent.Greenlet[..., None] | None = gevent.spawn_later(grace, self._abandon)
         if eventlog is not None:
+            self.watchers += 1
             gevent.spawn(self._publish, eventlog, owner)
 
     def _wake(self) -> None:
-        """Wake every follower: a new event, the end, or a tick."""
+        """Wake every watcher: a new event, the end, or a tick."""
         changed, self._changed = self._changed, Event()
         changed.set()
 
     def _tick(self) -> None:
-        """Wake the followers every DISCONNECT_CHECK while the answer runs, so they can
+        """Wake the watchers every DISCONNECT_CHECK while the answer runs, so they can
         look at their clients and send keep-alives: one timer per answer, not one per
-        event and follower."""
+        event and watcher. Runs from the first watcher on."""
         while not self.finished:
             gevent.sleep(DISCONNECT_CHECK)
-            if self.followers:
+            if self.watchers:
                 self._wake()
 
-    def _run(self) -> None:
+    # Driving: the response that started the answer reads its relay -------------
+
+    def drive(self, client_socket: object) -> Iterator[Numbered]:
+        """The answer's events as the relay yields them, logged for any watcher, read
+        in the starting response's own greenlet: no hop per event. When that
+        response's client goes away (its socket closes, or the server stops
+        iterating), the relay is handed to a greenlet of the job's own, which
+        reads on for the others and the grace."""
+        source = self._source
+        if self._driving or self._runner is not None or getgeneratorstate(source) == GEN_CLOSED:
+            yield from self.follow(self.start)  # abandoned before it began: its end
+            return
+        self._driving = True
+        self._attached()
+        relay = self.relay
+        relay.client_socket, relay.hand_off = client_socket, True
         events, ends = self.events, self.ends
+        end: Done | Failed | None = None
         try:
-            for event in self.relay.events():
-                if event is PING:
-                    continue  # each follower sends its own keep-alives
+            for event in source:
                 if type(event) is str:
                     self.length += len(event)
+                elif event is LEFT:
+                    return  # the client left while the relay waited: hand it on
+                elif event is PING:
+                    yield -1, PING
+                    continue
+                else:
+                    end = event  # type: ignore[assignment]
+                events.append(event)
+                ends.append(self.length)
+                if self.watchers:
+                    self._wake()
+                yield self.length, event
+        finally:
+            self._driving = False
+            if getgeneratorstate(source) == GEN_CLOSED:
+                self._end()
+            else:
+                self._hand_off()
+            self._detached()
+        if end is None and events:
+            yield self.length, events[-1]  # stopped: the end `_end` logged
+
+    def _hand_off(self) -> None:
+        runner = self._runner = gevent.spawn(self._run)
+        self.relay.move_to(runner)
+
+    def _run(self) -> None:
+        """Read the relay on, after its driver left, until it ends or is killed."""
+        events, ends = self.events, self.ends
+        try:
+            for event in self._source:
+                if type(event) is str:
+                    self.length += len(event)
+                elif isinstance(event, Ping):
+                    continue  # each watcher sends its own keep-alives
                 events.append(event)
                 ends.append(self.length)
                 self._wake()
         finally:
-            # Killed (cancel, grace over, shutdown): the relay closed the upstream in
-            # its own finally; followers still get an end.
-            if not events or not isinstance(events[-1], Done | Failed):
-                events.append(Failed(cancelled()))
-                ends.append(self.length)
-            self.finished = True
-            self._wake()
-            self._on_finished(self)
+            self._end()
+
+    def _end(self) -> None:
+        """The relay has ended (it closed the upstream in its own finally): log an end
+        if it sent none (it was stopped or killed), and tell everyone."""
+        if self.finished:
+            return
+        events = self.events
+        if not events or not isinstance(events[-1], Done | Failed):
+            events.append(Failed(cancelled()))
+            self.ends.append(self.length)
+        self.finished = True
+        self._wake()
+        self._on_finished(self)
 
     def text(self) -> str:
         return self.prefix + self.relay.text()
@@ -165,6 +230,9 @@ class Job:
         silent it looks at the client every DISCONNECT_CHECK: one that left stops
         following then, not at the next write, and the grace starts."""
         self._attached()
+        self.watchers += 1
+        if self._ticker is None:
+            self._ticker = gevent.spawn(self._tick)
         try:
             events, ends = self.events, self.ends
             after = max(after, self.start)
@@ -200,6 +268,7 @@ class Job:
                         yield -1, PING
                         ticks = 0
         finally:
+            self.watchers -= 1
             self._detached()
 
     def _attached(self) -> None:
@@ -216,13 +285,22 @@ class Job:
     def _abandon(self) -> None:
         if self.followers == 0 and not self.finished:
             log.info("resumable answer abandoned", extra={"fields": {"answer": self.answer_id}})
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._runner is not None:
             self._runner.kill(block=False)  # the relay's finally closes the upstream
+        elif self._driving:
+            self.relay.request_stop()  # the driving response ends it within a second
+        else:
+            self.relay.close()  # never driven: nobody reads it
+            self._end()
 
     def cancel(self) -> None:
-        """Stop now, whoever follows: the upstream is closed within the loop's next turn."""
+        """Stop now, whoever follows: the upstream is closed within a second."""
         if not self.finished:
             self.relay.outcome = "cancelled"
-            self._runner.kill(block=False)
+            self._stop()
 
 
 POLL_INTERVAL = 0.5

@@ -93,13 +93,19 @@ def detach(relay: Relay) -> bool:
 
 
 def run_detached(relay: Relay) -> Job:
-    """The started answer as a job this and later responses follow."""
+    """The started answer as a job: this response drives it (`job.drive`), later
+    ones follow it."""
     return jobs().start(relay, g.recorded[0], owner(), prefix=g.get("continued_text", ""))
 
 
+def client_socket() -> object:
+    """This response's client socket, where the server exposes it (gunicorn does)."""
+    return request.environ.get("gunicorn.socket")
+
+
 def client_gone() -> Callable[[], bool]:
-    """Whether this response's client has left (gunicorn exposes its socket)."""
-    sock = request.environ.get("gunicorn.socket")
+    """Whether this response's client has left."""
+    sock = client_socket()
     if sock is None:
         return lambda: False
     return lambda: peer_closed(sock)
@@ -147,7 +153,7 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
         turns=turns,
         partial=continued.text if continued else None,
     )
-    relay.client_socket = request.environ.get("gunicorn.socket")
+    relay.client_socket = client_socket()
     limits = guard()
     slot = limits.acquire_stream(g.client_id)
     relay.cleanups.append(lambda: limits.release_stream(slot))

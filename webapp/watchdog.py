@@ -20,6 +20,8 @@ from webapp.providers.base import Final, UpstreamStream
 # While no token flows, the relay looks at the client's socket this often, so a
 # closed tab stops the upstream within a second even in a silent stretch.
 DISCONNECT_CHECK = 0.5
+# After a Stop, how often the watchdog looks for a read to interrupt.
+URGENT_POLL = 0.05
 
 
 class ReadInterrupted(BaseException):
@@ -52,6 +54,7 @@ class Watchdog:
         "stopped",
         "timer",
         "timer_at",
+        "urgent",
         "write_limit",
         "writing",
     )
@@ -74,6 +77,7 @@ class Watchdog:
         self.timer: Any = None
         self.timer_at = 0.0
         self.stopped = False
+        self.urgent = False
 
     def arm(self, delay: float) -> None:
         if self.timer is not None:
@@ -109,6 +113,12 @@ class Watchdog:
         if self.timer is None or self.timer_at > limit:
             self.arm(limit - self.clock())
 
+    def hurry(self) -> None:
+        """A Stop was asked: interrupt the read now, or the write in progress (the
+        client is let go), or the next read, whichever comes first."""
+        self.urgent = True
+        self.arm(0.0)
+
     def stop(self) -> None:
         self.stopped = True
         if self.timer is not None:
@@ -122,7 +132,11 @@ class Watchdog:
             return
         now = self.clock()
         if self.reading:
-            due = min(self.deadlines.next_at(), self.read_since + DISCONNECT_CHECK)
+            due = (
+                now
+                if self.urgent
+                else min(self.deadlines.next_at(), self.read_since + DISCONNECT_CHECK)
+            )
             if now < due:
                 self.arm(due - now)
             else:
@@ -132,9 +146,13 @@ class Watchdog:
             # Blocked in a write: the client is not reading. Without this, a
             # client that never reads would hold the answer (and the upstream, by
             # backpressure) for ever.
-            if now < self.write_limit:
+            if self.urgent:
+                self.greenlet.throw(ClientTooSlow("cancelled"))
+            elif now < self.write_limit:
                 self.arm(self.write_limit - now)
             else:
                 self.on_too_slow()
                 self.greenlet.throw(ClientTooSlow("client_too_slow"))
+        elif self.urgent:
+            self.arm(URGENT_POLL)  # between a read and a write: look again soon
         # Otherwise the relay waits for its opener, with timeouts of its own.
