@@ -404,6 +404,22 @@
     stats.append(" · ", saved);
   }
 
+  function continueButton(answerId) {
+    // The answer just cut at Max tokens goes on where it stopped, as on its own page.
+    const button = document.createElement("button");
+    button.type = "button";
+    button.id = "continue-live";
+    button.textContent = "Continue";
+    button.addEventListener("click", () => {
+      if (controller) return;
+      const p = { prompt: "", continue_answer: answerId };
+      const limit = params().max_tokens;
+      if (limit !== undefined) p.max_tokens = limit;
+      generate(p, false);
+    });
+    stats.append(" · ", button);
+  }
+
   function handle(event, started, fresh) {
     if (event.seq !== undefined) {
       // An event's seq is the answer's length once it is applied: anything at or
@@ -434,8 +450,12 @@
         const secs = (performance.now() - started) / 1000;
         const tps = u.completion_tokens && secs > 0 ? (u.completion_tokens / secs).toFixed(1) : "?";
         stats.textContent = `First token ${Math.round(event.timing.ttft_ms)} ms · ${u.completion_tokens ?? "?"} tokens · ${tps} tokens/s · ${secs.toFixed(1)} s`;
-        if (event.finish_reason === "length") {
-          // Never a silent cut: the model stopped at the limit, not at the end.
+        const cut = event.finish_reason === "length";
+        if (cut && fresh.answerId && !continueForm) {
+          // Never a silent cut, and the rest is one click away.
+          stats.textContent += ` · ${stats.dataset.cutContinue}`;
+          continueButton(fresh.answerId);
+        } else if (cut) {
           stats.textContent += ` · ${stats.dataset.cut}`;
         }
         if (fresh.answerId) savedLink(fresh.answerId);
@@ -559,7 +579,9 @@
     announce("Waiting for the model.");
     const started = performance.now();
     const fresh = { first: true, requestId: "", answerId: "", seq: 0, ended: false };
-    seed = p.continue_answer && source ? source.textContent : "";
+    // A Continue starts from the stored text: on the answer's page, what it was
+    // rendered from; on the live page, what just arrived.
+    seed = p.continue_answer ? (source ? source.textContent : text) : "";
     const token = form.querySelector("input[name=csrf_token]").value;
     try {
       const response = await fetch("/ui/stream", {

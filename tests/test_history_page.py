@@ -163,6 +163,39 @@ def test_continue_joins_a_cut_answer_with_no_seam(
     assert not page.query_selector("#continue")
 
 
+def test_continue_on_the_live_page_right_after_the_cut(
+    context_for: Any, server: Server, fake: FakeUpstream
+) -> None:
+    page = context_for().new_page()
+    page.goto(server.url + "/")
+    ask(page, "Count for me [[fake tokens=8 obey_max=1 id=live]]", max_tokens="5")
+    assert page.inner_text("#answer").strip() == "t0 t1 t2 t3 t4"
+    assert "Continue carries it on" in page.inner_text("#stats")
+    page.click("#continue-live")
+    wait_idle(page)
+    page.wait_for_selector("#saved-link")
+    assert page.inner_text("#answer").split() == [f"t{i}" for i in range(8)]
+    assert not page.query_selector("#continue-live")  # it ended on its own this time
+    open_saved(page)  # stored once, whole
+    assert page.inner_text("#answer").split() == [f"t{i}" for i in range(8)]
+
+
+def test_continue_right_after_the_cut_without_javascript(
+    context_for: Any, server: Server, fake: FakeUpstream
+) -> None:
+    page = context_for(java_script_enabled=False).new_page()
+    page.goto(server.url + "/")
+    page.fill("#prompt", "No script, cut here [[fake tokens=8 obey_max=1]]")
+    page.fill("#max_tokens", "5")
+    page.click("#generate")
+    page.wait_for_selector(".saved a")
+    assert "Continue carries it on" in page.inner_text(".stats")
+    page.click("#continue")
+    page.wait_for_selector(".saved a")
+    assert page.inner_text(".rendered").split() == [f"t{i}" for i in range(8)]
+    assert not page.query_selector("#continue")
+
+
 def test_download_a_code_block(context_for: Any, server: Server, fake: FakeUpstream) -> None:
     page = context_for(accept_downloads=True).new_page()
     page.goto(server.url + "/")

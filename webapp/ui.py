@@ -120,6 +120,8 @@ def prompt_form() -> PromptForm:
 
 # Shown when the model stopped at max_tokens, so a cut answer never looks whole.
 CUT_AT_LIMIT = "stopped at the Max tokens limit: raise it and regenerate for the rest"
+# With history on the answer is stored, so Continue can carry it on.
+CUT_CONTINUE = "stopped at the Max tokens limit: Continue carries it on"
 
 
 _FIELD_NAMED = re.compile(r"^(\w+): ")
@@ -146,6 +148,7 @@ def page(template: str, **context: Any) -> str:
         template,
         provider=info,
         cut_at_limit=CUT_AT_LIMIT,
+        cut_continue=CUT_CONTINUE,
         can_sign_out=signed,
         field_state=field_state,
         invalid_field=invalid if invalid in _FIELDS else None,
@@ -277,9 +280,10 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
             "answer_tail.html",
             html=get_hub().threadpool.apply(render_answer, (prefix + relay.text(),)),
             error=failure,
-            cut_at_limit=CUT_AT_LIMIT if cut else None,
+            cut_at_limit=(CUT_CONTINUE if recorded else CUT_AT_LIMIT) if cut else None,
             timing=relay.timing(),
             answer_id=recorded[0] if recorded else None,
+            max_tokens=relay.request.max_tokens,
             trimmed=g.get("history_trimmed", 0),
         )
     ).encode()
