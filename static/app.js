@@ -404,6 +404,30 @@
     stats.append(" · ", saved);
   }
 
+  function listInHistory(answerId, p) {
+    // The new answer joins the history beside the form at once, as a reload would show it.
+    const aside = document.querySelector("aside.history");
+    const filter = document.getElementById("history-q");
+    if (!aside || (filter && filter.value.trim())) return; // a filtered list stays as asked
+    let list = aside.querySelector("ol.history-list");
+    if (!list) {
+      list = document.createElement("ol");
+      list.className = "history-list";
+      aside.querySelectorAll(":scope > p").forEach((empty) => empty.remove());
+      aside.append(list);
+    }
+    const item = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = `/a/${encodeURIComponent(answerId)}`;
+    const prompt = p.prompt.trim();
+    link.textContent = prompt.length > 80 ? `${prompt.slice(0, 77)}...` : prompt;
+    const when = document.createElement("small");
+    const stamp = new Date().toISOString();
+    when.textContent = `${stamp.slice(0, 10)} ${stamp.slice(11, 16)} UTC${p.conversation_id ? " · follow-up" : ""}`;
+    item.append(link, " ", when);
+    list.prepend(item);
+  }
+
   function continueButton(answerId) {
     // The answer just cut at Max tokens goes on where it stopped, as on its own page.
     const button = document.createElement("button");
@@ -616,6 +640,7 @@
         return;
       }
       if (fresh.answerId) keepInUrl(fresh.answerId);
+      if (fresh.answerId && !p.continue_answer) listInHistory(fresh.answerId, p);
       await readEvents(response, started, fresh);
       if (!fresh.ended && fresh.answerId) await reattach(fresh, started);
     } catch (e) {

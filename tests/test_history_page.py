@@ -93,6 +93,25 @@ def test_an_answer_is_found_in_the_history_after_a_reload(
     assert "No answer matches" in page.inner_text(".history")
 
 
+def test_a_new_answer_joins_the_history_without_a_reload(
+    context_for: Any, server: Server, fake: FakeUpstream
+) -> None:
+    page = context_for().new_page()
+    page.goto(server.url + "/")
+    assert "Your answers will be listed here" in page.inner_text(".history")
+    ask(page, "First <b>one</b> [[fake tokens=2]]")
+    ask(page, "Second one [[fake tokens=2]]")
+    entries = page.locator(".history-list a")
+    assert entries.all_inner_texts() == [
+        "Second one [[fake tokens=2]]",
+        "First <b>one</b> [[fake tokens=2]]",
+    ]
+    assert "Your answers will be listed here" not in page.inner_text(".history")
+    entries.nth(1).click()
+    page.wait_for_url(re.compile(r"/a/[\w-]+$"))
+    assert page.inner_text("h2.asked").endswith("First <b>one</b> [[fake tokens=2]]")
+
+
 def test_refine_twice_then_compare_three_versions(
     context_for: Any, server: Server, fake: FakeUpstream
 ) -> None:
