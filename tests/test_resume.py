@@ -223,6 +223,44 @@ def test_stop_while_the_starting_client_still_reads_ends_it_for_everyone(
     assert end == "cancelled" and seen == text and whole(60).startswith(text)
 
 
+def test_stop_while_the_starting_client_does_not_read_still_closes_the_upstream(
+    serve: Any, fake: FakeUpstream
+) -> None:
+    """The starting response is stuck in a write (its client reads nothing): a Stop
+    lets that client go and closes the upstream, within a second or so."""
+    server = serve(RESUME_GRACE=GRACE, MAX_ANSWER_CHARS="100000000", MAX_OUTPUT_TOKENS="1000000")
+    session = requests.Session()
+    body = {"prompt": prompt("forever=1 delay=0.001 pad=20000 id=stuck"), "resumable": True}
+    body["max_tokens"] = 1_000_000
+    response = session.post(
+        server.url + "/generate-code/",
+        json=body,
+        headers={"Accept": "text/event-stream"},
+        stream=True,
+        timeout=30,
+    )
+    answer_id = response.headers["X-Answer-ID"]
+    sent = 0
+    while True:  # wait until the socket buffers are full: the server's write blocks
+        time.sleep(0.5)
+        now = len(fake.records_for("id=stuck")[0].tokens_sent)
+        if now == sent:
+            break
+        sent = now
+    asked = time.monotonic()
+    assert session.post(f"{server.url}/answers/{answer_id}/cancel").status_code == 204
+    closed = fake.wait_closed(1, timeout=5)
+    assert closed and closed[0].at - asked <= 1.5, closed[0].at - asked
+    response.close()
+    outcome = "pending"
+    for _ in range(50):  # its end is written a moment later, maybe by the other worker
+        outcome = session.get(f"{server.url}/answers/{answer_id}").json()["outcome"]
+        if outcome != "pending":
+            break
+        time.sleep(0.1)
+    assert outcome == "cancelled"
+
+
 def test_a_second_reader_beside_the_starting_one_gets_the_same_text(
     resumable: Server, fake: FakeUpstream
 ) -> None:

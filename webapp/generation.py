@@ -370,6 +370,8 @@ class Relay(Answer):
             now = clock()
             limit = deadlines.next_at()
             if now >= limit:
+                if self.stop_requested:
+                    return None  # a Stop outranks a bound that fell due meanwhile
                 yield from self._when_due(now)
                 return room
             if not opening.done.wait(min(limit - now, DISCONNECT_CHECK)) and (
@@ -397,6 +399,8 @@ class Relay(Answer):
             if item is None:
                 limit = deadlines.next_at()
                 if now >= limit:
+                    if self.stop_requested:
+                        return None  # a Stop outranks a bound that fell due meanwhile
                     yield from self._when_due(now)
                     return room
                 try:

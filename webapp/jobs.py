@@ -42,6 +42,8 @@ from webapp.watchdog import DISCONNECT_CHECK
 log = logging.getLogger("webapp.jobs")
 
 KEEP_FINISHED = 60.0
+# How long a job waits for the response that started it to begin reading it.
+UNDRIVEN = 10.0
 # How often a running job looks for a Stop sent to another instance (Redis).
 CANCEL_CHECK = 0.4
 
@@ -86,8 +88,11 @@ class Job:
         self._ticker: gevent.Greenlet[..., None] | None = None
         self._on_finished = on_finished
         # Until the response that started it drives it, nobody does: if it never
-        # does, the grace ends it like any abandoned answer.
-        self._grace: gevent.Greenlet[..., None] | None = gevent.spawn_later(grace, self._abandon)
+        # does (the server dropped the response unread), it is ended as abandoned.
+        # Not sooner than UNDRIVEN: with RESUME_GRACE=0 the response must get there.
+        self._grace: gevent.Greenlet[..., None] | None = gevent.spawn_later(
+            max(grace, UNDRIVEN), self._abandon
+        )
         if eventlog is not None:
             self.watchers += 1
             gevent.spawn(self._publish, eventlog, owner)

@@ -114,9 +114,13 @@ class Watchdog:
             self.arm(limit - self.clock())
 
     def hurry(self) -> None:
-        """A Stop was asked: interrupt the read now, or the write in progress (the
-        client is let go), or the next read, whichever comes first."""
+        """A Stop was asked: interrupt the read in progress now, else the next one;
+        a write in progress that is not done within DISCONNECT_CHECK lets its
+        client go."""
         self.urgent = True
+        # A write in progress gets a moment to finish (a client that reads, a block
+        # being highlighted), so the client still hears the end; then it is let go.
+        self.write_limit = min(self.write_limit, self.clock() + DISCONNECT_CHECK)
         self.arm(0.0)
 
     def stop(self) -> None:
@@ -146,10 +150,10 @@ class Watchdog:
             # Blocked in a write: the client is not reading. Without this, a
             # client that never reads would hold the answer (and the upstream, by
             # backpressure) for ever.
-            if self.urgent:
-                self.greenlet.throw(ClientTooSlow("cancelled"))
-            elif now < self.write_limit:
+            if now < self.write_limit:
                 self.arm(self.write_limit - now)
+            elif self.urgent:
+                self.greenlet.throw(ClientTooSlow("cancelled"))
             else:
                 self.on_too_slow()
                 self.greenlet.throw(ClientTooSlow("client_too_slow"))
