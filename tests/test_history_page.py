@@ -67,6 +67,17 @@ def ask(page: Any, text: str, max_tokens: str | None = None) -> None:
     page.wait_for_selector("#saved-link")
 
 
+def cut_without_javascript(context_for: Any, server: Server, text: str) -> Any:
+    """A page with no script, its answer (t0 to t7) cut at 5 tokens: the page is back."""
+    page = context_for(java_script_enabled=False).new_page()
+    page.goto(server.url + "/")
+    page.fill("#prompt", f"{text} [[fake tokens=8 obey_max=1]]")
+    page.fill("#max_tokens", "5")
+    page.click("#generate")
+    page.wait_for_selector(".saved a")
+    return page
+
+
 def open_saved(page: Any) -> str:
     page.click("#saved-link")
     page.wait_for_url(re.compile(r"/a/[\w-]+$"))
@@ -202,12 +213,7 @@ def test_continue_on_the_live_page_right_after_the_cut(
 def test_continue_right_after_the_cut_without_javascript(
     context_for: Any, server: Server, fake: FakeUpstream
 ) -> None:
-    page = context_for(java_script_enabled=False).new_page()
-    page.goto(server.url + "/")
-    page.fill("#prompt", "No script, cut here [[fake tokens=8 obey_max=1]]")
-    page.fill("#max_tokens", "5")
-    page.click("#generate")
-    page.wait_for_selector(".saved a")
+    page = cut_without_javascript(context_for, server, "No script, cut here")
     assert "Continue carries it on" in page.inner_text(".stats")
     page.click("#continue")
     page.wait_for_selector(".saved a")
@@ -322,12 +328,7 @@ def test_escape_stops_the_answer_and_the_upstream(
 def test_continue_and_a_trimmed_follow_up_without_javascript(
     context_for: Any, server: Server, fake: FakeUpstream
 ) -> None:
-    page = context_for(java_script_enabled=False).new_page()
-    page.goto(server.url + "/")
-    page.fill("#prompt", "No script, cut [[fake tokens=8 obey_max=1]]")
-    page.fill("#max_tokens", "5")
-    page.click("#generate")
-    page.wait_for_selector(".saved a")
+    page = cut_without_javascript(context_for, server, "No script, cut")
     assert "Max tokens" in page.inner_text(".stats")
     page.click(".saved a")
     page.click("#continue")
