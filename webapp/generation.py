@@ -45,6 +45,9 @@ log = logging.getLogger("webapp.generation")
 
 # Characters allowed per requested token before an answer counts as a flood.
 CHARS_PER_TOKEN_BOUND = 32
+# A resumable answer's starting client that takes none of a write for this long is
+# let go: the answer is handed on, not held back for the others (webapp/jobs.py).
+WRITE_STALL = 2.0
 # Seconds a client gets to take the last event (done or error), past the
 # total deadline if need be; a client that takes none is dropped then.
 WRITE_GRACE = 5.0
@@ -341,13 +344,16 @@ class Relay(Answer):
         self.client_socket = None
         if self._watchdog is not None:
             self._watchdog.greenlet = greenlet
-            self._watchdog.writing = False  # the write it covered is no more
+            self._watchdog.writing = 0.0  # the write it covered is no more
+            self._watchdog.stall_limit = 0.0
 
     def events(self) -> Generator[RelayEvent, None, None]:
         """Text (everything that arrived in one read), pings, then Done or Failed."""
         self._watchdog = Watchdog(
             self.clock, self._deadlines, gevent.getcurrent(), self._client_too_slow
         )
+        if self.hand_off:
+            self._watchdog.stall_limit = WRITE_STALL
         # Characters the answer may still take: a flooding upstream is cut here,
         # and memory and the final count stay bounded.
         room: int | None = self.answer_bound()
@@ -430,9 +436,9 @@ class Relay(Answer):
                     self.first_token_at = now
                     deadlines.got_text = True
                 # The timer armed for the read covers this write (see Watchdog).
-                watchdog.writing = True
+                watchdog.writing = now
                 yield item
-                watchdog.writing = False
+                watchdog.writing = 0.0
                 deadlines.last_sent = now
             else:
                 # A continuation's restatement, held back (webapp/seam.py): the
@@ -464,7 +470,7 @@ class Relay(Answer):
         if due == PING_DUE:
             watchdog.guard_write(deadlines.total_at)
             yield PING
-            watchdog.writing = False
+            watchdog.writing = 0.0
             deadlines.last_sent = self.clock()
         elif due is not None:
             self._stop()

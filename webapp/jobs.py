@@ -85,6 +85,7 @@ class Job:
         self._source = relay.events()
         self._driving = False
         self._runner: gevent.Greenlet[..., None] | None = None
+        self._runner_began = False
         self._ticker: gevent.Greenlet[..., None] | None = None
         self._on_finished = on_finished
         # Until the response that started it drives it, nobody does: if it never
@@ -120,8 +121,13 @@ class Job:
         iterating), the relay is handed to a greenlet of the job's own, which
         reads on for the others and the grace."""
         source = self._source
-        if self._driving or self._runner is not None or getgeneratorstate(source) == GEN_CLOSED:
-            yield from self.follow(self.start)  # abandoned before it began: its end
+        if (
+            self._driving
+            or self._runner is not None
+            or self.finished
+            or getgeneratorstate(source) == GEN_CLOSED
+        ):
+            yield from self.follow(self.start)  # stopped before it began: its end
             return
         self._driving = True
         self._attached()
@@ -149,6 +155,9 @@ class Job:
             self._driving = False
             if getgeneratorstate(source) == GEN_CLOSED:
                 self._end()
+            elif relay.stop_requested:
+                source.close()  # stopped while this client was not reading: end it here
+                self._end()
             else:
                 self._hand_off()
             self._detached()
@@ -161,6 +170,7 @@ class Job:
 
     def _run(self) -> None:
         """Read the relay on, after its driver left, until it ends or is killed."""
+        self._runner_began = True
         events, ends = self.events, self.ends
         try:
             for event in self._source:
@@ -193,6 +203,12 @@ class Job:
     def _publish(self, eventlog: EventLog, owner: str) -> None:
         """Copy the log to Redis in batches (consecutive deltas as one entry), and
         honour a Stop sent to another instance. Stops at the end, or at an outage."""
+        try:
+            self._publish_all(eventlog, owner)
+        finally:
+            self.watchers -= 1  # drivers stop waking for it
+
+    def _publish_all(self, eventlog: EventLog, owner: str) -> None:
         events, ends = self.events, self.ends
         published = 0
         while True:
@@ -293,19 +309,28 @@ class Job:
             self._stop()
 
     def _stop(self) -> None:
-        if self._runner is not None:
-            self._runner.kill(block=False)  # the relay's finally closes the upstream
+        runner = self._runner
+        if runner is not None and self._runner_began:
+            runner.kill(block=False)  # the relay's finally closes the upstream
         elif self._driving:
             self.relay.request_stop()  # the driving response ends it within a second
         else:
-            self.relay.close()  # never driven: nobody reads it
+            # Nobody is inside the relay: never driven, or handed on and not yet
+            # read on (the kill keeps that greenlet from starting). End it here.
+            if runner is not None:
+                runner.kill(block=False)
+            self._source.close()
+            self.relay.close()
             self._end()
 
     def cancel(self) -> None:
-        """Stop now, whoever follows: the upstream is closed within a second."""
-        if not self.finished:
-            self.relay.outcome = "cancelled"
-            self._stop()
+        """Stop now, whoever follows: the upstream is closed within a second. An
+        answer whose end is already logged is left as it ended."""
+        events = self.events
+        if self.finished or (events and isinstance(events[-1], Done | Failed)):
+            return
+        self.relay.outcome = "cancelled"
+        self._stop()
 
 
 POLL_INTERVAL = 0.5

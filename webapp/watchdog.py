@@ -35,7 +35,8 @@ class ReadInterrupted(BaseException):
 
 class Watchdog:
     """Watches one relay greenlet, which sets `reading` around each upstream read
-    (with `read_since`) and `writing` around each write to the client.
+    (with `read_since`) and `writing` around each write to the client (the
+    moment it began; 0.0 when none).
 
     When its timer fires: during a read, it throws ReadInterrupted if a bound
     or keep-alive is due (per `deadlines`) or the client should be looked at;
@@ -51,6 +52,7 @@ class Watchdog:
         "on_too_slow",
         "read_since",
         "reading",
+        "stall_limit",
         "stopped",
         "timer",
         "timer_at",
@@ -71,7 +73,10 @@ class Watchdog:
         self.greenlet = greenlet
         self.on_too_slow = on_too_slow
         self.reading = False
-        self.writing = False
+        self.writing = 0.0
+        # A resumable answer's starting response: a write stalled this long lets
+        # its client go (the answer goes on for the others); 0.0: only write_limit.
+        self.stall_limit = 0.0
         self.read_since = 0.0
         self.write_limit = deadlines.total_at
         self.timer: Any = None
@@ -108,7 +113,7 @@ class Watchdog:
 
     def guard_write(self, limit: float) -> None:
         """The next write is one the client must take by `limit`."""
-        self.writing = True
+        self.writing = self.clock()
         self.write_limit = limit
         if self.timer is None or self.timer_at > limit:
             self.arm(limit - self.clock())
@@ -150,10 +155,17 @@ class Watchdog:
             # Blocked in a write: the client is not reading. Without this, a
             # client that never reads would hold the answer (and the upstream, by
             # backpressure) for ever.
-            if now < self.write_limit:
-                self.arm(self.write_limit - now)
+            limit = self.write_limit
+            stalled = self.stall_limit and self.writing + self.stall_limit < limit
+            if stalled:
+                limit = self.writing + self.stall_limit
+            if now < limit:
+                self.arm(limit - now)
             elif self.urgent:
                 self.greenlet.throw(ClientTooSlow("cancelled"))
+            elif stalled:
+                # Let this client go; the answer is handed on and can be re-attached.
+                self.greenlet.throw(ClientTooSlow("client_too_slow"))
             else:
                 self.on_too_slow()
                 self.greenlet.throw(ClientTooSlow("client_too_slow"))

@@ -1,0 +1,113 @@
+"""A resumable answer's job in one process: the starting response drives the relay,
+hands it on when its client goes, and a Stop ends it in every state (never
+driven, driven and reading, driven and stuck in a write, just handed on), with
+the upstream closed and every reader given an end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+from gevent.event import Event
+
+from tests.test_relay import relay_for
+from webapp.errors import ClientTooSlow
+from webapp.events import Done, Failed
+from webapp.generation import WRITE_STALL, Relay
+from webapp.jobs import Job
+from webapp.providers.base import Final
+
+
+def steady(tokens: int, every: float) -> Iterator[str | Final]:
+    for i in range(tokens):
+        gevent.sleep(every)
+        yield f"t{i} "
+    yield Final("stop")
+
+
+def started(tokens: int = 100, every: float = 0.02) -> tuple[Relay, Job, list[float]]:
+    """A started relay, its job, and when its upstream side was closed."""
+    closed: list[float] = []
+    relay = relay_for([steady(tokens, every)], TOTAL_TIMEOUT="30", IDLE_TIMEOUT="5")
+    relay.cleanups.append(lambda: closed.append(time.monotonic()))
+    relay.start(commit_after=None)
+    return relay, Job(relay, "a", grace=5, heartbeat=10), closed
+
+
+def test_a_stop_before_the_response_drives_it_still_gives_that_response_the_end() -> None:
+    relay, job, closed = started()
+    job.cancel()
+    assert job.finished and closed
+    events = [event for _, event in job.drive(None)]
+    assert len(events) == 1 and isinstance(events[0], Failed)
+    assert events[0].error.code == "cancelled" and relay.outcome == "cancelled"
+
+
+def test_a_stop_right_after_the_hand_off_ends_it() -> None:
+    _, job, closed = started()
+    driving = job.drive(None)
+    next(driving)
+    driving.close()  # the server stopped iterating: handed to the job's own greenlet
+    job.cancel()  # before that greenlet ever ran
+    gevent.sleep(0.1)
+    assert job.finished and closed and isinstance(job.events[-1], Failed)
+
+
+def test_a_stop_after_the_end_leaves_the_answer_as_it_ended() -> None:
+    relay, job, _ = started(tokens=3, every=0.01)
+    for _, event in job.drive(None):
+        if isinstance(event, Done):
+            job.cancel()  # the Stop crosses the end on the wire
+    assert relay.outcome == "ok" and isinstance(job.events[-1], Done)
+
+
+def test_a_stop_reaches_a_driver_stuck_in_a_write() -> None:
+    _, job, closed = started()
+    asked: list[float] = []
+
+    def stop() -> None:
+        asked.append(time.monotonic())
+        job.cancel()
+
+    gevent.spawn_later(0.3, stop)
+    caught: list[BaseException] = []
+    try:
+        for end, _ in job.drive(None):
+            if end > 20 and not asked:
+                gevent.sleep(5)  # its client reads nothing: the write blocks
+    except ClientTooSlow as exc:
+        caught.append(exc)
+    logged_at_stop = len(job.events)
+    gevent.sleep(0.2)
+    assert caught and "cancelled" in str(caught[0])
+    assert closed and closed[0] - asked[0] <= 0.7
+    assert len(job.events) == logged_at_stop and isinstance(job.events[-1], Failed)
+
+
+def test_a_driver_that_stops_reading_is_let_go_and_the_answer_goes_on() -> None:
+    relay, job, _ = started(tokens=40, every=0.05)
+    seen: list[Any] = []
+    done = Event()
+
+    def watch() -> None:
+        for _, event in job.follow(0):
+            seen.append(event)
+        done.set()
+
+    gevent.spawn(watch)
+    let_go: list[float] = []
+    stalled_at = 0.0
+    try:
+        for end, _ in job.drive(None):
+            if end > 12:
+                stalled_at = time.monotonic()
+                gevent.sleep(100)  # its client stopped reading
+    except ClientTooSlow:
+        let_go.append(time.monotonic())
+    assert let_go and let_go[0] - stalled_at <= WRITE_STALL + 0.6
+    assert done.wait(10)
+    text = "".join(event for event in seen if isinstance(event, str))
+    assert text == "".join(f"t{i} " for i in range(40)) and isinstance(seen[-1], Done)
+    assert relay.outcome == "ok"
