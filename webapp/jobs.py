@@ -70,7 +70,10 @@ class Job:
         eventlog: EventLog | None = None,
         owner: str = "",
     ) -> None:
-        self.relay = relay
+        # Dropped at the end (the text kept): a finished job stays KEEP_FINISHED
+        # seconds, and its relay's objects would only swell the collector's work.
+        self.relay: Relay | None = relay
+        self._text = ""
         self.answer_id = answer_id
         self.events: list[RelayEvent] = []
         self.ends: list[int] = []  # the answer's length after each event
@@ -132,6 +135,7 @@ class Job:
         self._driving = True
         self._attached()
         relay = self.relay
+        assert relay is not None  # not finished
         relay.client_socket, relay.hand_off = client_socket, True
         events, ends = self.events, self.ends
         end: Done | Failed | None = None
@@ -166,6 +170,7 @@ class Job:
 
     def _hand_off(self) -> None:
         runner = self._runner = gevent.spawn(self._run)
+        assert self.relay is not None  # not finished
         self.relay.move_to(runner)
 
     def _run(self) -> None:
@@ -194,11 +199,12 @@ class Job:
             events.append(Failed(cancelled()))
             self.ends.append(self.length)
         self.finished = True
+        self._text, self.relay = self.text(), None
         self._wake()
         self._on_finished(self)
 
     def text(self) -> str:
-        return self.prefix + self.relay.text()
+        return self._text if self.relay is None else self.prefix + self.relay.text()
 
     def _publish(self, eventlog: EventLog, owner: str) -> None:
         """Copy the log to Redis in batches (consecutive deltas as one entry), and
@@ -309,26 +315,28 @@ class Job:
             self._stop()
 
     def _stop(self) -> None:
+        relay = self.relay
+        assert relay is not None  # not finished
         runner = self._runner
         if runner is not None and self._runner_began:
             runner.kill(block=False)  # the relay's finally closes the upstream
         elif self._driving:
-            self.relay.request_stop()  # the driving response ends it within a second
+            relay.request_stop()  # the driving response ends it within a second
         else:
             # Nobody is inside the relay: never driven, or handed on and not yet
             # read on (the kill keeps that greenlet from starting). End it here.
             if runner is not None:
                 runner.kill(block=False)
             self._source.close()
-            self.relay.close()
+            relay.close()
             self._end()
 
     def cancel(self) -> None:
         """Stop now, whoever follows: the upstream is closed within a second. An
         answer whose end is already logged is left as it ended."""
         events = self.events
-        if self.finished or (events and isinstance(events[-1], Done | Failed)):
-            return
+        if self.relay is None or (events and isinstance(events[-1], Done | Failed)):
+            return  # finished, or its end is logged
         self.relay.outcome = "cancelled"
         self._stop()
 
