@@ -82,6 +82,12 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     import sys
 
     wsgi = sys.modules.get("wsgi")
-    recorder = getattr(wsgi, "app", None) and wsgi.app.extensions.get("history")  # type: ignore[union-attr]
+    app = getattr(wsgi, "app", None)
+    if app is None:
+        return
+    # Resumable answers handed on to this worker's own greenlets outlive every
+    # request: end them (upstreams closed, rows not left pending) before the flush.
+    app.extensions["jobs"].stop_all(wait=2.0)
+    recorder = app.extensions.get("history")
     if recorder is not None:
         recorder.close()

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import Redis, Server
+from tests.conftest import TEST_SETTINGS, Redis, Server
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import prompt, wait_idle
 
@@ -275,6 +275,32 @@ def test_a_second_reader_beside_the_starting_one_gets_the_same_text(
     assert first + rest == whole(40)
     seen, _, end = read(watcher)
     assert end == "done" and first + seen == whole(40)
+
+
+def test_a_worker_that_exits_ends_its_handed_on_answers(
+    upstream: FakeUpstream, fake: FakeUpstream, tmp_path: Any
+) -> None:
+    """Stopping the server while an answer runs on with nobody attached: its upstream
+    is closed and its row says why, instead of staying pending for ever."""
+    env = {**TEST_SETTINGS, "OPENAI_BASE_URL": upstream.url, "WEB_CONCURRENCY": "1"}
+    env.update({"RESUME_GRACE": "30", "DATA_DIR": str(tmp_path)})
+    session = requests.Session()
+    first = Server(env)
+    try:
+        response = start(first, session, "forever=1 delay=0.05 id=exit")
+        answer_id = response.headers["X-Answer-ID"]
+        text, _, _ = read(response, deltas=3)  # then the client leaves
+        time.sleep(0.3)
+    finally:
+        first.stop()
+    closed = fake.wait_closed(1, timeout=5)
+    assert closed and closed[0].how == "client_closed"
+    again = Server(env)  # the same database and key: the same owner's answer
+    try:
+        stored = session.get(f"{again.url}/answers/{answer_id}").json()
+    finally:
+        again.stop()
+    assert stored["outcome"] == "server_shutdown" and stored["text"].startswith(text)
 
 
 def test_reattach_is_for_the_owner_only(resumable: Server, fake: FakeUpstream) -> None:

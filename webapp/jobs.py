@@ -331,13 +331,13 @@ class Job:
             relay.close()
             self._end()
 
-    def cancel(self) -> None:
-        """Stop now, whoever follows: the upstream is closed within a second. An
-        answer whose end is already logged is left as it ended."""
+    def cancel(self, outcome: str = "cancelled") -> None:
+        """Stop now, whoever follows: the upstream is closed within a second, and the
+        answer is recorded with `outcome`. One whose end is logged is left as it ended."""
         events = self.events
         if self.relay is None or (events and isinstance(events[-1], Done | Failed)):
             return  # finished, or its end is logged
-        self.relay.outcome = "cancelled"
+        self.relay.outcome = outcome
         self._stop()
 
 
@@ -429,6 +429,16 @@ class Jobs:
             return False
         job.cancel()
         return True
+
+    def stop_all(self, wait: float) -> None:
+        """A worker's exit: end every answer running here (recorded as
+        `server_shutdown`, not left pending), waiting up to `wait` s for them."""
+        running = [job for job in self._jobs.values() if not job.finished]
+        for job in running:
+            job.cancel("server_shutdown")
+        until = time.monotonic() + wait
+        while time.monotonic() < until and not all(job.finished for job in running):
+            gevent.sleep(0.05)
 
     def health(self) -> dict[str, str]:
         if self.eventlog is None:
