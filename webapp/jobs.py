@@ -32,10 +32,10 @@ from inspect import GEN_CLOSED, getgeneratorstate
 import gevent
 from gevent.event import Event
 
-from webapp.errors import AppError
+from webapp.errors import AppError, ClientTooSlow
 from webapp.eventlog import PUBLISH_INTERVAL, EventLog, RedisUnavailable, encode_end
 from webapp.events import LEFT, PING, Done, Failed, Ping, RelayEvent
-from webapp.generation import Relay
+from webapp.generation import WRITE_STALL, Relay
 from webapp.history import CANCELLING, StoredAnswer
 from webapp.watchdog import DISCONNECT_CHECK
 
@@ -150,6 +150,17 @@ class Job:
                     continue
                 else:
                     end = event  # type: ignore[assignment]
+                    events.append(event)
+                    ends.append(self.length)
+                    # The relay closes now, as the job's own greenlet would close it:
+                    # the answer is recorded and its slot freed before anyone hears
+                    # its end. That last write gets a bound of its own.
+                    for _ in source:
+                        pass
+                    self._end()
+                    with gevent.Timeout(WRITE_STALL, ClientTooSlow("client_too_slow")):
+                        yield self.length, event
+                    return
                 events.append(event)
                 ends.append(self.length)
                 if self.watchers:
