@@ -2,6 +2,7 @@
 
     python -m bench.eval [--url http://localhost:8000] [--subset even|odd|all] [--limit N]
     python -m bench.eval --direct            # the same GGUF through llama-cpp-python, bare
+    python -m bench.eval --compare A.json B.json   # two runs, problem by problem
 
 Each problem is asked as a person would ("Complete this Python function", its
 signature and docstring) through `POST /generate-code/`. The first Python code
@@ -30,6 +31,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from math import comb, sqrt
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +255,61 @@ def report(answers: list[Answer], args: argparse.Namespace, label: str) -> dict[
     return summary
 
 
+def wilson(passed: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% interval of a pass rate from `total` problems (Wilson's score)."""
+    if not total:
+        return 0.0, 1.0
+    rate = passed / total
+    centre = (rate + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * sqrt(rate * (1 - rate) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two runs on the same problems, paired: how many each solved alone, and the
+    exact two-sided McNemar p-value (the chance of a split at least this uneven if
+    the two were equally good). Only problems both runs asked are counted."""
+    kinds_a = {x["task_id"]: x["kind"] == "passed" for x in a["answers"]}
+    kinds_b = {x["task_id"]: x["kind"] == "passed" for x in b["answers"]}
+    common = sorted(kinds_a.keys() & kinds_b.keys())
+    only_a = [t for t in common if kinds_a[t] and not kinds_b[t]]
+    only_b = [t for t in common if kinds_b[t] and not kinds_a[t]]
+    split = len(only_a) + len(only_b)
+    tail = sum(comb(split, i) for i in range(min(len(only_a), len(only_b)) + 1))
+    result = {
+        "problems": len(common),
+        "passed_a": sum(kinds_a[t] for t in common),
+        "passed_b": sum(kinds_b[t] for t in common),
+        "only_a": only_a,
+        "only_b": only_b,
+        "p_value": min(1.0, 2 * tail / 2**split) if split else 1.0,
+    }
+    for side in ("a", "b"):
+        low, high = wilson(result[f"passed_{side}"], len(common))
+        result[f"interval_{side}"] = (round(100 * low, 1), round(100 * high, 1))
+    return result
+
+
+def print_comparison(paths: list[Path]) -> dict[str, Any]:
+    runs = [json.loads(path.read_text()) for path in paths]
+    result = compare(*runs)
+    total = result["problems"]
+    print("| run | passed | pass@1 | 95% interval | solved alone |")
+    print("| --- | --- | --- | --- | --- |")
+    for side, run_ in zip(("a", "b"), runs, strict=True):
+        passed = result[f"passed_{side}"]
+        low, high = result[f"interval_{side}"]
+        print(
+            f"| {run_['summary']['label']} ({run_['summary']['subset']}) | {passed}/{total} | "
+            f"{100 * passed / max(1, total):.1f}% | {low}-{high}% | {len(result[f'only_{side}'])} |"
+        )
+    print(
+        f"McNemar exact p = {result['p_value']:.3f} "
+        "(below 0.05: the runs differ beyond chance on these problems)"
+    )
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="a running app; default: start one as make run does")
@@ -265,7 +322,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--no-language", action="store_true", help="send no `language` (the page's Any)"
     )
     parser.add_argument("--label", default="")
+    parser.add_argument(
+        "--compare", nargs=2, type=Path, metavar="JSON", help="compare two results files"
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        return print_comparison(args.compare)
     process = None
     if not args.direct and not args.url:
         process, args.url = start_app()

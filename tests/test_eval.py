@@ -5,6 +5,7 @@ that reaches for the disk or the network is stopped."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,27 @@ def test_the_api_is_asked_as_a_person_would(server: Server, fake: FakeUpstream) 
     whole, _, _ = humaneval.ask_api(server.url, "Again [[fake answer=code]]", 200, cut=False)
     assert "It **normalises**" in whole
     assert requests.get(server.url + "/healthz", timeout=5).ok
+
+
+def test_two_runs_are_compared_problem_by_problem(tmp_path: Path) -> None:
+    def results(label: str, passed: set[int]) -> dict[str, Any]:
+        answers = [
+            {"task_id": f"T/{i}", "kind": "passed" if i in passed else "wrong_answer"}
+            for i in range(20)
+        ]
+        return {"summary": {"label": label, "subset": "odd"}, "answers": answers}
+
+    # A solves 0-9 plus 10-11; B solves 0-9 plus 12-19: an 8-to-2 split.
+    a, b = results("a", set(range(12))), results("b", set(range(10)) | set(range(12, 20)))
+    compared = humaneval.compare(a, b)
+    assert (compared["passed_a"], compared["passed_b"]) == (12, 18)
+    assert (compared["only_a"], len(compared["only_b"])) == (["T/10", "T/11"], 8)
+    assert compared["p_value"] == pytest.approx(2 * (1 + 10 + 45) / 2**10)  # exact binomial
+    assert humaneval.compare(a, a)["p_value"] == 1.0
+    low, high = compared["interval_b"]
+    assert low < 90.0 < high  # 18 of 20, with its uncertainty
+
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    printed = humaneval.main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert printed["p_value"] == compared["p_value"]
