@@ -22,6 +22,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -79,7 +80,11 @@ def main() -> int:
             run(target, "warmup", 50, 20, 0, 10)
         cpu: dict[str, list[float]] = {"A": [], "B": []}
         ttft: dict[str, list[float]] = {"A": [], "B": []}
+        # Each round's A and B ran in the same minute: their ratio cancels the
+        # machine's drift between rounds, which medians of each side do not.
+        pairs: list[tuple[float, float]] = []
         for i in range(args.rounds):
+            this_round: dict[str, tuple[float, float]] = {}
             for target in targets if i % 2 == 0 else targets[::-1]:
                 # Let the last run's streams finish closing on both sides first: a
                 # target run straight after its own previous run measured 50-150 ms
@@ -91,6 +96,10 @@ def main() -> int:
                     continue
                 cpu[target.name].append(result.cpu_us_per_token)
                 ttft[target.name].append(result.ttft_p50_ms)
+                this_round[target.name] = (result.cpu_us_per_token, result.ttft_p50_ms)
+            if len(this_round) == 2:
+                (cpu_a, ttft_a), (cpu_b, ttft_b) = this_round["A"], this_round["B"]
+                pairs.append((cpu_b / cpu_a, ttft_b - ttft_a))
     finally:
         for process in processes:
             process.terminate()
@@ -110,7 +119,38 @@ def main() -> int:
             f"B / A: CPU {statistics.median(cpu['B']) / statistics.median(cpu['A']):.2f}, "
             f"TTFT p50 {statistics.median(ttft['B']) - statistics.median(ttft['A']):+.1f} ms"
         )
+    if pairs:
+        ratios, gaps = [p[0] for p in pairs], [p[1] for p in pairs]
+        print(
+            f"paired by round ({len(pairs)}): CPU B/A median {statistics.median(ratios):.3f}"
+            f"{interval(ratios, '{:.3f}')}, TTFT p50 B-A median "
+            f"{statistics.median(gaps):+.1f} ms{interval(gaps, '{:+.1f}')}"
+        )
     return 0
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free interval for the median: the k-th smallest and k-th
+    largest values, k the largest with P(Binomial(n, 1/2) < k) <= (1 - confidence)/2.
+    None when n is too small for one (below 6 at 95%)."""
+    n = len(values)
+    tail, k, below = (1 - confidence) / 2, 0, 0.0
+    while True:
+        below += math.comb(n, k) / 2**n  # P(fewer than k + 1 of n below the median)
+        if below > tail:
+            break
+        k += 1
+    if k == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[k - 1], ordered[n - k]
+
+
+def interval(values: list[float], form: str) -> str:
+    found = median_interval(values)
+    if found is None:
+        return " (too few rounds for a 95% interval)"
+    return f" (95% interval {form.format(found[0])} to {form.format(found[1])})"
 
 
 if __name__ == "__main__":
