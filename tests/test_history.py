@@ -27,7 +27,7 @@ from tests.conftest import ROOT, TEST_SETTINGS, Server
 from tests.fake_upstream import ANSWERS, FakeUpstream
 from tests.helpers import csrf_token_of, metrics, prompt, value
 from webapp import create_app
-from webapp.history import AnswerRow, Base, Store, make_engine, now
+from webapp.history import AnswerRow, Base, Store, make_engine, now, upgrade
 
 KEYS = {"Authorization": "Bearer key-one"}, {"Authorization": "Bearer key-two"}
 
@@ -306,7 +306,24 @@ def test_the_migrations_build_exactly_the_models(database_url: str) -> None:
         context = MigrationContext.configure(connection)
         assert compare_metadata(context, Base.metadata) == []
         revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert revision == "0001"
+    assert revision == "0002"
+    store.close()
+
+
+def test_a_database_of_the_first_release_is_upgraded_at_start_up(database_url: str) -> None:
+    old = make_engine(database_url)
+    upgrade(old, "0001")  # as the first release left it, with a Stop pending in a row
+    row = Store.new_answer("o", prompt="p", language=None, model="m", temperature=None,
+                           max_tokens=10)  # fmt: skip
+    Store(old).write([row], [])
+    with old.begin() as connection:
+        connection.execute(text("UPDATE answers SET outcome = 'cancelling'"))
+    old.dispose()
+    store = Store.open(database_url)
+    with store.engine.connect() as connection:
+        revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    assert revision == "0002"
+    assert store.cancel_requested() == [row.id]
     store.close()
 
 

@@ -111,3 +111,27 @@ def test_a_driver_that_stops_reading_is_let_go_and_the_answer_goes_on() -> None:
     text = "".join(event for event in seen if isinstance(event, str))
     assert text == "".join(f"t{i} " for i in range(40)) and isinstance(seen[-1], Done)
     assert relay.outcome == "ok"
+
+
+def test_a_finished_job_replays_from_any_point_and_a_reader_across_its_end_misses_none() -> None:
+    _, job, _ = started(tokens=20, every=0.01)
+    late: list[tuple[int, object]] = []
+
+    def read_along() -> None:  # a reader that joined mid-answer and reads on past the end
+        gevent.sleep(0.05)
+        late.extend(job.follow(0))
+
+    reader = gevent.spawn(read_along)
+    driven = list(job.drive(None))
+    reader.join(5)
+    text = "".join(f"t{i} " for i in range(20))
+    assert job.finished and job.text() == text
+    assert "".join(e for _, e in late if isinstance(e, str)) == text
+    assert isinstance(late[-1][1], Done) and late[-1][0] == len(text) == driven[-1][0]
+    assert len(job.events) == 2  # a finished log is its text and its end, not a list per token
+    for after in (0, 1, 7, len(text) - 1, len(text)):
+        replay = list(job.follow(after))
+        deltas = [(end, e) for end, e in replay if isinstance(e, str)]
+        assert "".join(e for _, e in deltas) == text[after:]
+        assert all(end == len(text) for end, _ in deltas)
+        assert isinstance(replay[-1][1], Done) and replay[-1][0] == len(text)

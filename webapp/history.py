@@ -29,6 +29,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -53,6 +54,8 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_LOCK = 7_310_442_001
 # The outcome of a running answer whose Stop reached another worker.
 CANCELLING = "cancelling"
+# A literal, not a bound value: only then may SQLite use the partial index on it.
+_IS_CANCELLING = text(f"outcome = '{CANCELLING}'")
 PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 # Versions of one conversation read at once (a page, a follow-up's turns).
@@ -126,6 +129,17 @@ class AnswerRow(Base):
     share_id: Mapped[str | None] = mapped_column(String(40), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+    # The rows a worker polls for a Stop sent to another worker: almost always none,
+    # so the poll costs the same with 3 answers running or 3,000, and a big history.
+    __table_args__ = (
+        Index(
+            "ix_answers_cancelling",
+            "id",
+            sqlite_where=_IS_CANCELLING,
+            postgresql_where=_IS_CANCELLING,
+        ),
+    )
 
 
 # The tables themselves, for the writes that go many rows at a time (Core, no ORM).
@@ -237,7 +251,7 @@ def migration_lock(engine: Engine) -> Iterator[Connection]:
                     fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def upgrade(engine: Engine) -> None:
+def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to the newest migration (a no-op when it is there)."""
     from alembic import command
     from alembic.config import Config as AlembicConfig
@@ -246,7 +260,7 @@ def upgrade(engine: Engine) -> None:
         settings = AlembicConfig()
         settings.set_main_option("script_location", str(MIGRATIONS))
         settings.attributes["connection"] = connection
-        command.upgrade(settings, "head")
+        command.upgrade(settings, revision)
         connection.commit()
 
 
@@ -368,15 +382,11 @@ class Store:
             return bool(result.rowcount)
 
     @translated
-    def cancel_requested(self, answer_ids: list[str]) -> list[str]:
+    def cancel_requested(self) -> list[str]:
+        """The answers whose Stop reached another worker (any owner's, any worker's):
+        each worker acts on those it runs."""
         with self.engine.connect() as connection:
-            return list(
-                connection.scalars(
-                    select(ANSWERS.c.id).where(
-                        ANSWERS.c.id.in_(answer_ids), ANSWERS.c.outcome == CANCELLING
-                    )
-                )
-            )
+            return list(connection.scalars(select(ANSWERS.c.id).where(_IS_CANCELLING)))
 
     @translated
     def reopen(self, owner: str, answer_id: str) -> None:

@@ -18,7 +18,13 @@ within a second, whoever reads it. A finished job stays in memory for
 KEEP_FINISHED seconds; later re-attachments replay it from the history store.
 
 Memory: the log holds the same string objects as the relay's text (bounded by
-the answer's size bound), and one offset per event.
+the answer's size bound), and one offset per event. A finished job keeps its
+text as one delta and its end: a worker holds a minute of finished answers,
+and a log per token would be thousands of objects for the collector to walk.
+
+Cost: nothing per answer runs unless needed. The grace and KEEP_FINISHED are
+bare loop timers (a greenlet only when the grace runs out); the ticker and the
+Redis publisher start only with a watcher or Redis.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from inspect import GEN_CLOSED, getgeneratorstate
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -91,12 +98,12 @@ class Job:
         self._runner_began = False
         self._ticker: gevent.Greenlet[..., None] | None = None
         self._on_finished = on_finished
+        self.forget_timer: Any = None  # Jobs': when a finished job leaves memory
         # Until the response that started it drives it, nobody does: if it never
         # does (the server dropped the response unread), it is ended as abandoned.
         # Not sooner than UNDRIVEN: with RESUME_GRACE=0 the response must get there.
-        self._grace: gevent.Greenlet[..., None] | None = gevent.spawn_later(
-            max(grace, UNDRIVEN), self._abandon
-        )
+        self._grace: Any = None
+        self._start_grace(max(grace, UNDRIVEN))
         if eventlog is not None:
             self.watchers += 1
             gevent.spawn(self._publish, eventlog, owner)
@@ -211,6 +218,11 @@ class Job:
             self.ends.append(self.length)
         self.finished = True
         self._text, self.relay = self.text(), None
+        # From now on the log is its text in one delta, then its end. Whoever reads
+        # the old lists (a follower, the publisher) keeps them, end included.
+        delta = self._text[self.start : self.length]
+        self.events = [delta, events[-1]] if delta else [events[-1]]
+        self.ends = [self.length] * len(self.events)
         self._wake()
         self._on_finished(self)
 
@@ -312,13 +324,18 @@ class Job:
     def _attached(self) -> None:
         self.followers += 1
         if self._grace is not None:
-            self._grace.kill(block=False)
+            self._grace.close()
             self._grace = None
 
     def _detached(self) -> None:
         self.followers -= 1
         if self.followers == 0 and not self.finished:
-            self._grace = gevent.spawn_later(self._grace_s, self._abandon)
+            self._start_grace(self._grace_s)
+
+    def _start_grace(self, seconds: float) -> None:
+        # Runs in the hub when due, which must not block: ending the job can.
+        self._grace = gevent.get_hub().loop.timer(seconds)
+        self._grace.start(gevent.spawn, self._abandon)
 
     def _abandon(self) -> None:
         if self.followers == 0 and not self.finished:
@@ -411,6 +428,7 @@ class Jobs:
         self.heartbeat = heartbeat
         self.eventlog = eventlog
         self._jobs: dict[str, Job] = {}
+        self._running: set[str] = set()
 
     def start(self, relay: Relay, answer_id: str, owner: str, prefix: str = "") -> Job:
         job = Job(
@@ -424,14 +442,15 @@ class Jobs:
             owner=owner,
         )
         self._jobs[answer_id] = job
+        self._running.add(answer_id)
         return job
 
     def get(self, answer_id: str) -> Job | None:
         return self._jobs.get(answer_id)
 
-    def running(self) -> list[str]:
-        """The ids of the answers running here (not finished)."""
-        return [answer_id for answer_id, job in self._jobs.items() if not job.finished]
+    def running(self) -> set[str]:
+        """The ids of the answers running here (not finished): the live set, to read."""
+        return self._running
 
     def cancel(self, answer_id: str) -> bool:
         """Cancel the answer if it runs here; False if it does not."""
@@ -457,7 +476,10 @@ class Jobs:
         return {"resume_events": "redis" if self.eventlog.healthy else "redis down: this instance"}
 
     def _finished(self, job: Job) -> None:
-        gevent.spawn_later(KEEP_FINISHED, self._forget, job)
+        self._running.discard(job.answer_id)
+        # A loop timer (its callback only deletes an entry): no greenlet per answer.
+        job.forget_timer = gevent.get_hub().loop.timer(KEEP_FINISHED)
+        job.forget_timer.start(self._forget, job)
 
     def _forget(self, job: Job) -> None:
         if self._jobs.get(job.answer_id) is job:

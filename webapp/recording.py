@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +70,7 @@ class Recorder:
         history_days: int = 0,
         on_failure: Callable[[str], None] = lambda operation: None,
         on_cancel: Callable[[str], object] = lambda answer_id: None,
-        cancellable: Callable[[], list[str]] = list,
+        cancellable: Callable[[], Collection[str]] = list,
         interval: float = SAVE_INTERVAL,
     ) -> None:
         self.store = store
@@ -216,12 +216,13 @@ class Recorder:
         if not running:
             return
         try:
-            wanted = self.store.cancel_requested(running)
+            wanted = self.store.cancel_requested()
         except HistoryUnavailable:
             self._failed("cancel")
             return
         for answer_id in wanted:
-            self._on_cancel(answer_id)
+            if answer_id in running:
+                self._on_cancel(answer_id)
 
     def _save_progress(self) -> None:
         grown: dict[str, str] = {}
