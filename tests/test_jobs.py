@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import pytest
 from gevent.event import Event
 
 from tests.test_relay import relay_for
 from webapp.errors import ClientTooSlow
 from webapp.events import Done, Failed
 from webapp.generation import WRITE_STALL, Relay
-from webapp.jobs import Job
+from webapp.jobs import Job, writes_bounded
 from webapp.providers.base import Final
 
 
@@ -135,3 +136,19 @@ def test_a_finished_job_replays_from_any_point_and_a_reader_across_its_end_misse
         assert "".join(e for _, e in deltas) == text[after:]
         assert all(end == len(text) for end, _ in deltas)
         assert isinstance(replay[-1][1], Done) and replay[-1][0] == len(text)
+
+
+def test_a_reattached_reader_that_stops_taking_writes_is_let_go() -> None:
+    _, job, _ = started(tokens=200, every=0.01)
+    driver = gevent.spawn(lambda: list(job.drive(None)))
+    gevent.sleep(0.1)
+    reader = writes_bounded(job.follow(0), 0.3)
+    next(reader)
+    assert job.watchers == 1
+    # Its "write" blocks: the bound throws into it there, as into a blocked sendall.
+    with pytest.raises(ClientTooSlow):
+        gevent.sleep(2)
+    reader.close()
+    assert job.watchers == 0 and job.followers == 1  # only the driver is left
+    driver.join(10)
+    assert job.finished and isinstance(job.events[-1], Done)  # the answer went on

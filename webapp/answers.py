@@ -28,7 +28,7 @@ from webapp.config import Config
 from webapp.errors import BadRequest, NotFound
 from webapp.eventlog import EventLog, RedisUnavailable
 from webapp.history import CANCELLING, MAX_PAGE_SIZE, PAGE_SIZE, StoredAnswer
-from webapp.jobs import Numbered, follow_stored
+from webapp.jobs import FOLLOWER_WRITE_STALL, Numbered, follow_stored, writes_bounded
 from webapp.service import STREAM_HEADERS, answer_of, client_gone, jobs, owner, store
 
 bp = Blueprint("answers", __name__)
@@ -103,7 +103,13 @@ def events_after() -> int:
 
 def follow(answer_id: str, after: int) -> tuple[Iterator[Numbered], Callable[[], str]]:
     """An answer's events after `after`: live from its job when it runs in this worker,
-    else from Redis (any worker, any machine), else through its stored row."""
+    else from Redis (any worker, any machine), else through its stored row; a reader
+    that stops taking them is let go after FOLLOWER_WRITE_STALL s."""
+    events, text = _follow(answer_id, after)
+    return writes_bounded(events, FOLLOWER_WRITE_STALL), text
+
+
+def _follow(answer_id: str, after: int) -> tuple[Iterator[Numbered], Callable[[], str]]:
     running = jobs()
     config: Config = current_app.config["APP_CONFIG"]
     until = time.monotonic() + config.total_timeout + config.resume_grace

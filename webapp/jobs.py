@@ -53,6 +53,10 @@ KEEP_FINISHED = 60.0
 UNDRIVEN = 10.0
 # How often a running job looks for a Stop sent to another instance (Redis).
 CANCEL_CHECK = 0.4
+# A re-attached reader that takes none of a write this long is let go (it holds
+# nobody back, only its connection): generous enough for the whole text of a
+# capped answer in one write to a slow phone.
+FOLLOWER_WRITE_STALL = 30.0
 
 Numbered = tuple[int, RelayEvent | Ping]
 """An event with its id: the answer's length once it is applied (pings: -1)."""
@@ -367,6 +371,25 @@ class Job:
             return  # finished, or its end is logged
         self.relay.outcome = outcome
         self._stop()
+
+
+def writes_bounded(events: Iterator[Numbered], seconds: float) -> Iterator[Numbered]:
+    """`events`, each of whose writes to the client must end within `seconds`: past
+    it, ClientTooSlow is raised where the server is blocked writing, which drops the
+    connection. For re-attached readers, which no relay watchdog covers."""
+    stall = gevent.Timeout(seconds, ClientTooSlow("client_too_slow"))
+    try:
+        for item in events:
+            stall.start()
+            try:
+                yield item
+            finally:
+                stall.cancel()
+    finally:
+        stall.close()
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()  # the follower's own cleanup (watchers, the grace) now, not at GC
 
 
 POLL_INTERVAL = 0.5
