@@ -3,6 +3,7 @@
     python -m bench.eval [--url http://localhost:8000] [--subset even|odd|all] [--limit N]
     python -m bench.eval --direct            # the same GGUF through llama-cpp-python, bare
     python -m bench.eval --compare A.json B.json   # two runs, problem by problem
+                                                   # (the README's: bench/eval-runs/)
 
 Each problem is asked as a person would ("Complete this Python function", its
 signature and docstring) through `POST /generate-code/`. The first Python code
@@ -290,8 +291,16 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def print_comparison(paths: list[Path]) -> dict[str, Any]:
-    runs = [json.loads(path.read_text()) for path in paths]
+def load_runs(paths: str) -> dict[str, Any]:
+    """One results file, or several joined by commas (both halves, say) as one run."""
+    runs = [json.loads(Path(path).read_text()) for path in paths.split(",")]
+    summary = dict(runs[0]["summary"])
+    summary["subset"] = "+".join(run["summary"]["subset"] for run in runs)
+    return {"summary": summary, "answers": [a for run in runs for a in run["answers"]]}
+
+
+def print_comparison(paths: list[str]) -> dict[str, Any]:
+    runs = [load_runs(path) for path in paths]
     result = compare(*runs)
     total = result["problems"]
     print("| run | passed | pass@1 | 95% interval | solved alone |")
@@ -323,7 +332,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--label", default="")
     parser.add_argument(
-        "--compare", nargs=2, type=Path, metavar="JSON", help="compare two results files"
+        "--compare",
+        nargs=2,
+        metavar="JSON",
+        help="compare two results files (each may be several, joined by commas)",
     )
     args = parser.parse_args(argv)
     if args.compare:
