@@ -15,7 +15,7 @@ When the last reader leaves, the job keeps generating for RESUME_GRACE
 seconds; if nobody comes back, its relay is closed (the upstream with it), as
 a non-resumable answer is closed when its client leaves. `cancel()` closes it
 within a second, whoever reads it. A finished job stays in memory for
-KEEP_FINISHED seconds; later re-attachments replay it from the history store.
+KEEP_FINISHED (5) seconds; later re-attachments replay it from the history store.
 
 Memory: the log holds the same string objects as the relay's text (bounded by
 the answer's size bound), and one offset per event. A finished job keeps its
@@ -48,7 +48,11 @@ from webapp.watchdog import DISCONNECT_CHECK
 
 log = logging.getLogger("webapp.jobs")
 
-KEEP_FINISHED = 60.0
+# A finished job answers re-attachments from memory this long (the page's first
+# reconnects come within 2 s); after it, the stored row replays the answer, in full
+# since the recorder flushes its end within 50 ms. Kept short: with 60 s, a worker
+# relaying 300 answers at a time held ~2,400 finished jobs for nobody.
+KEEP_FINISHED = 5.0
 # How long a job waits for the response that started it to begin reading it.
 UNDRIVEN = 10.0
 # How often a running job looks for a Stop sent to another instance (Redis).
