@@ -30,7 +30,17 @@ from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 
-from bench.relay import APP, ROOT, Target, app_env, free_port, run, start, wait_port  # noqa: E402
+from bench.relay import (  # noqa: E402
+    APP,
+    ROOT,
+    Target,
+    app_env,
+    free_port,
+    run,
+    start,
+    tree_cpu,
+    wait_port,
+)
 
 
 def serve(
@@ -51,6 +61,11 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--settle", type=float, default=3.0, help="seconds of rest before each run")
+    parser.add_argument(
+        "--linger", type=float, default=8.0,
+        help="seconds to wait after the last round, so the whole-run CPU includes work an "
+        "answer leaves for later (a finished job is forgotten 5 s after its end)",
+    )  # fmt: skip
     for side in ("a", "b"):
         parser.add_argument(
             f"--env-{side}", action="append", default=[], metavar="KEY=VALUE",
@@ -71,6 +86,7 @@ def main() -> int:
     processes = [start([sys.executable, "-m", "bench.upstream", str(up)])]
     wait_port(up)
     targets = []
+    whole: dict[str, float] = {}
     try:
         for name, tree in (("A", args.other.resolve()), ("B", ROOT)):
             process, port = serve(tree, up, args.workers, extra[name])
@@ -78,6 +94,12 @@ def main() -> int:
             targets.append(Target(name, port, "/generate-code/", process.pid, bodies[name]))
         for target in targets:
             run(target, "warmup", 50, 20, 0, 10)
+        # A round's CPU is read when its streams end; work an answer leaves for later
+        # (freeing what it kept) lands in whichever round runs then, or in none. The
+        # whole run's CPU, read after a linger, counts all of it once.
+        gevent.sleep(args.linger)
+        whole_from = {t.name: tree_cpu(t.pid) for t in targets if t.pid}
+        relayed = {"A": 0, "B": 0}
         cpu: dict[str, list[float]] = {"A": [], "B": []}
         ttft: dict[str, list[float]] = {"A": [], "B": []}
         # Each round's A and B ran in the same minute: their ratio cancels the
@@ -96,10 +118,17 @@ def main() -> int:
                     continue
                 cpu[target.name].append(result.cpu_us_per_token)
                 ttft[target.name].append(result.ttft_p50_ms)
+                relayed[target.name] += args.streams * args.tokens
                 this_round[target.name] = (result.cpu_us_per_token, result.ttft_p50_ms)
             if len(this_round) == 2:
                 (cpu_a, ttft_a), (cpu_b, ttft_b) = this_round["A"], this_round["B"]
                 pairs.append((cpu_b / cpu_a, ttft_b - ttft_a))
+        gevent.sleep(args.linger)
+        whole = {
+            t.name: (tree_cpu(t.pid) - whole_from[t.name]) / relayed[t.name] * 1e6
+            for t in targets
+            if t.pid and relayed[t.name]
+        }
     finally:
         for process in processes:
             process.terminate()
@@ -118,6 +147,11 @@ def main() -> int:
         print(
             f"B / A: CPU {statistics.median(cpu['B']) / statistics.median(cpu['A']):.2f}, "
             f"TTFT p50 {statistics.median(ttft['B']) - statistics.median(ttft['A']):+.1f} ms"
+        )
+    if len(whole) == 2:
+        print(
+            f"whole run, rests included (work left for later counted once): CPU per token "
+            f"A {whole['A']:.1f} µs, B {whole['B']:.1f} µs, B/A {whole['B'] / whole['A']:.3f}"
         )
     if pairs:
         ratios, gaps = [p[0] for p in pairs], [p[1] for p in pairs]
