@@ -19,8 +19,8 @@ KEEP_FINISHED (5) seconds; later re-attachments replay it from the history store
 
 Memory: the log holds the same string objects as the relay's text (bounded by
 the answer's size bound), and one offset per event. A finished job keeps its
-text as one delta and its end: a worker holds a minute of finished answers,
-and a log per token would be thousands of objects for the collector to walk.
+text as one delta and its end: a worker under load holds hundreds of finished
+answers, and a log per token would be thousands of objects for the collector.
 
 Cost: nothing per answer runs unless needed. The grace and KEEP_FINISHED are
 bare loop timers (a greenlet only when the grace runs out); the ticker and the
