@@ -18,10 +18,12 @@ from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import text
 
 from tests.conftest import TEST_SETTINGS, Redis, Server
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import prompt, wait_idle
+from webapp.history import CANCELLING, Store
 
 GRACE = "2"
 
@@ -189,6 +191,35 @@ def test_stop_during_a_reattached_stream_closes_the_upstream(
     assert ends and ends[-1]["code"] == "cancelled"
     stored = session.get(f"{resumable.url}/answers/{answer_id}").json()
     assert stored["outcome"] == "cancelled"
+
+
+def test_a_stop_marked_in_the_row_reaches_the_worker_that_runs_the_answer(
+    serve: Any, fake: FakeUpstream, tmp_path: Any
+) -> None:
+    """What a worker that does not run the answer does with its Stop (without Redis):
+    it marks the row. The worker that runs it looks every 0.4 s, through the partial
+    index, and closes the upstream within a second."""
+    server: Server = serve(RESUME_GRACE=GRACE, DATA_DIR=str(tmp_path))
+    session = requests.Session()
+    response = start(server, session, "forever=1 delay=0.05 id=row")
+    answer_id = response.headers["X-Answer-ID"]
+    events = sse(response)
+    for _ in range(3):
+        next(events)  # its row is written by now (within 50 ms of the start)
+    store = Store.open(f"sqlite:///{tmp_path}/history.db", migrate=False)
+    with store.engine.begin() as connection:
+        marked = connection.execute(
+            text("UPDATE answers SET outcome = :cancelling WHERE id = :id"),
+            {"cancelling": CANCELLING, "id": answer_id},
+        )
+    store.close()
+    asked = time.monotonic()
+    assert marked.rowcount == 1
+    closed = fake.wait_closed(1, timeout=5)
+    assert closed and closed[0].at - asked <= 1.0
+    ends = [data for _, name, data in events if name == "error"]
+    assert ends and ends[-1]["code"] == "cancelled"
+    assert session.get(f"{server.url}/answers/{answer_id}").json()["outcome"] == "cancelled"
 
 
 @pytest.mark.parametrize("directive", ["forever=1 delay=0.05", "tokens=50 stall_after=3"])
