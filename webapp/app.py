@@ -226,7 +226,9 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         headers["X-Request-ID"] = g.get("request_id", "")
         recorded = g.get("recorded")
         if recorded:
-            headers["X-Answer-ID"], headers["X-Conversation-ID"] = recorded
+            # `add`, not `[...] =`: nothing set them before, so no scan to replace.
+            headers.add("X-Answer-ID", recorded[0])
+            headers.add("X-Conversation-ID", recorded[1])
             if g.history_trimmed:
                 headers["X-History-Trimmed"] = str(g.history_trimmed)
         # No view sets its own, so one look decides for all.

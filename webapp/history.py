@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import functools
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from webapp.errors import HistoryUnavailable
+from webapp.ids import random_id
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant works: it names the lock that serialises migrations on PostgreSQL.
@@ -89,7 +91,7 @@ def now() -> datetime:
 
 
 def new_id() -> str:
-    return secrets.token_urlsafe(12)  # 96 random bits
+    return random_id(12)  # 96 random bits
 
 
 class Base(DeclarativeBase):
@@ -149,12 +151,51 @@ CONVERSATIONS = Base.metadata.tables["conversations"]
 
 @dataclass(frozen=True, slots=True)
 class NewAnswer:
-    """An answer's rows before they are written (Store.new_answer, Store.create)."""
+    """An answer before it is written (Store.new_answer): its ids, and what its rows
+    need. The rows are built when written, by the recorder's writer, not on the
+    way to the answer's first token."""
 
     id: str
     conversation_id: str
-    conversation_row: dict[str, Any] | None
-    answer_row: dict[str, Any]
+    new_conversation: bool
+    owner: str
+    prompt: str
+    language: str | None
+    model: str
+    temperature: float | None
+    max_tokens: int
+    parent_id: str | None
+    started: float  # time.time(): a datetime costs ~5 us more to make, in a busy worker
+
+    @property
+    def created_at(self) -> datetime:
+        return datetime.fromtimestamp(self.started, UTC).replace(tzinfo=None)
+
+    def conversation_row(self) -> dict[str, Any] | None:
+        if not self.new_conversation:
+            return None
+        stamp = self.created_at
+        return {"id": self.conversation_id, "owner": self.owner,
+                "created_at": stamp, "updated_at": stamp}  # fmt: skip
+
+    def answer_row(self) -> dict[str, Any]:
+        stamp = self.created_at
+        return {
+            "id": self.id,
+            "conversation_id": self.conversation_id,
+            "parent_id": self.parent_id,
+            "owner": self.owner,
+            "prompt": self.prompt,
+            "language": self.language,
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "text": "",
+            "code_blocks": [],
+            "outcome": "pending",
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,49 +342,34 @@ class Store:
         conversation_id: str | None = None,
         parent_id: str | None = None,
     ) -> NewAnswer:
-        """A new answer's rows, ids made here (so its id is known before it is
+        """A new answer, its ids made here (so its id is known before it is
         written), in a new conversation or as the next version of one."""
-        stamp = now()
-        conversation = None
-        if conversation_id is None:
-            conversation_id = new_id()
-            conversation = {
-                "id": conversation_id,
-                "owner": owner,
-                "created_at": stamp,
-                "updated_at": stamp,
-            }
-        answer_id = new_id()
-        answer: dict[str, Any] = {
-            "id": answer_id,
-            "conversation_id": conversation_id,
-            "parent_id": parent_id,
-            "owner": owner,
-            "prompt": prompt,
-            "language": language,
-            "model": model,
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-            "text": "",
-            "code_blocks": [],
-            "outcome": "pending",
-            "created_at": stamp,
-            "updated_at": stamp,
-        }
-        return NewAnswer(answer_id, conversation_id, conversation, answer)
+        return NewAnswer(
+            new_id(),
+            conversation_id or new_id(),
+            conversation_id is None,
+            owner,
+            prompt,
+            language,
+            model,
+            temperature,
+            max_tokens,
+            parent_id,
+            time.time(),
+        )
 
     @translated
     def write(self, answers: list[NewAnswer], ends: list[dict[str, Any]]) -> None:
         """New answers (and their new conversations), then the last state of ended
         ones (`id`, text, code_blocks, finish_reason, outcome, usage, ...): one
         transaction for all."""
-        conversations = [a.conversation_row for a in answers if a.conversation_row]
+        conversations = [row for a in answers if (row := a.conversation_row())]
         stamp = now()
         with self.engine.begin() as connection:
             if conversations:
                 connection.execute(CONVERSATIONS.insert(), conversations)
             if answers:
-                connection.execute(ANSWERS.insert(), [a.answer_row for a in answers])
+                connection.execute(ANSWERS.insert(), [a.answer_row() for a in answers])
             if ends:
                 columns: dict[str, Any] = {k: bindparam(k) for k in ends[0] if k != "id"}
                 connection.execute(

@@ -7,7 +7,6 @@ stream slots are the same, and live here once.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 
 import orjson
@@ -17,6 +16,7 @@ from webapp.errors import BadRequest, Conflict, NotFound, Unauthorized, Unsuppor
 from webapp.generation import GenerationService, Relay, Turn
 from webapp.guard import Guard
 from webapp.history import MAX_TURNS, Store, StoredAnswer
+from webapp.ids import random_id
 from webapp.jobs import Job, Jobs
 from webapp.recording import Recorder
 from webapp.schema import GenerateCodeRequest
@@ -65,7 +65,7 @@ def owner() -> str:
         raise Unauthorized("Sign in with an API key first.", code="sign_in_required")
     anonymous = session.get("owner")
     if not isinstance(anonymous, str) or len(anonymous) != 22:
-        anonymous = secrets.token_urlsafe(16)
+        anonymous = random_id(16)
         session["owner"] = anonymous
     return f"anon:{anonymous}"
 

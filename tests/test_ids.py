@@ -1,0 +1,37 @@
+"""Ids: kernel randomness handed out once, never shared with a forked worker."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import secrets
+
+from webapp.ids import b64url, random_id
+
+
+def test_ids_look_like_token_urlsafe_and_never_repeat() -> None:
+    ids = [random_id(12) for _ in range(5000)]  # past several 4 KiB reads
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{16}", i) for i in ids)
+    assert len(random_id(16)) == len(secrets.token_urlsafe(16)) == 22
+
+
+def test_base64url_is_the_unpadded_urlsafe_alphabet() -> None:
+    for data in (b"", b"\xfb\xff", b"\xfb\xff\xbf", bytes(range(256))):
+        expected = base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+        assert b64url(data) == expected
+
+
+def test_a_forked_worker_does_not_hand_out_its_parents_bytes() -> None:
+    random_id(12)  # the parent now holds a buffer of unused bytes
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.write(write, random_id(12).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    from_child = os.read(read, 64).decode()
+    os.close(read)
+    assert from_child != random_id(12)

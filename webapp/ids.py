@@ -1,0 +1,50 @@
+"""Unguessable ids (answers, conversations, anonymous owners), cheaply.
+
+`secrets.token_urlsafe` makes one `getrandom` call per id: ~4 us each inside
+a busy worker, and an answer with history on needs three (its owner, its
+conversation, itself) on the way to its first token. Here the same kernel
+randomness is read 4 KiB at a time and handed out in slices, never twice.
+A forked worker starts with an empty buffer, so no two workers share bytes.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+
+_READ = 4096
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+class _Pool:
+    """Kernel random bytes, read in blocks; each byte is handed out once."""
+
+    __slots__ = ("at", "data")
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.at = 0
+
+    def take(self, count: int) -> bytes:
+        if self.at + count > len(self.data):
+            self.data, self.at = os.urandom(max(_READ, count)), 0
+        taken = self.data[self.at : self.at + count]
+        self.at += count
+        return taken
+
+    def forget(self) -> None:
+        self.data, self.at = b"", 0
+
+
+_pool = _Pool()
+os.register_at_fork(after_in_child=_pool.forget)
+
+
+def random_id(nbytes: int) -> str:
+    """`nbytes` random bytes as unpadded base64url, like `secrets.token_urlsafe`."""
+    return b64url(_pool.take(nbytes))
+
+
+def b64url(data: bytes) -> str:
+    """Unpadded base64url, as `secrets.token_urlsafe` and itsdangerous write it."""
+    return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_URLSAFE).decode()
