@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import orjson
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -246,11 +247,19 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+# The JSON columns (code blocks, usage, timing) through orjson: ~10x the stdlib's
+# speed, and the writer encodes three per ended answer.
+_JSON_CODEC: dict[str, Any] = {
+    "json_serializer": lambda value: orjson.dumps(value).decode(),
+    "json_deserializer": orjson.loads,
+}
+
+
 def make_engine(url: str) -> Engine:
     url = sqlalchemy_url(url)
     if url.startswith("sqlite"):
         # A short busy wait: the C library blocks the event loop while it waits.
-        engine = create_engine(url, connect_args={"timeout": 2.0})
+        engine = create_engine(url, connect_args={"timeout": 2.0}, **_JSON_CODEC)
 
         @event.listens_for(engine, "connect")
         def _pragmas(connection: Any, _record: Any) -> None:
@@ -261,7 +270,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **_JSON_CODEC)
 
 
 @contextlib.contextmanager
