@@ -4,6 +4,7 @@
     git worktree add /tmp/before HEAD~1 && python -m bench.ab /tmp/before
     python -m bench.ab . --env-a HISTORY=off     # one tree, two settings
     python -m bench.ab . --body-b '{"resumable": true}'   # or two kinds of request
+    python -m bench.ab . --save run1.json ...; python -m bench.ab --pool run1.json run2.json
 
 On a noisy machine one run of `make bench` moves ±20%; a change worth 5-10%
 only shows when both builds run in the same minutes. Both trees are served
@@ -54,7 +55,14 @@ def serve(
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("other", type=Path, help="the other source tree (A); this one is B")
+    parser.add_argument(
+        "other", type=Path, nargs="?", help="the other source tree (A); this one is B"
+    )
+    parser.add_argument("--save", help="write the paired rounds to this JSON file")
+    parser.add_argument(
+        "--pool", nargs="+", metavar="SAVED",
+        help="run nothing: pool the rounds of runs saved with --save, and print their pairs",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--streams", type=int, default=300)
     parser.add_argument("--tokens", type=int, default=100)
@@ -76,6 +84,10 @@ def main() -> int:
             f"--body-{side}", default="{}", help="JSON fields added to its requests"
         )
     args = parser.parse_args()
+    if args.pool:
+        return pool(args.pool)
+    if args.other is None:
+        parser.error("the other source tree is required (or --pool)")
     extra = {
         "A": dict(item.split("=", 1) for item in args.env_a),
         "B": dict(item.split("=", 1) for item in args.env_b),
@@ -153,6 +165,14 @@ def main() -> int:
             f"whole run, rests included (work left for later counted once): CPU per token "
             f"A {whole['A']:.1f} µs, B {whole['B']:.1f} µs, B/A {whole['B'] / whole['A']:.3f}"
         )
+    print_pairs(pairs)
+    if args.save:
+        record = {"argv": sys.argv[1:], "pairs": pairs, "whole": whole}
+        Path(args.save).write_text(json.dumps(record, indent=1))
+    return 0
+
+
+def print_pairs(pairs: list[tuple[float, float]]) -> None:
     if pairs:
         ratios, gaps = [p[0] for p in pairs], [p[1] for p in pairs]
         print(
@@ -160,6 +180,17 @@ def main() -> int:
             f"{interval(ratios, '{:.3f}')}, TTFT p50 B-A median "
             f"{statistics.median(gaps):+.1f} ms{interval(gaps, '{:+.1f}')}"
         )
+
+
+def pool(paths: list[str]) -> int:
+    """The rounds of several saved runs (`--save`) as one sample: a tighter interval
+    when one run's cannot tell a small difference from noise."""
+    pairs: list[tuple[float, float]] = []
+    for path in paths:
+        record = json.loads(Path(path).read_text())
+        print(f"{path}: {len(record['pairs'])} rounds of {' '.join(record['argv'])}")
+        pairs += [(ratio, gap) for ratio, gap in record["pairs"]]
+    print_pairs(pairs)
     return 0
 
 
