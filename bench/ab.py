@@ -187,7 +187,10 @@ def pool(paths: list[str]) -> int:
     when one run's cannot tell a small difference from noise."""
     pairs: list[tuple[float, float]] = []
     for path in paths:
-        record = json.loads(Path(path).read_text())
+        try:
+            record = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{path}: not a run saved with --save ({exc})") from None
         print(f"{path}: {len(record['pairs'])} rounds of {' '.join(record['argv'])}")
         pairs += [(ratio, gap) for ratio, gap in record["pairs"]]
     print_pairs(pairs)

@@ -48,6 +48,24 @@ def cpu_per_token(app: Flask, streams: int, tokens: int, rate: float, resumable:
     return (time.process_time() - started) / (streams * tokens) * 1e6
 
 
+def bench_app(upstream_port: int, **settings: str) -> Flask:
+    """The app in this process against the fake upstream, with a history of its own:
+    per-client limits off (one client drives every stream)."""
+    return create_app(
+        {
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+            "OPENAI_API_KEY": "bench",
+            "LOG_LEVEL": "WARNING",
+            "RATE_LIMIT": "off",
+            "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
+            "MAX_OUTPUT_TOKENS": "10000",
+            "FIRST_TOKEN_TIMEOUT": "60",
+            "DATA_DIR": tempfile.mkdtemp(prefix="codegen-bench-data-"),
+            **settings,
+        }
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, default=300)
@@ -59,18 +77,7 @@ def main() -> int:
     upstream = start([sys.executable, "-m", "bench.upstream", str(port)])
     try:
         wait_port(port)
-        app = create_app(
-            {
-                "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
-                "OPENAI_API_KEY": "bench",
-                "LOG_LEVEL": "WARNING",
-                "RATE_LIMIT": "off",
-                "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
-                "MAX_OUTPUT_TOKENS": "10000",
-                "FIRST_TOKEN_TIMEOUT": "60",
-                "DATA_DIR": tempfile.mkdtemp(prefix="codegen-bench-data-"),
-            }
-        )
+        app = bench_app(port)
         for kind in (False, True):  # warm up both paths
             cpu_per_token(app, 50, 20, 0.0, kind)
         # As wsgi.py does in each worker. Without it, full collections of start-up's

@@ -21,13 +21,13 @@ import argparse  # noqa: E402
 import collections  # noqa: E402
 import functools  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
+from bench.inprocess import bench_app  # noqa: E402
 from bench.relay import free_port, start, wait_port  # noqa: E402
-from webapp import create_app, recording, service, sessions  # noqa: E402
+from webapp import recording, service, sessions  # noqa: E402
 
 SPENT: collections.Counter[str] = collections.Counter()
 
@@ -59,17 +59,7 @@ def main() -> int:
     try:
         wait_port(port)
         for history in ("off", "on"):
-            app = create_app(
-                {
-                    "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
-                    "OPENAI_API_KEY": "bench",
-                    "LOG_LEVEL": "WARNING",
-                    "RATE_LIMIT": "off",
-                    "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
-                    "HISTORY": history,
-                    "DATA_DIR": tempfile.mkdtemp(prefix="codegen-bench-data-"),
-                }
-            )
+            app = bench_app(port, HISTORY=history)
             client = app.test_client(use_cookies=False)
             body = {"prompt": "bench rate=0", "max_tokens": 1}
             for _ in range(300):  # warm up
