@@ -96,6 +96,10 @@ def main() -> int:
         rounds = ", ".join(f"{v:.1f}" for v in results[kind])
         print(f"{name:9} CPU per token median {statistics.median(results[kind]):.1f} µs [{rounds}]")
     print(f"resumable / plain: {resumable / plain:.2f}")
+    # Each round ran both kinds back to back: their ratio cancels the drift between rounds.
+    paired = sorted(r / p for p, r in zip(results[False], results[True], strict=True))
+    shown = [round(x, 3) for x in paired]
+    print(f"paired by round: median {statistics.median(paired):.3f} {shown}")
     return 0
 
 
