@@ -19,7 +19,17 @@ ROOT = Path(__file__).resolve().parent.parent / "webapp"
 STAGES: list[tuple[str, set[str]]] = [
     (
         "leaf",
-        {"config", "errors", "codeblocks", "sockets", "events", "tokens", "runtime", "models"},
+        {
+            "config",
+            "errors",
+            "codeblocks",
+            "sockets",
+            "events",
+            "tokens",
+            "runtime",
+            "models",
+            "ids",
+        },
     ),
     # The history store: SQL in and out, nothing of the request or the relay.
     ("storage", {"history"}),
