@@ -112,6 +112,7 @@ def main() -> int:
         gevent.sleep(args.linger)
         whole_from = {t.name: tree_cpu(t.pid) for t in targets if t.pid}
         relayed = {"A": 0, "B": 0}
+        errored = 0
         cpu: dict[str, list[float]] = {"A": [], "B": []}
         ttft: dict[str, list[float]] = {"A": [], "B": []}
         # Each round's A and B ran in the same minute: their ratio cancels the
@@ -127,6 +128,7 @@ def main() -> int:
                 result = run(target, "ab", args.streams, args.tokens, args.rate, args.streams)
                 if result.errors or result.cpu_us_per_token is None:
                     print(f"{target.name}: {result.errors} errors; round not counted")
+                    errored += 1
                     continue
                 cpu[target.name].append(result.cpu_us_per_token)
                 ttft[target.name].append(result.ttft_p50_ms)
@@ -160,7 +162,10 @@ def main() -> int:
             f"B / A: CPU {statistics.median(cpu['B']) / statistics.median(cpu['A']):.2f}, "
             f"TTFT p50 {statistics.median(ttft['B']) - statistics.median(ttft['A']):+.1f} ms"
         )
-    if len(whole) == 2:
+    if len(whole) == 2 and errored:
+        # Their CPU is in the whole run, their tokens are not: the figure would lie.
+        print(f"whole run: not shown, {errored} runs had errors")
+    elif len(whole) == 2:
         print(
             f"whole run, rests included (work left for later counted once): CPU per token "
             f"A {whole['A']:.1f} µs, B {whole['B']:.1f} µs, B/A {whole['B'] / whole['A']:.3f}"
