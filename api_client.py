@@ -293,6 +293,17 @@ def conversation_of(url: str, client: requests.Session, answer_id: str) -> str |
     return conversation
 
 
+def _glue_follow_up(argv: list[str]) -> list[str]:
+    """`--follow-up ID` as `--follow-up=ID`: an id may begin with "-" (ids made before
+    2026-11-26 could), which argparse would otherwise take for an option."""
+    glued: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        value = next(rest, None) if arg == "--follow-up" else None
+        glued.append(arg if value is None else f"--follow-up={value}")
+    return glued
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -312,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "--follow-up", metavar="ID", help="refine the answer ID (its conversation comes along)"
     )
     parser.add_argument("--key", default=os.environ.get("CODEGEN_API_KEY"), help="API key")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_follow_up(sys.argv[1:] if argv is None else argv))
     client = session(args.key)
     try:
         if args.history:

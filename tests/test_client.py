@@ -56,6 +56,9 @@ def test_history_and_follow_up_across_runs(
     assert other.returncode == 0 and other.stdout == ""
     unknown = client("more", "--url", server.url, "--follow-up", "nope", home=home)
     assert unknown.returncode == 2 and "answer_not_found" in unknown.stderr
+    # An id that begins with "-" (as ids made before 2026-11-26 could) is still an id.
+    dashed = client("more", "--url", server.url, "--follow-up", "-nope", home=home)
+    assert dashed.returncode == 2 and "answer_not_found" in dashed.stderr
 
 
 def test_streams_a_prompt_in_each_format(server: Server, fake: FakeUpstream) -> None:

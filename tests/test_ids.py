@@ -15,6 +15,9 @@ def test_ids_look_like_token_urlsafe_and_never_repeat() -> None:
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{16}", i) for i in ids)
     assert len(random_id(16)) == len(secrets.token_urlsafe(16)) == 22
+    # One in 64 would begin with "-" (5000 ids: all but certain), which a command line
+    # takes for an option.
+    assert not any(i.startswith("-") for i in ids)
 
 
 def test_base64url_is_the_unpadded_urlsafe_alphabet() -> None:
