@@ -44,7 +44,7 @@ def random_id(nbytes: int) -> str:
     """`nbytes` random bytes as unpadded base64url, like `secrets.token_urlsafe`, except
     that it never begins with "-": on a command line (`api_client.py --follow-up ID`)
     such an id is taken for an option. One first character in 64 becomes "A" instead,
-    which costs the id less than 0.03 bits."""
+    which costs the id about 0.03 bits."""
     made = b64url(_pool.take(nbytes))
     return "A" + made[1:] if made.startswith("-") else made
 
