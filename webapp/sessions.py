@@ -120,7 +120,7 @@ class CookieSessions(SecureCookieSessionInterface):
         assert serializer is not None  # a session exists only with a secret key
         # The value is base64url, digits and dots: nothing to quote.
         name, over_http, over_https = self._cookie_parts(app)
-        attributes = over_https if request.is_secure else over_http
+        attributes = over_https if self.get_cookie_secure(app) else over_http
         response.headers.add("Set-Cookie", f"{name}={serializer.dumps(dict(session))}{attributes}")
 
     def _cookie_parts(self, app: Flask) -> tuple[str, str, str]:
