@@ -25,7 +25,6 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -33,7 +32,7 @@ from gevent.event import Event
 from webapp.codeblocks import extract_code_blocks
 from webapp.errors import HistoryUnavailable
 from webapp.generation import Relay
-from webapp.history import NewAnswer, Store, StoredAnswer
+from webapp.history import FinishedAnswer, NewAnswer, Store, StoredAnswer
 
 log = logging.getLogger("webapp.history")
 
@@ -81,7 +80,7 @@ class Recorder:
         self._interval = interval
         self._active: dict[str, Recording] = {}
         self._queued: list[tuple[NewAnswer, Recording]] = []
-        self._ended: list[dict[str, Any]] = []
+        self._ended: list[FinishedAnswer] = []
         self._wake = Event()
         self._writer: gevent.Greenlet[..., None] | None = None
         self._purged_at = 0.0
@@ -175,16 +174,16 @@ class Recorder:
             usage = {k: usage.get(k, 0) + continued.usage.get(k, 0) for k in usage}
         final = relay.final
         self._ended.append(
-            {
-                "id": recording.answer_id,
-                "text": text,
-                "code_blocks": extract_code_blocks(text),
-                "finish_reason": final.finish_reason if final else None,
-                "outcome": relay.outcome,
-                "usage": usage,
-                "cost_usd": relay.cost_usd,
-                "timing": relay.timing(),
-            }
+            FinishedAnswer(
+                recording.answer_id,
+                text,
+                extract_code_blocks(text),
+                final.finish_reason if final else None,
+                relay.outcome,
+                usage,
+                relay.cost_usd,
+                relay.timing(),
+            )
         )
         if self._writer is None or self._writer.dead:
             self._writer = gevent.spawn(self._write)
