@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import re
 import secrets
+import time
 
-from webapp.ids import b64url, random_id
+import pytest
+
+from webapp.ids import b64url, random_id, sortable_id
 
 
 def test_ids_look_like_token_urlsafe_and_never_repeat() -> None:
@@ -38,3 +42,17 @@ def test_a_forked_worker_does_not_hand_out_its_parents_bytes() -> None:
     from_child = os.read(read, 64).decode()
     os.close(read)
     assert from_child != random_id(12)
+
+
+def test_sortable_ids_sort_by_the_second_they_were_made_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = []
+    for second in (1_795_000_000, 1_795_000_001, 1_795_000_300, 4_000_000_000):
+        monkeypatch.setattr(time, "time", lambda second=second: second + 0.5)
+        made += [sortable_id(12) for _ in range(50)]
+    by_second = [made[i : i + 50] for i in range(0, 200, 50)]
+    # Every id of a second sorts before every id of a later one (the prefix is
+    # lower-case hex, which any collation orders alike); the rest is random_id's.
+    assert all(max(a) < min(b) for a, b in itertools.pairwise(by_second))
+    assert made[0].startswith(f"{1_795_000_000:08x}") and made[-1].startswith("ee6b2800")
+    assert all(re.fullmatch(r"[0-9a-f]{8}[A-Za-z0-9_-]{16}", i) for i in made)
+    assert len(set(made)) == len(made)

@@ -49,7 +49,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from webapp.errors import HistoryUnavailable
-from webapp.ids import random_id
+from webapp.ids import sortable_id
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant works: it names the lock that serialises migrations on PostgreSQL.
@@ -91,7 +91,7 @@ def now() -> datetime:
 
 
 def new_id() -> str:
-    return random_id(12)  # 96 random bits
+    return sortable_id(12)  # 96 random bits, after the time
 
 
 class Base(DeclarativeBase):

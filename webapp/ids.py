@@ -5,12 +5,16 @@ a busy worker, and an answer with history on needs three (its owner, its
 conversation, itself) on the way to its first token. Here the same kernel
 randomness is read 4 KiB at a time and handed out in slices, never twice.
 A forked worker starts with an empty buffer, so no two workers share bytes.
+
+Stored rows take `sortable_id`s: the same random part after the time, so the
+database's indexes take new rows at their end, not anywhere.
 """
 
 from __future__ import annotations
 
 import binascii
 import os
+import time
 
 _READ = 4096
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -52,3 +56,15 @@ def random_id(nbytes: int) -> str:
 def b64url(data: bytes) -> str:
     """Unpadded base64url, as `secrets.token_urlsafe` and itsdangerous write it."""
     return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_URLSAFE).decode()
+
+
+def sortable_id(nbytes: int) -> str:
+    """`random_id(nbytes)` after the time in whole seconds as 8 hex digits (until 2106).
+
+    Ids made together sort together, so an index on them takes each new row on the
+    last few pages, which stay in memory. Random ids land anywhere: with a history
+    of 18,000 answers, inserting one cost SQLite 35-45 µs against 16 (each row a
+    page of its own to read and to write to the WAL), and it grows with the history.
+    Everything that makes the id unguessable is in the random part; the prefix only
+    says when it was made, to the second, which its owner sees anyway."""
+    return f"{int(time.time()):08x}{random_id(nbytes)}"
