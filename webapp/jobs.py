@@ -154,34 +154,39 @@ class Job:
         relay.client_socket, relay.hand_off = client_socket, True
         events, ends = self.events, self.ends
         end: Done | Failed | None = None
+        # The hot path of a resumable answer: the length in a local, kept in
+        # self.length for the others (a hand-off, the end) at each way out.
+        length = self.length
         try:
             for event in source:
                 if type(event) is str:
-                    self.length += len(event)
-                elif event is LEFT:
+                    length += len(event)
+                    events.append(event)
+                    ends.append(length)
+                    if self.watchers:
+                        self._wake()
+                    yield length, event
+                    continue
+                self.length = length
+                if event is LEFT:
                     return  # the client left while the relay waited: hand it on
-                elif event is PING:
+                if event is PING:
                     yield -1, PING
                     continue
-                else:
-                    end = event  # type: ignore[assignment]
-                    events.append(event)
-                    ends.append(self.length)
-                    # The relay closes now, as the job's own greenlet would close it:
-                    # the answer is recorded and its slot freed before anyone hears
-                    # its end. That last write gets a bound of its own.
-                    for _ in source:
-                        pass
-                    self._end()
-                    with gevent.Timeout(WRITE_STALL, ClientTooSlow("client_too_slow")):
-                        yield self.length, event
-                    return
+                end = event  # type: ignore[assignment]
                 events.append(event)
-                ends.append(self.length)
-                if self.watchers:
-                    self._wake()
-                yield self.length, event
+                ends.append(length)
+                # The relay closes now, as the job's own greenlet would close it:
+                # the answer is recorded and its slot freed before anyone hears
+                # its end. That last write gets a bound of its own.
+                for _ in source:
+                    pass
+                self._end()
+                with gevent.Timeout(WRITE_STALL, ClientTooSlow("client_too_slow")):
+                    yield length, event
+                return
         finally:
+            self.length = length
             self._driving = False
             if getgeneratorstate(source) == GEN_CLOSED:
                 self._end()
