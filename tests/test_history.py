@@ -11,7 +11,7 @@ import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,12 @@ def test_an_answer_is_stored_whole_and_listed(client: FlaskClient, fake: FakeUps
     assert stored["code_blocks"] == done["code_blocks"] and stored["code_blocks"]
     assert stored["finish_reason"] == "stop" and stored["outcome"] == "ok"
     assert stored["usage"] == done["usage"]
+    # The stored duration is read when the relay has closed, a moment after the done event's.
+    assert stored["timing"]["ttft_ms"] == done["timing"]["ttft_ms"]
     assert stored["language"] == "Python" and stored["model"] == "gpt-4o-mini"
+    # Timestamps go to the database as text (Store.write): they read back as times.
+    created = datetime.fromisoformat(stored["created_at"].removesuffix("Z"))
+    assert abs(created - now()) < timedelta(minutes=1)
     assert stored["conversation_id"] == response.headers["X-Conversation-ID"]
     listed = client.get("/answers").get_json()
     assert [a["id"] for a in listed["answers"]] == [answer_id]
