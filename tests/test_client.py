@@ -153,12 +153,20 @@ def _read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float = 2
 
 
 def _interactive(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-u", str(ROOT / "api_client.py"), *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    # Ctrl-C as from a terminal. A run started in the background by a shell without job
+    # control (`make test &` in a script) has SIGINT ignored, and a child keeps an
+    # ignored signal: the client would ignore Ctrl-C, rightly, and these tests fail. A
+    # signal this process handles is reset to the default in the child instead.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-u", str(ROOT / "api_client.py"), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_ctrl_c_at_a_prompt_ends_cleanly() -> None:
