@@ -243,6 +243,8 @@ class BulkSQL:
 
     def __init__(self, paramstyle: str) -> None:
         # sqlite3 takes "?"; psycopg takes "%s" whatever its dialect's default style.
+        if paramstyle not in ("qmark", "format", "pyformat"):
+            raise ValueError(f"the history needs SQLite or PostgreSQL, not a {paramstyle} driver")
         mark = "?" if paramstyle == "qmark" else "%s"
 
         def marks(n: int) -> str:
