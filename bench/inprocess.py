@@ -20,13 +20,12 @@ import argparse  # noqa: E402
 import gc  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from flask import Flask  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
-from bench.relay import free_port, start, wait_port  # noqa: E402
+from bench.relay import app_settings, free_port, start, wait_port  # noqa: E402
 from webapp import create_app  # noqa: E402
 
 
@@ -49,21 +48,8 @@ def cpu_per_token(app: Flask, streams: int, tokens: int, rate: float, resumable:
 
 
 def bench_app(upstream_port: int, **settings: str) -> Flask:
-    """The app in this process against the fake upstream, with a history of its own:
-    per-client limits off (one client drives every stream)."""
-    return create_app(
-        {
-            "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
-            "OPENAI_API_KEY": "bench",
-            "LOG_LEVEL": "WARNING",
-            "RATE_LIMIT": "off",
-            "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
-            "MAX_OUTPUT_TOKENS": "10000",
-            "FIRST_TOKEN_TIMEOUT": "60",
-            "DATA_DIR": tempfile.mkdtemp(prefix="codegen-bench-data-"),
-            **settings,
-        }
-    )
+    """The app in this process, with the benchmarks' settings (`settings` override)."""
+    return create_app({**app_settings(upstream_port), **settings})
 
 
 def main() -> int:

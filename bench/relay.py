@@ -263,28 +263,36 @@ def start(
 APP = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "wsgi:app"]
 
 
+def app_settings(upstream_port: int) -> dict[str, str]:
+    """The app's settings for a benchmark against the fake upstream (history on, in a
+    folder of its own), in a gunicorn worker (`app_env`) or in this process."""
+    return {
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
+        "OPENAI_API_KEY": "bench",
+        "LOG_LEVEL": "WARNING",
+        "MAX_OUTPUT_TOKENS": "10000",
+        "FIRST_TOKEN_TIMEOUT": "60",
+        # One client address drives every stream: the per-client limits would
+        # refuse most of them, and the relay is what is measured here.
+        "RATE_LIMIT": "off",
+        "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
+        "DATA_DIR": tempfile.mkdtemp(prefix="codegen-bench-data-"),
+    }
+
+
 def app_env(
     upstream_port: int, port: int, workers: int, extra: dict[str, str] | None = None
 ) -> dict[str, str]:
-    """The app's settings for a benchmark against the fake upstream (history on, in a
-    folder of its own; `extra` overrides, e.g. HISTORY=off)."""
+    """The environment of a gunicorn serving the app with `app_settings` (`extra`
+    overrides, e.g. HISTORY=off)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PROVIDER"))}
+    env.update(app_settings(upstream_port))
     env.update(
         {
-            "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
-            "OPENAI_API_KEY": "bench",
             "PORT": str(port),
-            "LOG_LEVEL": "WARNING",
-            "MAX_OUTPUT_TOKENS": "10000",
-            "FIRST_TOKEN_TIMEOUT": "60",
-            # One client address drives every stream: the per-client limits would
-            # refuse most of them, and the relay is what is measured here.
-            "RATE_LIMIT": "off",
-            "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
             # One process per relay, nginx too: the load generator and the upstream
             # need the other core of a 2-core machine (FIELD_NOTES measures so).
             "WEB_CONCURRENCY": str(workers),
-            "DATA_DIR": tempfile.mkdtemp(prefix="codegen-bench-data-"),
             **(extra or {}),
         }
     )
