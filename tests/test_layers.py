@@ -29,6 +29,7 @@ STAGES: list[tuple[str, set[str]]] = [
             "runtime",
             "models",
             "ids",
+            "quiet",
         },
     ),
     # The history store: SQL in and out, nothing of the request or the relay.

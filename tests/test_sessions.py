@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import gevent
 import pytest
-from flask import Flask
+from flask import Flask, session
 from flask.sessions import SecureCookieSessionInterface
 from flask.testing import FlaskClient
 from itsdangerous import BadSignature
@@ -118,8 +119,6 @@ def test_the_cookie_keeps_flasks_flags(app: Flask, scheme: str) -> None:
 
 def test_a_sign_out_still_deletes_the_cookie(app: Flask) -> None:
     """The rare cases (an emptied session) are Flask's own."""
-    from flask import session
-
     with app.test_request_context("/"):
         session["owner"] = "x" * 22
         session.clear()
@@ -137,3 +136,48 @@ def test_a_planted_non_ascii_cookie_is_an_empty_session_not_an_error(app: Flask)
             serializer(app).loads(planted, max_age=60)
         response = client.get("/answers", headers={"Cookie": f"session={planted}"})
         assert response.status_code == 200 and response.get_json()["answers"] == []
+
+
+def newcomers_made_ahead(app: Flask, client: FlaskClient) -> int:
+    """Make the app's first new owner, then let the loop idle: the stock of owners
+    and their cookies made ahead fills. Returns how many it holds."""
+    client.post("/generate-code/", json={"prompt": "[[fake tokens=1]]"}).get_data()
+    gevent.sleep(0.05)
+    ready = len(app.extensions["newcomers"])
+    assert ready > 0
+    return ready
+
+
+def test_an_owner_made_ahead_comes_with_its_own_valid_cookie(app: Flask) -> None:
+    ready = newcomers_made_ahead(app, app.test_client())
+    owners = set()
+    for _ in range(3):
+        newcomer = app.test_client()
+        response = newcomer.post("/generate-code/", json={"prompt": "[[fake tokens=2]]"})
+        response.get_data()
+        cookie = owner_cookie(newcomer)
+        session_of = serializer(app).loads(cookie, max_age=60)
+        assert list(session_of) == ["owner"]
+        owners.add(session_of["owner"])
+        # The cookie carries this request's owner: it lists this answer, and no other.
+        listed = newcomer.get("/answers").get_json()["answers"]
+        assert [a["id"] for a in listed] == [response.headers["X-Answer-ID"]]
+    assert len(owners) == 3
+    assert len(app.extensions["newcomers"]) == ready - 3  # they came from the stock
+
+
+def test_a_session_holding_more_than_its_new_owner_is_signed_whole(app: Flask) -> None:
+    """The cookie made ahead holds only the owner: a session with anything else (the
+    page's CSRF token) gets its own cookie, with all of it."""
+    newcomers_made_ahead(app, app.test_client())
+    interface = app.session_interface
+    with app.test_request_context("/"):
+        current = session._get_current_object()  # type: ignore[attr-defined]
+        current["csrf_token"] = "t" * 40
+        owner = interface.new_owner(app, current)  # type: ignore[attr-defined]
+        assert current.premade is not None and current.premade[0] == owner
+        response = app.response_class()
+        interface.save_session(app, current, response)
+    cookie = response.headers["Set-Cookie"].split(";")[0].removeprefix("session=")
+    assert cookie != current.premade[1]
+    assert serializer(app).loads(cookie, max_age=60) == {"csrf_token": "t" * 40, "owner": owner}

@@ -10,16 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import orjson
-from flask import current_app, g, request, session
+from flask import Flask, current_app, g, request, session
+from flask.sessions import SessionMixin
 
 from webapp.errors import BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMediaType
 from webapp.generation import GenerationService, Relay, Turn
 from webapp.guard import Guard
 from webapp.history import MAX_TURNS, Store, StoredAnswer
-from webapp.ids import random_id
 from webapp.jobs import Job, Jobs
 from webapp.recording import Recorder
 from webapp.schema import GenerateCodeRequest
+from webapp.sessions import CookieSessions
 from webapp.sockets import peer_closed
 
 # Streams are never cached, and proxies (nginx) must not buffer them.
@@ -57,16 +58,19 @@ def owner() -> str:
     client: str = g.get("client_id", "")
     if client.startswith("key:"):
         return client
-    limits = guard()
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    # The objects behind Flask's proxies, once: each use of a proxy looks them up.
+    current: SessionMixin = session._get_current_object()  # type: ignore[attr-defined]
+    limits: Guard = app.extensions["guard"]
     if limits.key_digests:
-        key_id = session.get("key_id")
+        key_id = current.get("key_id")
         if isinstance(key_id, str) and limits.knows(key_id):
             return f"key:{key_id}"
         raise Unauthorized("Sign in with an API key first.", code="sign_in_required")
-    anonymous = session.get("owner")
+    anonymous = current.get("owner")
     if not isinstance(anonymous, str) or len(anonymous) != 22:
-        anonymous = random_id(16)
-        session["owner"] = anonymous
+        sessions: CookieSessions = app.session_interface  # type: ignore[assignment]
+        anonymous = sessions.new_owner(app, current)
     return f"anon:{anonymous}"
 
 

@@ -1,0 +1,98 @@
+"""Work that waits for the worker's quiet moments: when its loop has no event
+pending, nobody is kept waiting by it.
+
+A burst of requests keeps a worker's loop busy with their starts until most of
+their first tokens are out (~200 ms for 300 at once on the bench machine).
+Whatever else runs in that time is added to those first tokens: the history's
+row inserts, a full collection of the cyclic garbage collector (10-25 ms
+there, measured), ids and cookies made on the spot. Done in the next quiet
+moment instead, the same work costs the same CPU and delays nobody's first
+token. Each wait is bounded, so a loop that is never idle still gets it done.
+
+- `Stock`: values made ahead in quiet moments (ids, anonymous owners' cookies).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from gevent import get_hub
+
+log = logging.getLogger("webapp.quiet")
+T = TypeVar("T")
+
+
+class Stock(Generic[T]):
+    """Up to `size` values of `make()`, made ahead in the worker's idle time.
+
+    `take()` gives one, or None when none is ready (the caller makes its own): it
+    never waits and never makes one itself. Below half full, it asks the loop for
+    its idle moments (a libev idle watcher at the lowest priority, which runs only
+    when no other event is pending), and each makes `batch` values until the stock
+    is full: a burst takes from the stock, the quiet after it refills it.
+
+    Nothing older than `fresh` seconds is handed out (a value may state when it was
+    made: an id's time prefix, a cookie's signing time). A forked process starts
+    with every stock empty, so no two workers hold the same values.
+    """
+
+    def __init__(self, make: Callable[[], T], *, size: int, batch: int, fresh: float) -> None:
+        self._make = make
+        self.size, self._batch, self._fresh = size, batch, fresh
+        self._ready: list[T] = []
+        self._oldest = 0.0  # when the oldest value in `_ready` was made
+        self._idle: Any = None
+        _stocks.add(self)
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
+    def take(self) -> T | None:
+        ready = self._ready
+        if ready and time.time() - self._oldest > self._fresh:
+            ready.clear()
+        if len(ready) < self.size // 2 and (self._idle is None or not self._idle.active):
+            self._ask_for_idle_time()
+        return ready.pop() if ready else None
+
+    def clear(self) -> None:
+        self._ready = []
+        self._idle = None
+
+    def _ask_for_idle_time(self) -> None:
+        loop = get_hub().loop
+        if self._idle is None:
+            self._idle = loop.idle(ref=False, priority=loop.MINPRI)
+        self._idle.start(self._fill)
+
+    def _fill(self) -> None:
+        """Runs in the hub, when the loop is idle: one batch; stops when full."""
+        ready = self._ready
+        try:
+            if not ready:
+                self._oldest = time.time()
+            make = self._make
+            for _ in range(min(self._batch, self.size - len(ready))):
+                ready.append(make())
+        except Exception:  # never in the hub's face, and never a loop of failures
+            log.exception("making values ahead failed; they are made when needed")
+            self._idle.stop()
+            return
+        if len(ready) >= self.size:
+            self._idle.stop()
+
+
+_stocks: weakref.WeakSet[Stock[Any]] = weakref.WeakSet()
+
+
+def _empty_stocks() -> None:
+    for stock in list(_stocks):
+        stock.clear()
+
+
+os.register_at_fork(after_in_child=_empty_stocks)
