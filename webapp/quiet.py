@@ -9,11 +9,14 @@ there, measured), ids and cookies made on the spot. Done in the next quiet
 moment instead, the same work costs the same CPU and delays nobody's first
 token. Each wait is bounded, so a loop that is never idle still gets it done.
 
+- `until_quiet(bound)`: the calling greenlet waits for a quiet moment.
 - `Stock`: values made ahead in quiet moments (ids, anonymous owners' cookies).
+- `collect_when_quiet()`: the worker's full collections, in quiet moments.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -21,10 +24,22 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+import gevent
 from gevent import get_hub
 
 log = logging.getLogger("webapp.quiet")
 T = TypeVar("T")
+
+
+def until_quiet(bound: float) -> bool:
+    """Wait until the loop has no other event pending (a libev idle watcher at the
+    lowest priority), at most `bound` seconds. True if it was quiet."""
+    hub = get_hub()
+    watcher = hub.loop.idle(ref=False, priority=hub.loop.MINPRI)
+    with gevent.Timeout(bound, False):
+        hub.wait(watcher)
+        return True
+    return False
 
 
 class Stock(Generic[T]):
@@ -96,3 +111,28 @@ def _empty_stocks() -> None:
 
 
 os.register_at_fork(after_in_child=_empty_stocks)
+
+
+# Full collections: the interpreter's own come after 10 young (generation 1)
+# collections, whenever those fall, and in a burst they do: its objects are what
+# the young collections promote. Here one is started after as many, in the next
+# quiet moment; the interpreter's own threshold is raised to BACKSTOP so that a
+# worker that is never quiet still collects.
+FULL_AFTER = 10
+BACKSTOP = 50
+CHECK_EVERY = 0.5
+
+
+def collect_when_quiet(*, wait: float = 5.0) -> gevent.Greenlet[..., None]:
+    """Move this process's full garbage collections to quiet moments (a worker's
+    start-up calls this once). Young collections are unchanged: they are short."""
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, BACKSTOP)
+
+    def collector() -> None:
+        while True:
+            gevent.sleep(CHECK_EVERY)
+            if gc.get_count()[2] >= FULL_AFTER and until_quiet(wait):
+                gc.collect()
+
+    return gevent.spawn(collector)

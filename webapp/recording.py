@@ -3,16 +3,21 @@ first token.
 
 A `Recorder` keeps one writer greenlet per worker:
 - `begin()` makes the answer's ids at once (its `X-Answer-ID`) and queues its
-  row; the writer inserts the queued rows in one transaction, 50 ms later.
-  Three hundred answers starting together cost a few commits, not three
-  hundred on the way to their first tokens.
+  row; the writer inserts the queued rows COALESCE (50 ms) later, in the
+  worker's next quiet moment (webapp/quiet.py; at most QUIET_WAIT later), BATCH
+  answers a transaction. Three hundred answers starting together cost three
+  commits, after their first tokens rather than between them (measured: the
+  inserts of such a burst went from ~50 ms after its start to ~300 ms, when the
+  median first token was at ~200 ms).
 - every SAVE_INTERVAL seconds, the writer saves the text of the answers that
-  grew since, in one transaction, so a crash loses at most that much.
+  grew since, in one transaction, so a crash loses at most that much (and the
+  wait for a quiet moment).
 - the relay's cleanup (run once when the answer ends, whatever happened)
   queues the final text, code blocks, finish reason, usage and timing, and
-  wakes the writer: they are written COALESCE (50 ms) later, with every other
-  answer that started or ended meanwhile. Reads in this worker flush the queue
-  first; another worker sees the end up to those 50 ms later.
+  wakes the writer: they are written as new rows are, with every other answer
+  that started or ended meanwhile. Reads in this worker flush the queue first;
+  another worker sees a new answer or an end 50 ms later, or up to QUIET_WAIT
+  more when this worker is busy.
 
 The relay never knows: it appends to a list, and the writer reads that list's
 length to see growth. A failed write is logged and counted, and never reaches
@@ -33,6 +38,7 @@ from webapp.codeblocks import extract_code_blocks
 from webapp.errors import HistoryUnavailable
 from webapp.generation import Relay
 from webapp.history import FinishedAnswer, NewAnswer, Store, StoredAnswer
+from webapp.quiet import until_quiet
 
 log = logging.getLogger("webapp.history")
 
@@ -40,6 +46,11 @@ SAVE_INTERVAL = 2.0
 # How often the writer looks for a Stop sent to another worker (through the row).
 CANCEL_CHECK = 0.4
 COALESCE = 0.05
+# Writes wait this long at most for a quiet moment, and take this many answers a
+# transaction (~2 ms of a worker's time with SQLite), so that they delay no
+# event by more.
+QUIET_WAIT = 0.5
+BATCH = 100
 PURGE_INTERVAL = 3600.0
 
 
@@ -128,11 +139,16 @@ class Recorder:
         self._wake.set()
         return ids
 
-    def flush(self) -> None:
-        """Write what is queued now, in one transaction: new answers, then ended
-        ones (the writer does this on its own; reads call it first)."""
-        queued, self._queued = self._queued, []
-        ended, self._ended = self._ended, []
+    def flush(self, most: int | None = None) -> None:
+        """Write what is queued now (at `most` new and `most` ended answers), in one
+        transaction: new answers, then ended ones (the writer does this on its own;
+        reads call it first, for all)."""
+        if most is None:
+            queued, self._queued = self._queued, []
+            ended, self._ended = self._ended, []
+        else:
+            queued, self._queued = self._queued[:most], self._queued[most:]
+            ended, self._ended = self._ended[:most], self._ended[most:]
         if not queued and not ended:
             return
         try:
@@ -202,9 +218,14 @@ class Recorder:
                 # (or end) together, not one each between their requests.
                 gevent.sleep(COALESCE)
             self._wake.clear()
-            self.flush()
-            self._check_cancels()
+            self._check_cancels()  # a Stop is not held back for a quiet moment
+            # Writes wait for the loop's quiet moments (webapp/quiet.py), a batch at
+            # a time: not between a burst's requests and their first tokens.
+            while self._queued or self._ended:
+                until_quiet(QUIET_WAIT)
+                self.flush(BATCH)
             if time.monotonic() >= next_save:
+                until_quiet(QUIET_WAIT)
                 self._save_progress()
                 self._maybe_purge()
                 next_save = time.monotonic() + self._interval
