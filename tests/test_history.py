@@ -27,7 +27,8 @@ from tests.conftest import ROOT, TEST_SETTINGS, Server
 from tests.fake_upstream import ANSWERS, FakeUpstream
 from tests.helpers import csrf_token_of, metrics, prompt, value
 from webapp import create_app
-from webapp.history import AnswerRow, Base, Store, make_engine, now, upgrade
+from webapp.history import AnswerRow, Base, FinishedAnswer, Store, make_engine, now, upgrade
+from webapp.recording import Recording
 
 KEYS = {"Authorization": "Bearer key-one"}, {"Authorization": "Bearer key-two"}
 
@@ -350,6 +351,28 @@ def test_several_processes_migrating_at_once_all_succeed(database_url: str) -> N
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
     engine.dispose()
+
+
+def test_a_batch_never_writes_an_end_before_its_row(app: Flask) -> None:
+    """The writer writes BATCH answers a transaction: an answer that ends while its row
+    is still queued for a later batch gets its end written with or after that row."""
+    recorder = app.extensions["history"]
+    owner = "anon:" + "o" * 22
+    news = [
+        Store.new_answer(owner, prompt=f"p{i}", language=None, model="m", temperature=None,
+                         max_tokens=9)
+        for i in range(5)
+    ]  # fmt: skip
+    recorder._queued = [(n, Recording(n.id, owner, None)) for n in news]  # type: ignore[arg-type]
+    recorder._ended = [
+        FinishedAnswer(news[3].id, "the end of the fourth", [], "stop", "ok", None, None, None)
+    ]
+    for _ in range(3):
+        recorder.flush(2)
+    assert not recorder._queued and not recorder._ended
+    stored = recorder.store.get(owner, news[3].id)
+    assert stored is not None and (stored.text, stored.outcome) == ("the end of the fourth", "ok")
+    assert all(recorder.store.get(owner, n.id) is not None for n in news)
 
 
 def test_text_is_saved_while_the_answer_grows(server_with_history: Server) -> None:

@@ -6,8 +6,13 @@ their first tokens are out (~200 ms for 300 at once on the bench machine).
 Whatever else runs in that time is added to those first tokens: the history's
 row inserts, a full collection of the cyclic garbage collector (10-25 ms
 there, measured), ids and cookies made on the spot. Done in the next quiet
-moment instead, the same work costs the same CPU and delays nobody's first
-token. Each wait is bounded, so a loop that is never idle still gets it done.
+moment instead, the same work costs the same CPU and is out of the burst (an
+event that arrives meanwhile still waits for it, as for any work). In a loop
+that is never quiet, the history's writes go ahead after a bounded wait, the
+interpreter's own full collections still run (a higher threshold), and a stock
+stays empty: its values are made when needed, as without it.
+
+Only from greenlets of the hub's thread (not from the hub itself).
 
 - `until_quiet(bound)`: the calling greenlet waits for a quiet moment.
 - `Stock`: values made ahead in quiet moments (ids, anonymous owners' cookies).
@@ -76,6 +81,8 @@ class Stock(Generic[T]):
         return ready.pop() if ready else None
 
     def clear(self) -> None:
+        if self._idle is not None:
+            self._idle.stop()  # an active idle watcher would keep the loop from sleeping
         self._ready = []
         self._idle = None
 
@@ -87,19 +94,21 @@ class Stock(Generic[T]):
 
     def _fill(self) -> None:
         """Runs in the hub, when the loop is idle: one batch; stops when full."""
-        ready = self._ready
+        idle, ready = self._idle, self._ready
+        if idle is None:  # emptied meanwhile (a fork)
+            return
         try:
             if not ready:
                 self._oldest = time.time()
             make = self._make
             for _ in range(min(self._batch, self.size - len(ready))):
                 ready.append(make())
-        except Exception:  # never in the hub's face, and never a loop of failures
+        except Exception:  # never in the hub's face: one attempt per take() that asks
             log.exception("making values ahead failed; they are made when needed")
-            self._idle.stop()
+            idle.stop()
             return
         if len(ready) >= self.size:
-            self._idle.stop()
+            idle.stop()
 
 
 _stocks: weakref.WeakSet[Stock[Any]] = weakref.WeakSet()
@@ -113,11 +122,13 @@ def _empty_stocks() -> None:
 os.register_at_fork(after_in_child=_empty_stocks)
 
 
-# Full collections: the interpreter's own come after 10 young (generation 1)
-# collections, whenever those fall, and in a burst they do: its objects are what
-# the young collections promote. Here one is started after as many, in the next
-# quiet moment; the interpreter's own threshold is raised to BACKSTOP so that a
-# worker that is never quiet still collects.
+# Full collections: the interpreter (3.11) runs one after 10 generation-1
+# collections if the objects promoted since are over a quarter of the old ones,
+# whenever the tenth falls, and in a burst it does: its objects are what the
+# young collections promote. Here one is started after 10 generation-1
+# collections, in the next quiet moment (without the quarter rule, so maybe
+# more often, at most every CHECK_EVERY); the interpreter's own threshold is
+# raised to BACKSTOP so that a worker that is never quiet still collects.
 FULL_AFTER = 10
 BACKSTOP = 50
 CHECK_EVERY = 0.5

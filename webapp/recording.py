@@ -4,11 +4,12 @@ first token.
 A `Recorder` keeps one writer greenlet per worker:
 - `begin()` makes the answer's ids at once (its `X-Answer-ID`) and queues its
   row; the writer inserts the queued rows COALESCE (50 ms) later, in the
-  worker's next quiet moment (webapp/quiet.py; at most QUIET_WAIT later), BATCH
-  answers a transaction. Three hundred answers starting together cost three
-  commits, after their first tokens rather than between them (measured: the
-  inserts of such a burst went from ~50 ms after its start to ~300 ms, when the
-  median first token was at ~200 ms).
+  worker's quiet moments (webapp/quiet.py), BATCH answers a transaction; it
+  waits QUIET_WAIT at most in all for them, then writes the rest at once.
+  Three hundred answers starting together cost three commits, after their
+  first tokens rather than between them (measured: the inserts of such a
+  burst went from ~50 ms after its start to ~300 ms, when the median first
+  token was at ~200 ms).
 - every SAVE_INTERVAL seconds, the writer saves the text of the answers that
   grew since, in one transaction, so a crash loses at most that much (and the
   wait for a quiet moment).
@@ -17,7 +18,7 @@ A `Recorder` keeps one writer greenlet per worker:
   wakes the writer: they are written as new rows are, with every other answer
   that started or ended meanwhile. Reads in this worker flush the queue first;
   another worker sees a new answer or an end 50 ms later, or up to QUIET_WAIT
-  more when this worker is busy.
+  more when this worker is busy. An end is never written before its row.
 
 The relay never knows: it appends to a list, and the writer reads that list's
 length to see growth. A failed write is logged and counted, and never reaches
@@ -143,12 +144,19 @@ class Recorder:
         """Write what is queued now (at `most` new and `most` ended answers), in one
         transaction: new answers, then ended ones (the writer does this on its own;
         reads call it first, for all)."""
+        ended: list[FinishedAnswer] = []
         if most is None:
             queued, self._queued = self._queued, []
             ended, self._ended = self._ended, []
         else:
             queued, self._queued = self._queued[:most], self._queued[most:]
-            ended, self._ended = self._ended[:most], self._ended[most:]
+            # An end is written with or after its row, never before: the end of an
+            # answer whose row is still queued for a later batch waits for it.
+            later = {recording.answer_id for _, recording in self._queued}
+            kept: list[FinishedAnswer] = []
+            for end in self._ended:
+                (ended if len(ended) < most and end.id not in later else kept).append(end)
+            self._ended = kept
         if not queued and not ended:
             return
         try:
@@ -220,15 +228,29 @@ class Recorder:
             self._wake.clear()
             self._check_cancels()  # a Stop is not held back for a quiet moment
             # Writes wait for the loop's quiet moments (webapp/quiet.py), a batch at
-            # a time: not between a burst's requests and their first tokens.
-            while self._queued or self._ended:
-                until_quiet(QUIET_WAIT)
+            # a time: not between a burst's requests and their first tokens. At most
+            # QUIET_WAIT in all per pass, then the rest goes at once; and only what
+            # was queued when the pass began, so that a stream of new answers cannot
+            # keep the writer from its other work.
+            waited_until = time.monotonic() + QUIET_WAIT
+            batches = -(-len(self._queued) // BATCH) + -(-len(self._ended) // BATCH)
+            for _ in range(batches):
+                if not (self._queued or self._ended):
+                    break
+                self._until_quiet(waited_until)
                 self.flush(BATCH)
+                self._check_cancels()
             if time.monotonic() >= next_save:
-                until_quiet(QUIET_WAIT)
+                self._until_quiet(waited_until)
                 self._save_progress()
                 self._maybe_purge()
                 next_save = time.monotonic() + self._interval
+
+    @staticmethod
+    def _until_quiet(deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left > 0:
+            until_quiet(left)
 
     def _check_cancels(self) -> None:
         """A Stop that reached another worker is a mark in the row: honour it here."""

@@ -17,6 +17,7 @@ from webapp.errors import BadRequest, Conflict, NotFound, Unauthorized, Unsuppor
 from webapp.generation import GenerationService, Relay, Turn
 from webapp.guard import Guard
 from webapp.history import MAX_TURNS, Store, StoredAnswer
+from webapp.ids import random_id
 from webapp.jobs import Job, Jobs
 from webapp.recording import Recorder
 from webapp.schema import GenerateCodeRequest
@@ -69,8 +70,12 @@ def owner() -> str:
         raise Unauthorized("Sign in with an API key first.", code="sign_in_required")
     anonymous = current.get("owner")
     if not isinstance(anonymous, str) or len(anonymous) != 22:
-        sessions: CookieSessions = app.session_interface  # type: ignore[assignment]
-        anonymous = sessions.new_owner(app, current)
+        sessions = app.session_interface
+        if isinstance(sessions, CookieSessions):
+            anonymous = sessions.new_owner(app, current)
+        else:  # another session interface (an extension's): no cookies made ahead
+            anonymous = random_id(16)
+            current["owner"] = anonymous
     return f"anon:{anonymous}"
 
 
