@@ -36,13 +36,18 @@ log = logging.getLogger("webapp.quiet")
 T = TypeVar("T")
 
 
+def _quiet_watcher() -> Any:
+    """A libev idle watcher at the lowest priority: it runs only when no other event
+    is pending, and does not keep the loop alive."""
+    loop = get_hub().loop
+    return loop.idle(ref=False, priority=loop.MINPRI)
+
+
 def until_quiet(bound: float) -> bool:
-    """Wait until the loop has no other event pending (a libev idle watcher at the
-    lowest priority), at most `bound` seconds. True if it was quiet."""
-    hub = get_hub()
-    watcher = hub.loop.idle(ref=False, priority=hub.loop.MINPRI)
+    """Wait until the loop has no other event pending, at most `bound` seconds. True
+    if it was quiet."""
     with gevent.Timeout(bound, False):
-        hub.wait(watcher)
+        get_hub().wait(_quiet_watcher())
         return True
     return False
 
@@ -87,9 +92,8 @@ class Stock(Generic[T]):
         self._idle = None
 
     def _ask_for_idle_time(self) -> None:
-        loop = get_hub().loop
         if self._idle is None:
-            self._idle = loop.idle(ref=False, priority=loop.MINPRI)
+            self._idle = _quiet_watcher()
         self._idle.start(self._fill)
 
     def _fill(self) -> None:
