@@ -152,3 +152,42 @@ def test_a_reattached_reader_that_stops_taking_writes_is_let_go() -> None:
     assert job.watchers == 0 and job.followers == 1  # only the driver is left
     driver.join(10)
     assert job.finished and isinstance(job.events[-1], Done)  # the answer went on
+
+
+def test_readers_that_come_and_go_each_get_the_whole_text_once() -> None:
+    """The log lags while only the driver reads; each reader catches it up on joining,
+    however many tokens passed unlogged, and reads on live from there."""
+    _, job, _ = started(tokens=60, every=0.01)
+    first: list[tuple[int, object]] = []
+
+    def come_and_go() -> None:
+        gevent.sleep(0.15)  # tokens the driver took with nobody else reading
+        reading = job.follow(5)
+        for item in reading:
+            first.append(item)
+            if len(first) == 4:
+                break
+        reading.close()
+
+    later: list[tuple[int, object]] = []
+    live = 0  # events the late reader got while the answer still ran
+
+    def come_late() -> None:
+        nonlocal live
+        gevent.sleep(0.4)  # after the first reader left, more tokens went unlogged
+        for item in job.follow(0):
+            later.append(item)
+            live += not job.finished
+
+    readers = [gevent.spawn(come_and_go), gevent.spawn(come_late)]
+    driven = list(job.drive(None))
+    gevent.joinall(readers, timeout=5)
+    text = "".join(f"t{i} " for i in range(60))
+    assert "".join(e for _, e in driven if isinstance(e, str)) == text
+    assert "".join(e for _, e in later if isinstance(e, str)) == text
+    assert isinstance(later[-1][1], Done) and later[-1][0] == len(text)
+    assert live > 5  # the catch-up, then token by token as they came
+    # The first reader's catch-up began at 5 and each id is the length after it.
+    got = "".join(e for _, e in first if isinstance(e, str))
+    assert len(first) == 4 and got == text[5 : first[-1][0]]
+    assert job.watchers == 0

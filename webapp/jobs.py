@@ -5,7 +5,9 @@ A resumable answer runs as a `Job`. Every event goes into the job's log,
 numbered by the answer's length in characters once it is applied (an event's
 id is "everything up to here"). The response that started the answer reads
 its relay itself (`drive`), in its own greenlet, as a plain answer does: no
-greenlet switch per event. When its client goes away, the relay is handed to a
+greenlet switch per event, and no list to fill per event while nobody else
+reads the answer (the relay keeps its texts anyway: the log catches up from
+them when a reader or a hand-off needs it). When its client goes away, the relay is handed to a
 greenlet of the job's own, which reads on. Any number of other responses
 follow the job (`follow(after)`): the text after `after` first, in one delta,
 then each new event as it comes; nothing twice, nothing missing, whichever
@@ -18,7 +20,7 @@ within a second, whoever reads it. A finished job stays in memory for
 KEEP_FINISHED (5) seconds; later re-attachments replay it from the history store.
 
 Memory: the log holds the same string objects as the relay's text (bounded by
-the answer's size bound), and one offset per event. A finished job keeps its
+the answer's size bound), and one offset per event, once someone reads it. A finished job keeps its
 text as one delta and its end: a worker under load holds hundreds of finished
 answers, and a log per token would be thousands of objects for the collector.
 
@@ -73,6 +75,33 @@ def cancelled() -> AppError:
 class Job:
     """One resumable answer in this worker; see the module docstring."""
 
+    # The driver reads `watchers` per event: a slot, not a dict lookup.
+    __slots__ = (
+        "_changed",
+        "_driving",
+        "_grace",
+        "_grace_s",
+        "_heartbeat",
+        "_logged",
+        "_on_finished",
+        "_runner",
+        "_runner_began",
+        "_source",
+        "_text",
+        "_ticker",
+        "answer_id",
+        "ends",
+        "events",
+        "finished",
+        "followers",
+        "forget_timer",
+        "length",
+        "prefix",
+        "relay",
+        "start",
+        "watchers",
+    )
+
     def __init__(
         self,
         relay: Relay,
@@ -90,8 +119,11 @@ class Job:
         self.relay: Relay | None = relay
         self._text = ""
         self.answer_id = answer_id
+        # The log. While only the driver reads the answer it may lag the relay's
+        # texts (`_sync` catches it up): whoever else reads it syncs it first.
         self.events: list[RelayEvent] = []
         self.ends: list[int] = []  # the answer's length after each event
+        self._logged = 0  # how many of the relay's texts (`parts`) the log holds
         self.prefix = prefix  # a Continue: the stored text it carries on, and numbers from
         self.start = self.length = len(prefix)
         self.finished = False
@@ -116,6 +148,23 @@ class Job:
             self.watchers += 1
             gevent.spawn(self._publish, eventlog, owner)
 
+    def _sync(self) -> None:
+        """Bring the log up to the relay's texts. Each text the relay passes on is in
+        its `parts` by then, in order, one per event, and nothing switches
+        greenlets between the two, so the log never misses or repeats one."""
+        relay = self.relay
+        if relay is None:
+            return  # finished: the log is whole
+        parts = relay.parts
+        if self._logged < len(parts):
+            events, ends = self.events, self.ends
+            length = ends[-1] if ends else self.start
+            for text in parts[self._logged :]:
+                length += len(text)
+                events.append(text)
+                ends.append(length)
+            self._logged = len(parts)
+
     def _wake(self) -> None:
         """Wake every watcher: a new event, the end, or a tick."""
         changed, self._changed = self._changed, Event()
@@ -133,8 +182,8 @@ class Job:
     # Driving: the response that started the answer reads its relay -------------
 
     def drive(self, client_socket: object) -> Iterator[Numbered]:
-        """The answer's events as the relay yields them, logged for any watcher, read
-        in the starting response's own greenlet: no hop per event. When that
+        """The answer's events as the relay yields them, logged while anyone watches,
+        read in the starting response's own greenlet: no hop per event. When that
         response's client goes away (its socket closes, or the server stops
         iterating), the relay is handed to a greenlet of the job's own, which
         reads on for the others and the grace."""
@@ -161,9 +210,8 @@ class Job:
             for event in source:
                 if type(event) is str:
                     length += len(event)
-                    events.append(event)
-                    ends.append(length)
                     if self.watchers:
+                        self._sync()
                         self._wake()
                     yield length, event
                     continue
@@ -174,6 +222,7 @@ class Job:
                     yield -1, PING
                     continue
                 end = event  # type: ignore[assignment]
+                self._sync()
                 events.append(event)
                 ends.append(length)
                 # The relay closes now, as the job's own greenlet would close it:
@@ -200,6 +249,7 @@ class Job:
             yield self.length, events[-1]  # stopped: the end `_end` logged
 
     def _hand_off(self) -> None:
+        self._sync()  # from here the runner logs every event
         runner = self._runner = gevent.spawn(self._run)
         assert self.relay is not None  # not finished
         self.relay.move_to(runner)
@@ -212,10 +262,13 @@ class Job:
             for event in self._source:
                 if type(event) is str:
                     self.length += len(event)
+                    self._sync()
                 elif isinstance(event, Ping):
                     continue  # each watcher sends its own keep-alives
-                events.append(event)
-                ends.append(self.length)
+                else:
+                    self._sync()
+                    events.append(event)
+                    ends.append(self.length)
                 self._wake()
         finally:
             self._end()
@@ -225,6 +278,7 @@ class Job:
         if it sent none (it was stopped or killed), and tell everyone."""
         if self.finished:
             return
+        self._sync()
         events = self.events
         if not events or not isinstance(events[-1], Done | Failed):
             events.append(Failed(cancelled()))
@@ -294,6 +348,7 @@ class Job:
         following then, not at the next write, and the grace starts."""
         self._attached()
         self.watchers += 1
+        self._sync()  # from here the driver logs every event too
         if self._ticker is None:
             self._ticker = gevent.spawn(self._tick)
         try:
