@@ -157,11 +157,13 @@ def test_a_reattached_reader_that_stops_taking_writes_is_let_go() -> None:
 def test_readers_that_come_and_go_each_get_the_whole_text_once() -> None:
     """The log lags while only the driver reads; each reader catches it up on joining,
     however many tokens passed unlogged, and reads on live from there."""
-    _, job, _ = started(tokens=60, every=0.01)
+    relay, job, _ = started(tokens=60, every=0.01)
     first: list[tuple[int, object]] = []
 
     def come_and_go() -> None:
-        gevent.sleep(0.15)  # tokens the driver took with nobody else reading
+        # Tokens the driver took with nobody else reading (well past the 5 asked for).
+        while sum(map(len, relay.parts)) < 20:
+            gevent.sleep(0.01)
         reading = job.follow(5)
         for item in reading:
             first.append(item)

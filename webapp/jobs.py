@@ -1,17 +1,18 @@
 """Answers that outlive their response: a refresh, a dropped connection or a
 switch of worker does not lose or cancel them.
 
-A resumable answer runs as a `Job`. Every event goes into the job's log,
-numbered by the answer's length in characters once it is applied (an event's
-id is "everything up to here"). The response that started the answer reads
-its relay itself (`drive`), in its own greenlet, as a plain answer does: no
-greenlet switch per event, and no list to fill per event while nobody else
-reads the answer (the relay keeps its texts anyway: the log catches up from
-them when a reader or a hand-off needs it). When its client goes away, the relay is handed to a
-greenlet of the job's own, which reads on. Any number of other responses
-follow the job (`follow(after)`): the text after `after` first, in one delta,
-then each new event as it comes; nothing twice, nothing missing, whichever
-worker or moment they join at.
+A resumable answer runs as a `Job`. Every event goes into the job's log (at the
+latest when someone other than the driver needs it; see below), numbered by the
+answer's length in characters once it is applied (an event's id is "everything
+up to here"). The response that started the answer reads its relay itself
+(`drive`), in its own greenlet, as a plain answer does: no greenlet switch per
+event, and no list to fill per event while nobody else reads the answer (the
+relay keeps its texts anyway: the log catches up from them when a reader or a
+hand-off needs it). When its client goes away, the relay is handed to a
+greenlet of the job's own, which reads on. Any number of other responses follow
+the job (`follow(after)`): the text after `after` first, in one delta, then
+each new event as it comes; nothing twice, nothing missing, whichever worker or
+moment they join at.
 
 When the last reader leaves, the job keeps generating for RESUME_GRACE
 seconds; if nobody comes back, its relay is closed (the upstream with it), as
