@@ -68,11 +68,9 @@ def one(kind: str, streams: int, tokens: int, rate: float, stop_poll: bool) -> N
     import gc
 
     import gevent
-    from gevent.pool import Pool
 
     import webapp.recording
-    from bench.inprocess import bench_app
-    from bench.inprocess import one as answer
+    from bench.inprocess import bench_app, cpu_per_token
     from bench.relay import free_port, start, wait_port
 
     if not stop_poll:
@@ -87,13 +85,14 @@ def one(kind: str, streams: int, tokens: int, rate: float, stop_poll: bool) -> N
     try:
         wait_port(port)
         app = bench_app(port, **settings)
-        Pool(20).map(lambda _: answer(app, 20, 0, resumable), range(20))
-        gevent.sleep(1)
+        cpu_per_token(app, 20, 20, 0.0, resumable, settle=1.0)  # warm up
         gc.collect()
         gc.freeze()  # as wsgi.py does
+        # Then the writes and the forgetting each answer leaves for later.
         if streams:
-            Pool(streams).map(lambda _: answer(app, tokens, rate, resumable), range(streams))
-        gevent.sleep(6)  # the writes and the forgetting each answer leaves for later
+            cpu_per_token(app, streams, tokens, rate, resumable, settle=6.0)
+        else:
+            gevent.sleep(6.0)
     finally:
         upstream.terminate()
 

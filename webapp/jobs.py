@@ -21,9 +21,10 @@ within a second, whoever reads it. A finished job stays in memory for
 KEEP_FINISHED (5) seconds; later re-attachments replay it from the history store.
 
 Memory: the log holds the same string objects as the relay's text (bounded by
-the answer's size bound), and one offset per event, once someone reads it. A finished job keeps its
-text as one delta and its end: a worker under load holds hundreds of finished
-answers, and a log per token would be thousands of objects for the collector.
+the answer's size bound), and one offset per event, once someone reads it. A
+finished job keeps its text as one delta and its end: a worker under load holds
+hundreds of finished answers, and a log per token would be thousands of objects
+for the collector.
 
 Cost: nothing per answer runs unless needed. The grace and KEEP_FINISHED are
 bare loop timers (a greenlet only when the grace runs out); the ticker and the
@@ -263,11 +264,10 @@ class Job:
             for event in self._source:
                 if type(event) is str:
                     self.length += len(event)
-                    self._sync()
+                    self._sync()  # synced at the hand-off, so just this text
                 elif isinstance(event, Ping):
                     continue  # each watcher sends its own keep-alives
                 else:
-                    self._sync()
                     events.append(event)
                     ends.append(self.length)
                 self._wake()
