@@ -33,12 +33,14 @@ import gevent  # noqa: E402
 
 from bench.relay import (  # noqa: E402
     APP,
+    COUNTERS,
     ROOT,
     Target,
     app_env,
     free_port,
     run,
     start,
+    tree_counters,
     tree_cpu,
     wait_port,
 )
@@ -99,6 +101,7 @@ def main() -> int:
     wait_port(up)
     targets = []
     whole: dict[str, float] = {}
+    counted: dict[str, dict[str, float]] = {}
     try:
         for name, tree in (("A", args.other.resolve()), ("B", ROOT)):
             process, port = serve(tree, up, args.workers, extra[name])
@@ -111,6 +114,7 @@ def main() -> int:
         # whole run's CPU, read after a linger, counts all of it once.
         gevent.sleep(args.linger)
         whole_from = {t.name: tree_cpu(t.pid) for t in targets if t.pid}
+        counted_from = {t.name: tree_counters(t.pid) for t in targets if t.pid}
         relayed = {"A": 0, "B": 0}
         errored = 0
         cpu: dict[str, list[float]] = {"A": [], "B": []}
@@ -143,6 +147,14 @@ def main() -> int:
             for t in targets
             if t.pid and relayed[t.name]
         }
+        counted = {
+            t.name: {
+                key: (value - counted_from[t.name][key]) / relayed[t.name] * 1000
+                for key, value in tree_counters(t.pid).items()
+            }
+            for t in targets
+            if t.pid and relayed[t.name]
+        }
     finally:
         for process in processes:
             process.terminate()
@@ -170,9 +182,14 @@ def main() -> int:
             f"whole run, rests included (work left for later counted once): CPU per token "
             f"A {whole['A']:.1f} µs, B {whole['B']:.1f} µs, B/A {whole['B'] / whole['A']:.3f}"
         )
+    if len(counted) == 2 and not errored:
+        print("whole run, per 1000 tokens (kernel's part, faults, switches):")
+        for key in COUNTERS:
+            a, b = counted["A"][key], counted["B"][key]
+            print(f"  {key:<18} A {a:10.4f}  B {b:10.4f}  B/A {b / a if a else math.nan:.3f}")
     print_pairs(pairs)
     if args.save:
-        record = {"argv": sys.argv[1:], "pairs": pairs, "whole": whole}
+        record = {"argv": sys.argv[1:], "pairs": pairs, "whole": whole, "counted": counted}
         Path(args.save).write_text(json.dumps(record, indent=1))
     return 0
 

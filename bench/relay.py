@@ -89,6 +89,40 @@ def tree_cpu(pid: int) -> float:
     return total / 1e9
 
 
+COUNTERS = ("user_s", "system_s", "minor_faults", "voluntary_switches", "forced_switches")
+
+
+def tree_counters(pid: int) -> dict[str, float]:
+    """Where a process tree's CPU went, from /proc (all threads of each process):
+    user and kernel seconds (clock ticks: read them over seconds of work, not per
+    request), minor page faults, and context switches it asked for (waits) and was
+    forced into (preemption). Cachegrind sees none of the kernel's part; these say
+    whether a difference in CPU is there."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = dict.fromkeys(COUNTERS, 0.0)
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            # Switches are counted per thread (live ones only).
+            statuses = [
+                Path(f"/proc/{p}/task/{task}/status").read_text()
+                for task in os.listdir(f"/proc/{p}/task")
+            ]
+        except OSError:
+            continue
+        # After the ")": state is field 3 of stat(5), so field n is fields[n - 3].
+        totals["minor_faults"] += int(fields[7])
+        totals["user_s"] += int(fields[11]) / tick
+        totals["system_s"] += int(fields[12]) / tick
+        for status in statuses:
+            for line in status.splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    totals["voluntary_switches"] += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    totals["forced_switches"] += int(line.split()[1])
+    return totals
+
+
 def tree_rss(pid: int) -> int:
     total = 0
     for p in tree(pid):
