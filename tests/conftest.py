@@ -246,6 +246,16 @@ class Server:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_workers(self, count: int, timeout: float = 60) -> None:
+        """Until `count` workers have loaded the app: the first to do so answers the
+        health check that ends start-up, and the others may still be loading."""
+        deadline = time.monotonic() + timeout
+        while self.logs().count('"msg":"started"') < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{count} workers did not start in {timeout} s")
+            time.sleep(0.1)
+        time.sleep(0.5)  # from loading the app to accepting connections
+
     def stop(self) -> None:
         self.proc.terminate()
         try:

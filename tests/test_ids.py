@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from webapp.ids import b64url, random_id, sortable_id
+from webapp.history import ID_FRESH, may_be_new
+from webapp.ids import b64url, made_at, random_id, sortable_id
 
 
 def test_ids_look_like_token_urlsafe_and_never_repeat() -> None:
@@ -56,3 +57,17 @@ def test_sortable_ids_sort_by_the_second_they_were_made_in(monkeypatch: pytest.M
     assert made[0].startswith(f"{1_795_000_000:08x}") and made[-1].startswith("ee6b2800")
     assert all(re.fullmatch(r"[0-9a-f]{8}[A-Za-z0-9_-]{16}", i) for i in made)
     assert len(set(made)) == len(made)
+
+
+def test_a_sortable_id_says_when_it_was_made_and_whether_its_row_may_be_new() -> None:
+    made = sortable_id(12)
+    assert abs(made_at(made) - time.time()) <= 1  # type: ignore[operator]
+    assert made_at("not-hex!" + random_id(12)) is None
+    assert made_at("abc") is None
+    assert may_be_new(made, within=1.0)
+    # Made ahead (a stock keeps ids up to ID_FRESH s): still maybe new.
+    ahead = f"{int(time.time() - ID_FRESH + 5):08x}" + random_id(12)
+    assert may_be_new(ahead, within=1.0)
+    old = f"{int(time.time() - ID_FRESH - 30):08x}" + random_id(12)
+    assert not may_be_new(old, within=1.0)
+    assert not may_be_new("zzzzzzzz" + random_id(12), within=1.0)

@@ -222,6 +222,49 @@ def test_a_stop_marked_in_the_row_reaches_the_worker_that_runs_the_answer(
     assert session.get(f"{server.url}/answers/{answer_id}").json()["outcome"] == "cancelled"
 
 
+@pytest.mark.parametrize("way", ["cancel", "events"])
+def test_a_stop_or_reattachment_right_after_the_start_reaches_the_other_worker(
+    serve: Any, fake: FakeUpstream, tmp_path: Any, way: str
+) -> None:
+    """Two workers, no Redis. The worker running an answer writes its row ~50 ms
+    after the start (later when busy), and the first token can reach the client
+    sooner: a Stop or a re-attachment sent at once, which the other worker gets,
+    waits for the row instead of answering 404. The Stop still closes the upstream
+    within a second; the re-attached reader gets the whole text."""
+    server: Server = serve(
+        RESUME_GRACE="5", WEB_CONCURRENCY="2", DATA_DIR=str(tmp_path), HEARTBEAT_INTERVAL="6"
+    )
+    server.wait_workers(2)
+    routes: list[str] = []
+    for attempt in range(24):
+        fake.reset()
+        session = requests.Session()
+        directive = f"forever=1 delay=0.05 id=early{way}{attempt}"
+        if way == "events":
+            directive = f"tokens=30 delay=0.02 id=early{way}{attempt}"
+        response = start(server, session, directive)
+        answer_id = response.headers["X-Answer-ID"]
+        if way == "cancel":
+            asked = time.monotonic()
+            stop = session.post(f"{server.url}/answers/{answer_id}/cancel", timeout=10)
+            assert stop.status_code == 204, (attempt, stop.status_code, stop.text)
+            routes.append(stop.headers["X-Stopped-Through"])
+            closed = fake.wait_closed(1, timeout=5)
+            assert closed and closed[0].at - asked <= 1.0, (attempt, routes[-1])
+            response.close()
+        else:
+            follower = reattach(server, session, answer_id, 0)
+            assert follower.status_code == 200, (attempt, follower.status_code, follower.text)
+            routes.append(follower.headers["X-Followed-Through"])
+            response.close()
+            text, _, end = read(follower)
+            assert (end, text) == ("done", whole(30)), (attempt, routes[-1])
+        if routes[-1] in ("row", "store"):
+            break
+    # The same worker's way (the job) is what the tests above take.
+    assert routes[-1] in ("row", "store"), routes
+
+
 @pytest.mark.parametrize("directive", ["forever=1 delay=0.05", "tokens=50 stall_after=3"])
 def test_stop_while_the_starting_client_still_reads_ends_it_for_everyone(
     serve: Any, fake: FakeUpstream, directive: str

@@ -20,6 +20,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 
+import gevent
 import orjson
 from flask import Blueprint, Response, current_app, g, request, url_for
 
@@ -27,14 +28,21 @@ from webapp import formats
 from webapp.config import Config
 from webapp.errors import BadRequest, NotFound
 from webapp.eventlog import EventLog, RedisUnavailable
-from webapp.history import CANCELLING, MAX_PAGE_SIZE, PAGE_SIZE, StoredAnswer
+from webapp.history import CANCELLING, MAX_PAGE_SIZE, PAGE_SIZE, StoredAnswer, may_be_new
 from webapp.jobs import FOLLOWER_WRITE_STALL, Numbered, follow_stored, writes_bounded
+from webapp.recording import COALESCE, QUIET_WAIT
 from webapp.service import STREAM_HEADERS, answer_of, client_gone, jobs, owner, store
 
 bp = Blueprint("answers", __name__)
 
 # What a listing shows of each answer: enough to choose one, not its whole text.
 SUMMARY = ("id", "conversation_id", "parent_id", "prompt", "language", "model", "finish_reason")
+# The worker running a new answer writes its row COALESCE after the start, up to
+# QUIET_WAIT later when busy (webapp/recording.py), and its first token, with its
+# id, can reach the client sooner. A Stop or a re-attachment that another worker
+# gets in that moment looks again until then, every ROW_POLL; after it, a 404.
+NEW_ROW_WAIT = COALESCE + QUIET_WAIT + 0.25
+ROW_POLL = 0.05
 
 
 def _json(body: object, status: int = 200) -> Response:
@@ -113,12 +121,10 @@ def _follow(answer_id: str, after: int) -> tuple[Iterator[Numbered], Callable[[]
     running = jobs()
     config: Config = current_app.config["APP_CONFIG"]
     until = time.monotonic() + config.total_timeout + config.resume_grace
-    try:
-        answer = answer_of(answer_id)
-    except NotFound:
+    answer = _located(answer_id)
+    if answer is None:
         # Another machine's answer, not in this one's database: Redis knows its owner.
-        if running.eventlog is None or not _redis_owner_is(running.eventlog, answer_id):
-            raise
+        assert running.eventlog is not None
         g.followed_through = "redis"
         events = running.eventlog.follow(
             answer_id, after, heartbeat=config.heartbeat_interval, until=until
@@ -157,6 +163,25 @@ def _redis_owner_is(eventlog: EventLog, answer_id: str) -> bool:
         return False
 
 
+def _located(answer_id: str) -> StoredAnswer | None:
+    """One of the owner's answers, from the database; None when only Redis knows it
+    (another machine's, with its own database). A new answer's row may not be
+    written yet: looked for again for NEW_ROW_WAIT s before the 404 (only when the
+    id's time says it may be new, so a made-up id is a 404 at once)."""
+    eventlog = jobs().eventlog
+    wait = NEW_ROW_WAIT if may_be_new(answer_id, within=NEW_ROW_WAIT) else 0.0
+    until = time.monotonic() + wait
+    while True:
+        try:
+            return answer_of(answer_id)
+        except NotFound:
+            if eventlog is not None and _redis_owner_is(eventlog, answer_id):
+                return None
+            if time.monotonic() >= until:
+                raise
+        gevent.sleep(ROW_POLL)
+
+
 class _Collected:
     """The text a Redis follower has seen, for the page's code blocks."""
 
@@ -190,21 +215,28 @@ def answer_events(answer_id: str) -> Response:
 
 @bp.post("/answers/<answer_id>/cancel")
 def cancel_answer(answer_id: str) -> Response:
-    """Stop: the upstream closes within a second, whoever is attached, on any worker."""
+    """Stop: the upstream closes within a second, whoever is attached, on any worker.
+    `X-Stopped-Through` says how: `job` (it ran here), `row` (a mark in its row, for
+    the worker running it), `redis` (another machine's), `ended` (it had ended)."""
     running = jobs()
-    try:
-        answer = answer_of(answer_id)
-    except NotFound:
-        if running.eventlog is None or not _redis_owner_is(running.eventlog, answer_id):
-            raise
+    answer = _located(answer_id)
+    if answer is None:
+        assert running.eventlog is not None
         running.eventlog.request_cancel(answer_id)  # another machine's: its job looks
-        return Response(status=204)
-    if not running.cancel(answer_id) and answer.outcome == "pending":
-        store().request_cancel(owner(), answer_id)  # its worker looks every 0.4 s
-        if running.eventlog is not None:
-            with contextlib.suppress(RedisUnavailable):
-                running.eventlog.request_cancel(answer_id)
-    return Response(status=204)
+        return _stopped("redis")
+    if running.cancel(answer_id):
+        return _stopped("job")
+    if answer.outcome not in ("pending", CANCELLING):
+        return _stopped("ended")
+    store().request_cancel(owner(), answer_id)  # its worker looks every 0.4 s
+    if running.eventlog is not None:
+        with contextlib.suppress(RedisUnavailable):
+            running.eventlog.request_cancel(answer_id)
+    return _stopped("row")
+
+
+def _stopped(way: str) -> Response:
+    return Response(status=204, headers={"X-Stopped-Through": way})
 
 
 @bp.delete("/conversations/<conversation_id>")

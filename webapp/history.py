@@ -49,7 +49,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from webapp.errors import HistoryUnavailable
-from webapp.ids import sortable_id
+from webapp.ids import made_at, sortable_id
 from webapp.quiet import Stock
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -97,12 +97,21 @@ def _make_id() -> str:
 
 # Two ids for an answer that opens a conversation (most API calls), made ahead:
 # ~4 us each in a busy worker, on the way to the first token. Their time prefix
-# is that of their making, at most a minute earlier.
-_ids = Stock(_make_id, size=1024, batch=64, fresh=60.0)
+# is that of their making, at most ID_FRESH s earlier.
+ID_FRESH = 60.0
+_ids = Stock(_make_id, size=1024, batch=64, fresh=ID_FRESH)
 
 
 def new_id() -> str:
     return _ids.take() or _make_id()
+
+
+def may_be_new(row_id: str, within: float) -> bool:
+    """Whether `row_id` may be that of a row made in the last `within` seconds (its
+    time prefix is at most ID_FRESH s older than the row): a random or old id is not."""
+    made = made_at(row_id)
+    clock = time.time()
+    return made is not None and clock - ID_FRESH - within - 1 <= made <= clock + 1
 
 
 class Base(DeclarativeBase):

@@ -69,3 +69,11 @@ def sortable_id(nbytes: int) -> str:
     in the random part; the prefix says when it was made, to the second, which its
     owner sees anyway."""
     return f"{int(time.time()):08x}{random_id(nbytes)}"
+
+
+def made_at(sortable: str) -> int | None:
+    """When a `sortable_id` was made (whole seconds), or None if it is not one."""
+    prefix = sortable[:8]
+    if len(prefix) < 8 or not all(c in "0123456789abcdef" for c in prefix):
+        return None
+    return int(prefix, 16)

@@ -393,7 +393,24 @@ def history_paths(error: dict[str, Any], request_id: dict[str, Any]) -> dict[str
                 "operationId": "cancelAnswer",
                 "summary": "Stop a resumable answer: its upstream closes within a second",
                 "parameters": [answer_id],
-                "responses": {**gone, **failures("401", "404")},
+                "responses": {
+                    "204": {
+                        "description": "Stopped, or asked to stop where it runs.",
+                        "headers": {
+                            **request_id,
+                            "X-Stopped-Through": {
+                                "description": "How: job (it ran in this worker), row "
+                                "(a mark its worker looks for), redis (another "
+                                "machine's), ended (it had already ended).",
+                                "schema": {
+                                    "type": "string",
+                                    "enum": ["job", "row", "redis", "ended"],
+                                },
+                            },
+                        },
+                    },
+                    **failures("401", "404"),
+                },
             }
         },
         "/conversations/{conversation_id}": {
