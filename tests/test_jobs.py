@@ -193,3 +193,28 @@ def test_readers_that_come_and_go_each_get_the_whole_text_once() -> None:
     got = "".join(e for _, e in first if isinstance(e, str))
     assert len(first) == 4 and got == text[5 : first[-1][0]]
     assert job.watchers == 0
+
+
+def test_a_reader_claiming_more_text_than_there_is_gets_only_what_lies_past_its_claim() -> None:
+    """`after` past the answer's length (no honest client sends it, as every id is
+    a length it was sent): live text up to that point is not sent, as the stored
+    row's follower does, rather than sent as if new."""
+    relay, job, _ = started(tokens=40, every=0.01)
+    got: list[tuple[int, object]] = []
+    claim = 0
+
+    def claim_ahead() -> None:
+        nonlocal claim
+        while sum(map(len, relay.parts)) < 20:
+            gevent.sleep(0.005)
+        claim = sum(map(len, relay.parts)) + 13  # mid-token, past what exists
+        got.extend(job.follow(claim))
+
+    reader = gevent.spawn(claim_ahead)
+    list(job.drive(None))
+    reader.join(5)
+    text = "".join(f"t{i} " for i in range(40))
+    deltas = [(end, e) for end, e in got if isinstance(e, str)]
+    assert "".join(e for _, e in deltas) == text[claim:]
+    assert all(end > claim for end, _ in deltas)
+    assert isinstance(got[-1][1], Done) and got[-1][0] == len(text)

@@ -368,11 +368,18 @@ class Job:
                 index = backlog
             while True:
                 while index < len(events):
-                    event = events[index]
-                    yield ends[index], event
+                    event, end = events[index], ends[index]
                     index += 1
                     if type(event) is not str:
+                        yield end, event
                         return  # Done or Failed: the end
+                    if end - len(event) < after:
+                        # Only a client claiming text it cannot have yet gets here:
+                        # from the point it claims, as the stored row's follower does.
+                        if end <= after:
+                            continue
+                        event = event[len(event) - (end - after) :]
+                    yield end, event
                 if self.finished:
                     return
                 ticks = 0
