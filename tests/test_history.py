@@ -494,3 +494,53 @@ def test_the_page_says_when_turns_were_left_out(
         },
     ).get_data(as_text=True)
     assert "oldest turns of this conversation were left out to fit the prompt limit" in page
+
+
+@pytest.mark.parametrize("delay", ["0", "0.05"])
+def test_a_follow_up_or_continue_sent_the_moment_an_answer_ends_builds_on_all_of_it(
+    serve: Any, fake: FakeUpstream, tmp_path: Path, delay: str
+) -> None:
+    """Two workers: the one that ran an answer writes its row ~50 ms after the start
+    and its end ~50 ms after the end (later when busy). A script's next request, sent
+    at once, may reach the other worker in that moment: it still sees the whole
+    answer, never a missing one or a pending row without its text (a follow-up
+    without its context, a Continue refused as not cut). A quick answer ends before
+    its row is written; a slower one after."""
+    server = serve(WEB_CONCURRENCY="2", DATA_DIR=str(tmp_path))
+    server.wait_workers(2)
+    session = requests.Session()
+    for attempt in range(10):
+        first = session.post(
+            server.url + "/generate-code/",
+            json={
+                "prompt": prompt(f"tokens=9 obey_max=1 delay={delay} id=end{delay}-{attempt}"),
+                "max_tokens": 4,
+            },
+            headers={"Accept": "application/x-ndjson"},
+            timeout=30,
+        )
+        assert first.status_code == 200
+        text = "".join(
+            e["text"] for e in map(json.loads, first.text.splitlines()) if e["type"] == "delta"
+        )
+        assert text == "t0 t1 t2 t3 "
+        # Each right after the end, on a fresh connection: either worker.
+        follow_up = requests.post(
+            server.url + "/generate-code/",
+            json={
+                "prompt": prompt(f"tokens=2 id=next{delay}-{attempt}"),
+                "conversation_id": first.headers["X-Conversation-ID"],
+            },
+            cookies=session.cookies,
+            timeout=30,
+        )
+        assert follow_up.status_code == 200, (attempt, follow_up.text)
+        sent = fake.records_for(f"id=next{delay}-{attempt}")[-1].body["messages"]
+        assert sent[2] == {"role": "assistant", "content": text}, attempt
+        carried = requests.post(
+            server.url + "/generate-code/",
+            json={"continue_answer": first.headers["X-Answer-ID"], "stream": False},
+            cookies=session.cookies,
+            timeout=30,
+        )
+        assert carried.status_code == 200, (attempt, carried.text)

@@ -20,7 +20,6 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 
-import gevent
 import orjson
 from flask import Blueprint, Response, current_app, g, request, url_for
 
@@ -30,19 +29,21 @@ from webapp.errors import BadRequest, NotFound
 from webapp.eventlog import EventLog, RedisUnavailable
 from webapp.history import CANCELLING, MAX_PAGE_SIZE, PAGE_SIZE, StoredAnswer, may_be_new
 from webapp.jobs import FOLLOWER_WRITE_STALL, Numbered, follow_stored, writes_bounded
-from webapp.recording import COALESCE, QUIET_WAIT
-from webapp.service import STREAM_HEADERS, answer_of, client_gone, jobs, owner, store
+from webapp.service import (
+    FRESH_WAIT,
+    STREAM_HEADERS,
+    answer_of,
+    client_gone,
+    fresh,
+    jobs,
+    owner,
+    store,
+)
 
 bp = Blueprint("answers", __name__)
 
 # What a listing shows of each answer: enough to choose one, not its whole text.
 SUMMARY = ("id", "conversation_id", "parent_id", "prompt", "language", "model", "finish_reason")
-# The worker running a new answer writes its row COALESCE after the start, up to
-# QUIET_WAIT later when busy (webapp/recording.py), and its first token, with its
-# id, can reach the client sooner. A Stop or a re-attachment that another worker
-# gets in that moment looks again until then, every ROW_POLL; after it, a 404.
-NEW_ROW_WAIT = COALESCE + QUIET_WAIT + 0.25
-ROW_POLL = 0.05
 
 
 def _json(body: object, status: int = 200) -> Response:
@@ -166,20 +167,25 @@ def _redis_owner_is(eventlog: EventLog, answer_id: str) -> bool:
 def _located(answer_id: str) -> StoredAnswer | None:
     """One of the owner's answers, from the database; None when only Redis knows it
     (another machine's, with its own database). A new answer's row may not be
-    written yet: looked for again for NEW_ROW_WAIT s before the 404 (only when the
-    id's time says it may be new, so a made-up id is a 404 at once)."""
-    eventlog = jobs().eventlog
-    wait = NEW_ROW_WAIT if may_be_new(answer_id, within=NEW_ROW_WAIT) else 0.0
-    until = time.monotonic() + wait
-    while True:
-        try:
-            return answer_of(answer_id)
-        except NotFound:
-            if eventlog is not None and _redis_owner_is(eventlog, answer_id):
-                return None
-            if time.monotonic() >= until:
-                raise
-        gevent.sleep(ROW_POLL)
+    written yet: read again for FRESH_WAIT s before the 404 (only when the id's time
+    says it may be new, so a made-up id is a 404 at once)."""
+    eventlog, stored, who = jobs().eventlog, store(), owner()
+
+    def read() -> tuple[StoredAnswer | None, bool]:
+        found = stored.get(who, answer_id)
+        elsewhere = found is None and eventlog is not None and _redis_owner_is(eventlog, answer_id)
+        return found, elsewhere
+
+    def known(got: tuple[StoredAnswer | None, bool]) -> bool:
+        return got[0] is not None or got[1]
+
+    got = read()
+    if not known(got) and may_be_new(answer_id, within=FRESH_WAIT):
+        got = fresh(read, known, got)
+    found, elsewhere = got
+    if found is None and not elsewhere:
+        raise NotFound("There is no answer of yours with that id.")
+    return found
 
 
 class _Collected:

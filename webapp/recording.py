@@ -140,6 +140,10 @@ class Recorder:
         self._wake.set()
         return ids
 
+    def running(self, answer_id: str) -> bool:
+        """Whether the answer runs in this worker (its end is not recorded yet)."""
+        return answer_id in self._active
+
     def flush(self, most: int | None = None) -> None:
         """Write what is queued now (at `most` new and `most` ended answers), in one
         transaction: new answers, then ended ones (the writer does this on its own;

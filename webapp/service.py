@@ -7,8 +7,11 @@ stream slots are the same, and live here once.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import TypeVar
 
+import gevent
 import orjson
 from flask import Flask, current_app, g, request, session
 from flask.sessions import SessionMixin
@@ -16,16 +19,25 @@ from flask.sessions import SessionMixin
 from webapp.errors import BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMediaType
 from webapp.generation import GenerationService, Relay, Turn
 from webapp.guard import Guard
-from webapp.history import MAX_TURNS, Store, StoredAnswer
+from webapp.history import MAX_TURNS, Store, StoredAnswer, may_be_new
 from webapp.ids import random_id
 from webapp.jobs import Job, Jobs
-from webapp.recording import Recorder
+from webapp.recording import COALESCE, QUIET_WAIT, Recorder
 from webapp.schema import GenerateCodeRequest
 from webapp.sessions import CookieSessions
 from webapp.sockets import peer_closed
 
 # Streams are never cached, and proxies (nginx) must not buffer them.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The worker running an answer writes its row COALESCE after the start and its end
+# COALESCE after the end, up to QUIET_WAIT later when busy (webapp/recording.py), and
+# its client can hear of both sooner. A request that another worker gets in that
+# moment (a Stop, a re-attachment, a follow-up, a Continue) reads again every
+# FRESH_POLL until it sees them, for FRESH_WAIT at most.
+FRESH_WAIT = COALESCE + QUIET_WAIT + 0.25
+FRESH_POLL = 0.05
+
+T = TypeVar("T")
 
 
 def generation() -> GenerationService:
@@ -87,6 +99,39 @@ def answer_of(answer_id: str) -> StoredAnswer:
     return found
 
 
+def fresh(read: Callable[[], T], seen: Callable[[T], bool], found: T) -> T:
+    """`found` (a first `read()`), or `read()` again every FRESH_POLL until `seen` says
+    it holds what another worker may not have written yet, for FRESH_WAIT at most."""
+    until = time.monotonic() + FRESH_WAIT
+    while not seen(found) and time.monotonic() < until:
+        gevent.sleep(FRESH_POLL)
+        found = read()
+    return found
+
+
+def settled(answer: StoredAnswer) -> bool:
+    """Whether an answer's stored state is whole: it ended, or it runs here (this
+    worker's reads flush its writes first), not elsewhere with its end on the way."""
+    history = recorder()
+    return answer.outcome != "pending" or (history is not None and history.running(answer.id))
+
+
+def ended_answer_of(answer_id: str) -> StoredAnswer:
+    """`answer_of`, to build on the answer: with its end, when another worker ran it
+    and may not have written it yet (FRESH_WAIT). A made-up id is a 404 at once."""
+    stored, who = store(), owner()
+
+    def read() -> StoredAnswer | None:
+        return stored.get(who, answer_id)
+
+    found = read()
+    if found is not None or may_be_new(answer_id, within=FRESH_WAIT):
+        found = fresh(read, lambda answer: answer is not None and settled(answer), found)
+    if found is None:
+        raise NotFound("There is no answer of yours with that id.")
+    return found
+
+
 def jobs() -> Jobs:
     found: Jobs = current_app.extensions["jobs"]
     return found
@@ -129,7 +174,7 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
     continued: StoredAnswer | None = None
     parent_id = None
     if params.continue_answer is not None:
-        continued = answer_of(params.continue_answer)
+        continued = ended_answer_of(params.continue_answer)
         if not continued.continuable:
             raise Conflict(
                 "continue_answer: only an answer that stopped at its max_tokens can be "
@@ -143,7 +188,14 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
         if model is None and continued.model in generation().provider.models:
             model = continued.model
     elif params.conversation_id is not None:
-        versions = store().versions(owner(), params.conversation_id, newest=MAX_TURNS)
+        stored, who, conversation_id = store(), owner(), params.conversation_id
+
+        def read() -> list[StoredAnswer]:
+            return stored.versions(who, conversation_id, newest=MAX_TURNS)
+
+        versions = read()
+        if versions or may_be_new(conversation_id, within=FRESH_WAIT):
+            versions = fresh(read, lambda found: bool(found) and all(map(settled, found)), versions)
         if not versions:
             raise NotFound(
                 "conversation_id: there is no conversation of yours with that id.",
