@@ -91,9 +91,21 @@ def owner() -> str:
     return f"anon:{anonymous}"
 
 
-def answer_of(answer_id: str) -> StoredAnswer:
-    """One of the owner's answers, or a 404 (another owner's is not found either)."""
-    found = store().get(owner(), answer_id)
+def answer_of(answer_id: str, *, ended: bool = False) -> StoredAnswer:
+    """One of the owner's answers, or a 404 (another owner's is not found either).
+    One that another worker just started (or, with `ended`, just ended) may not be
+    written yet: read again for FRESH_WAIT. A made-up id is a 404 at once."""
+    stored, who = store(), owner()
+
+    def read() -> StoredAnswer | None:
+        return stored.get(who, answer_id)
+
+    def seen(answer: StoredAnswer | None) -> bool:
+        return answer is not None and (not ended or settled(answer))
+
+    found = read()
+    if not seen(found) and (found is not None or may_be_new(answer_id, within=FRESH_WAIT)):
+        found = fresh(read, seen, found)
     if found is None:
         raise NotFound("There is no answer of yours with that id.")
     return found
@@ -114,22 +126,6 @@ def settled(answer: StoredAnswer) -> bool:
     worker's reads flush its writes first), not elsewhere with its end on the way."""
     history = recorder()
     return answer.outcome != "pending" or (history is not None and history.running(answer.id))
-
-
-def ended_answer_of(answer_id: str) -> StoredAnswer:
-    """`answer_of`, to build on the answer: with its end, when another worker ran it
-    and may not have written it yet (FRESH_WAIT). A made-up id is a 404 at once."""
-    stored, who = store(), owner()
-
-    def read() -> StoredAnswer | None:
-        return stored.get(who, answer_id)
-
-    found = read()
-    if found is not None or may_be_new(answer_id, within=FRESH_WAIT):
-        found = fresh(read, lambda answer: answer is not None and settled(answer), found)
-    if found is None:
-        raise NotFound("There is no answer of yours with that id.")
-    return found
 
 
 def jobs() -> Jobs:
@@ -174,7 +170,7 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
     continued: StoredAnswer | None = None
     parent_id = None
     if params.continue_answer is not None:
-        continued = ended_answer_of(params.continue_answer)
+        continued = answer_of(params.continue_answer, ended=True)
         if not continued.continuable:
             raise Conflict(
                 "continue_answer: only an answer that stopped at its max_tokens can be "
