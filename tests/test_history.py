@@ -525,6 +525,13 @@ def test_a_follow_up_or_continue_sent_the_moment_an_answer_ends_builds_on_all_of
         )
         assert text == "t0 t1 t2 t3 "
         # Each right after the end, on a fresh connection: either worker.
+        stored = requests.get(
+            f"{server.url}/answers/{first.headers['X-Answer-ID']}",
+            cookies=session.cookies,
+            timeout=30,
+        )
+        assert stored.status_code == 200, (attempt, stored.text)
+        assert (stored.json()["text"], stored.json()["finish_reason"]) == (text, "length")
         follow_up = requests.post(
             server.url + "/generate-code/",
             json={

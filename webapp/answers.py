@@ -76,7 +76,8 @@ def list_answers() -> Response:
 
 @bp.get("/answers/<answer_id>")
 def get_answer(answer_id: str) -> Response:
-    return _json(answer_of(answer_id).to_json())
+    # As it ended, when it just ended on another worker (a script reads it at once).
+    return _json(answer_of(answer_id, ended=True).to_json())
 
 
 @bp.delete("/answers/<answer_id>")
