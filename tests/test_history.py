@@ -11,10 +11,11 @@ import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import gevent
 import pytest
 import requests
 from alembic.autogenerate import compare_metadata
@@ -551,3 +552,40 @@ def test_a_follow_up_or_continue_sent_the_moment_an_answer_ends_builds_on_all_of
             timeout=30,
         )
         assert carried.status_code == 200, (attempt, carried.text)
+
+
+@pytest.mark.parametrize("worker_gone", [False, True])
+def test_a_follow_up_to_an_answer_being_stopped_elsewhere_waits_for_its_end(
+    client: FlaskClient, app: Flask, fake: FakeUpstream, worker_gone: bool
+) -> None:
+    """A Stop that another worker marked in the row (`cancelling`) is not the end: the
+    worker running the answer writes its end (and whole text) a moment later, and a
+    follow-up built in between waits for it rather than going out with the last text
+    saved while it ran. A row unchanged for longer than any answer runs (its worker
+    died) is not waited for: nobody will end it."""
+    first, first_text, _ = generate(client, "tokens=6 id=stopped")
+    answer_id = first.headers["X-Answer-ID"]
+    recorder = app.extensions["history"]
+    recorder.flush()  # its own end first, so the marks below are what is read
+    engine = recorder.store.engine
+
+    def mark(**values: object) -> None:
+        with engine.begin() as connection:
+            connection.execute(update(AnswerRow).where(AnswerRow.id == answer_id).values(values))
+
+    # As if it ran on another worker: stopped there, its text saved up to "t1 ".
+    mark(outcome="cancelling", text="t0 t1 ")
+    if worker_gone:
+        mark(updated_at=datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1))
+    ending = gevent.spawn_later(0.3, mark, outcome="cancelled", text=first_text)
+    follow_up = client.post(
+        "/generate-code/",
+        json={
+            "prompt": "Go on [[fake tokens=1 id=after-stop]]",
+            "conversation_id": first.headers["X-Conversation-ID"],
+        },
+    )
+    ending.join(5)
+    assert follow_up.status_code == 200 and follow_up.get_data()
+    sent = fake.records_for("id=after-stop")[-1].body["messages"]
+    assert sent[2] == {"role": "assistant", "content": "t0 t1 " if worker_gone else first_text}

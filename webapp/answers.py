@@ -27,7 +27,14 @@ from webapp import formats
 from webapp.config import Config
 from webapp.errors import BadRequest, NotFound
 from webapp.eventlog import EventLog, RedisUnavailable
-from webapp.history import CANCELLING, MAX_PAGE_SIZE, PAGE_SIZE, StoredAnswer, may_be_new
+from webapp.history import (
+    CANCELLING,
+    MAX_PAGE_SIZE,
+    PAGE_SIZE,
+    Store,
+    StoredAnswer,
+    may_be_new,
+)
 from webapp.jobs import FOLLOWER_WRITE_STALL, Numbered, follow_stored, writes_bounded
 from webapp.service import (
     FRESH_WAIT,
@@ -170,10 +177,14 @@ def _located(answer_id: str) -> StoredAnswer | None:
     (another machine's, with its own database). A new answer's row may not be
     written yet: read again for FRESH_WAIT s before the 404 (only when the id's time
     says it may be new, so a made-up id is a 404 at once)."""
-    eventlog, stored, who = jobs().eventlog, store(), owner()
+    eventlog, who = jobs().eventlog, owner()
+    try:
+        stored: Store | None = store()
+    except NotFound:  # HISTORY=off here: another instance's answer, through Redis only
+        stored = None
 
     def read() -> tuple[StoredAnswer | None, bool]:
-        found = stored.get(who, answer_id)
+        found = stored.get(who, answer_id) if stored is not None else None
         elsewhere = found is None and eventlog is not None and _redis_owner_is(eventlog, answer_id)
         return found, elsewhere
 
@@ -185,6 +196,7 @@ def _located(answer_id: str) -> StoredAnswer | None:
         got = fresh(read, known, got)
     found, elsewhere = got
     if found is None and not elsewhere:
+        store()  # HISTORY=off: its 404 says so
         raise NotFound("There is no answer of yours with that id.")
     return found
 

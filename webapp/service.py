@@ -19,10 +19,10 @@ from flask.sessions import SessionMixin
 from webapp.errors import BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMediaType
 from webapp.generation import GenerationService, Relay, Turn
 from webapp.guard import Guard
-from webapp.history import MAX_TURNS, Store, StoredAnswer, may_be_new
+from webapp.history import CANCELLING, MAX_TURNS, Store, StoredAnswer, may_be_new, now
 from webapp.ids import random_id
 from webapp.jobs import Job, Jobs
-from webapp.recording import COALESCE, QUIET_WAIT, Recorder
+from webapp.recording import COALESCE, QUIET_WAIT, SAVE_INTERVAL, Recorder
 from webapp.schema import GenerateCodeRequest
 from webapp.sessions import CookieSessions
 from webapp.sockets import peer_closed
@@ -34,8 +34,14 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # its client can hear of both sooner. A request that another worker gets in that
 # moment (a Stop, a re-attachment, a follow-up, a Continue) reads again every
 # FRESH_POLL until it sees them, for FRESH_WAIT at most.
-FRESH_WAIT = COALESCE + QUIET_WAIT + 0.25
-FRESH_POLL = 0.05
+# The writer may be in its wait for a quiet moment when the write is queued, then
+# wait again: FRESH_WAIT covers both.
+FRESH_WAIT = COALESCE + 2 * QUIET_WAIT + 0.25
+FRESH_POLL = 0.1
+# Each waiting request holds a greenlet and reads every FRESH_POLL: a flood of
+# made-up recent ids (the /answers routes have no rate limit) gets no more than this.
+MOST_WAITING = 32
+_waiting = 0
 
 T = TypeVar("T")
 
@@ -113,19 +119,35 @@ def answer_of(answer_id: str, *, ended: bool = False) -> StoredAnswer:
 
 def fresh(read: Callable[[], T], seen: Callable[[T], bool], found: T) -> T:
     """`found` (a first `read()`), or `read()` again every FRESH_POLL until `seen` says
-    it holds what another worker may not have written yet, for FRESH_WAIT at most."""
-    until = time.monotonic() + FRESH_WAIT
-    while not seen(found) and time.monotonic() < until:
-        gevent.sleep(FRESH_POLL)
-        found = read()
-    return found
+    it holds what another worker may not have written yet, for FRESH_WAIT at most.
+    Past MOST_WAITING requests waiting in this worker, `found` at once."""
+    global _waiting
+    if seen(found) or _waiting >= MOST_WAITING:
+        return found
+    _waiting += 1
+    try:
+        until = time.monotonic() + FRESH_WAIT
+        while not seen(found) and time.monotonic() < until:
+            gevent.sleep(FRESH_POLL)
+            found = read()
+        return found
+    finally:
+        _waiting -= 1
 
 
 def settled(answer: StoredAnswer) -> bool:
-    """Whether an answer's stored state is whole: it ended, or it runs here (this
-    worker's reads flush its writes first), not elsewhere with its end on the way."""
+    """Whether an answer's stored state is whole: it ended; or it runs here (this
+    worker's reads flush its writes first); or nobody will end it (unchanged for
+    longer than an answer can run without a save: its worker is gone). Not: it runs,
+    or is being stopped, elsewhere, or ended there with its end on the way."""
+    if answer.outcome not in ("pending", CANCELLING):
+        return True
     history = recorder()
-    return answer.outcome != "pending" or (history is not None and history.running(answer.id))
+    if history is not None and history.running(answer.id):
+        return True
+    config = generation().config
+    longest = config.total_timeout + config.resume_grace + 2 * SAVE_INTERVAL
+    return (now() - answer.updated_at).total_seconds() > longest
 
 
 def jobs() -> Jobs:
