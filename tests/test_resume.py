@@ -191,6 +191,8 @@ def test_stop_during_a_reattached_stream_closes_the_upstream(
     assert ends and ends[-1]["code"] == "cancelled"
     stored = session.get(f"{resumable.url}/answers/{answer_id}").json()
     assert stored["outcome"] == "cancelled"
+    again = session.post(f"{resumable.url}/answers/{answer_id}/cancel")
+    assert (again.status_code, again.headers["X-Stopped-Through"]) == (204, "ended")
 
 
 def test_a_stop_marked_in_the_row_reaches_the_worker_that_runs_the_answer(

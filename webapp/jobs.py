@@ -548,9 +548,9 @@ class Jobs:
         return self._running
 
     def cancel(self, answer_id: str) -> bool:
-        """Cancel the answer if it runs here; False if it does not."""
+        """Cancel the answer if it runs here; False if it does not (or has ended)."""
         job = self._jobs.get(answer_id)
-        if job is None:
+        if job is None or job.finished:
             return False
         job.cancel()
         return True
