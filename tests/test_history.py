@@ -526,6 +526,10 @@ def test_a_follow_up_or_continue_sent_the_moment_an_answer_ends_builds_on_all_of
         )
         assert text == "t0 t1 t2 t3 "
         # Each right after the end, on a fresh connection: either worker.
+        page = requests.get(
+            f"{server.url}/a/{first.headers['X-Answer-ID']}", cookies=session.cookies, timeout=30
+        )
+        assert page.status_code == 200 and "t0 t1 t2 t3" in page.text, attempt
         stored = requests.get(
             f"{server.url}/answers/{first.headers['X-Answer-ID']}",
             cookies=session.cookies,

@@ -34,7 +34,7 @@ def _version_numbers(versions: list[StoredAnswer]) -> dict[str, int]:
 
 @bp.get("/a/<answer_id>")
 def answer_page(answer_id: str) -> str:
-    answer = answer_of(answer_id)
+    answer = answer_of(answer_id, ended=True)  # as it ended, if that was just now elsewhere
     versions = store().versions(owner(), answer.conversation_id)
     form = prompt_form()
     form.conversation_id.data = answer.conversation_id
@@ -88,7 +88,7 @@ def compare(conversation_id: str) -> str:
 @bp.get("/a/<answer_id>/download/<int:number>")
 def download(answer_id: str, number: int | None = None) -> Response:
     """One block as a file, or "all": the only block, or a zip of several."""
-    answer = answer_of(answer_id)
+    answer = answer_of(answer_id, ended=True)  # its blocks are recorded with its end
     files = exports.code_files(answer.code_blocks)
     if not files or (number is not None and not 1 <= number <= len(files)):
         raise NotFound("That answer has no such code block.", code="block_not_found")
