@@ -423,6 +423,35 @@ def test_reattach_through_the_other_worker(
     assert other in routes, routes
 
 
+@pytest.mark.parametrize("with_redis", [False, True], ids=["database", "redis"])
+def test_a_reader_on_the_other_worker_keeps_a_long_answer_going_past_its_grace(
+    serve: Any, fake: FakeUpstream, tmp_path: Any, request: pytest.FixtureRequest, with_redis: bool
+) -> None:
+    """The starting client leaves and re-attaches through the other worker, which
+    follows the stored row (or Redis), not the job: the worker running the answer
+    sees that reader and does not end the answer when its grace (2 s) runs out,
+    though the answer runs 5 s."""
+    settings = {"RESUME_GRACE": "2", "WEB_CONCURRENCY": "2", "DATA_DIR": str(tmp_path)}
+    if with_redis:
+        settings["REDIS_URL"] = request.getfixturevalue("redis_server").url
+    server: Server = serve(**settings)
+    server.wait_workers(2)
+    other = "redis" if with_redis else "store"
+    routes: list[str] = []
+    for attempt in range(16):
+        session = requests.Session()
+        response = start(server, session, f"tokens=100 delay=0.05 id=long{attempt}")
+        answer_id = response.headers["X-Answer-ID"]
+        first, last, _ = read(response, deltas=10)
+        follower = reattach(server, session, answer_id, last)
+        routes.append(follower.headers.get("X-Followed-Through", "?"))
+        rest, _, end = read(follower)
+        assert (end, first + rest) == ("done", whole(100)), (attempt, routes[-1], end)
+        if routes[-1] == other:
+            break
+    assert routes[-1] == other, routes
+
+
 def test_200_clients_dropping_at_random_all_get_the_whole_text(
     serve: Any, fake: FakeUpstream, tmp_path: Any
 ) -> None:
@@ -460,9 +489,14 @@ def test_200_clients_dropping_at_random_all_get_the_whole_text(
 
 
 @pytest.mark.browser
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_the_page_picks_an_answer_up_after_a_reload_and_a_network_drop(
-    chromium: Any, resumable: Server, fake: FakeUpstream
+    chromium: Any, serve: Any, fake: FakeUpstream, tmp_path: Any, workers: str
 ) -> None:
+    """With two workers the page's re-attachment may land on the other one, which
+    follows the answer through its stored row."""
+    resumable: Server = serve(RESUME_GRACE=GRACE, WEB_CONCURRENCY=workers, DATA_DIR=str(tmp_path))
+    resumable.wait_workers(int(workers))
     context = chromium.new_context()
     try:
         page = context.new_page()

@@ -25,7 +25,7 @@ from flask import Blueprint, Response, current_app, g, request, url_for
 
 from webapp import formats
 from webapp.config import Config
-from webapp.errors import BadRequest, NotFound
+from webapp.errors import BadRequest, HistoryUnavailable, NotFound
 from webapp.eventlog import EventLog, RedisUnavailable
 from webapp.history import (
     CANCELLING,
@@ -161,7 +161,13 @@ def _follow(answer_id: str, after: int) -> tuple[Iterator[Numbered], Callable[[]
             latest[0] = found
         return found
 
-    events = follow_stored(read, after, heartbeat=config.heartbeat_interval, until=until)
+    def following() -> None:
+        with contextlib.suppress(HistoryUnavailable):  # then it may end at its grace
+            history.mark_followed(answer_id)
+
+    events = follow_stored(
+        read, after, heartbeat=config.heartbeat_interval, until=until, following=following
+    )
     return events, lambda: latest[0].text
 
 

@@ -19,12 +19,18 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webapp.config import Config
-from webapp.errors import ClientReadTimeout, PayloadTooLarge, RequestTimeout, Unauthorized
-from webapp.eventlog import EventLog
+from webapp.errors import (
+    ClientReadTimeout,
+    HistoryUnavailable,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+)
+from webapp.eventlog import EventLog, RedisUnavailable
 from webapp.generation import GenerationService
 from webapp.guard import LIMITED_ENDPOINTS, Guard
 from webapp.history import Store
-from webapp.jobs import Jobs
+from webapp.jobs import FOLLOWED_WITHIN, Jobs
 from webapp.observability import Observer, record_history_failure, record_rejection
 from webapp.providers import build_provider
 from webapp.recording import Recorder
@@ -180,7 +186,27 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     )
     # With Redis, resumable answers can be followed from any worker on any machine.
     eventlog = EventLog(config.redis_url) if config.redis_url and config.history else None
-    jobs = Jobs(grace=config.resume_grace, heartbeat=config.heartbeat_interval, eventlog=eventlog)
+
+    def followed_elsewhere(answer_id: str) -> bool:
+        """Whether a reader follows the answer from another worker, through Redis or
+        its row: then its grace does not run out. Unknown (an outage) is no."""
+        try:
+            if eventlog is not None and eventlog.followed(answer_id):
+                return True
+        except RedisUnavailable:
+            pass
+        history: Recorder | None = app.extensions.get("history")
+        try:
+            return history is not None and history.store.followed_within(answer_id, FOLLOWED_WITHIN)
+        except HistoryUnavailable:
+            return False
+
+    jobs = Jobs(
+        grace=config.resume_grace,
+        heartbeat=config.heartbeat_interval,
+        eventlog=eventlog,
+        followed_elsewhere=followed_elsewhere,
+    )
     app.extensions["jobs"] = jobs
     if config.history:
         recorder = Recorder(

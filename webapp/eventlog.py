@@ -36,6 +36,8 @@ log = logging.getLogger("webapp.eventlog")
 PUBLISH_INTERVAL = 0.05
 MAXLEN = 20_000
 TTL = 900
+# How much longer than its longest wait a Redis reader counts as following.
+FOLLOWED_SLACK = 3
 
 Numbered = tuple[int, RelayEvent | Ping]
 
@@ -85,6 +87,14 @@ class EventLog:
     def request_cancel(self, answer_id: str) -> None:
         self._call(lambda: self.client.set(f"codegen:cancel:{answer_id}", 1, ex=TTL))
 
+    def mark_followed(self, answer_id: str, seconds: int) -> None:
+        """A reader follows the answer through Redis, for the next `seconds` at least."""
+        self._call(lambda: self.client.set(f"codegen:followed:{answer_id}", 1, ex=seconds))
+
+    def followed(self, answer_id: str) -> bool:
+        """Whether a reader follows the answer through Redis (on any machine)."""
+        return bool(self._call(lambda: self.client.exists(f"codegen:followed:{answer_id}")))
+
     def owner_of(self, answer_id: str) -> str | None:
         found = self._call(lambda: self.client.get(f"codegen:owner:{answer_id}"))
         return found.decode() if found else None
@@ -97,6 +107,9 @@ class EventLog:
         last, sent = "0-0", after
         while time.monotonic() < until:
             try:
+                # Keeps the answer going past its grace (webapp/jobs.py): outlives the
+                # longest wait below, and ends soon after this reader leaves.
+                self.mark_followed(answer_id, int(heartbeat) + FOLLOWED_SLACK)
                 found = self._call(
                     lambda last=last: self.client.xread(  # type: ignore[misc]
                         {key: last}, count=500, block=int(heartbeat * 1000)

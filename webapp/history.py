@@ -151,6 +151,8 @@ class AnswerRow(Base):
     share_id: Mapped[str | None] = mapped_column(String(40), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+    # A reader on another worker follows it through this row (webapp/jobs.py).
+    followed_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     # The rows a worker polls for a Stop sent to another worker: almost always none,
     # so the poll costs the same with 3 answers running or 3,000, and a big history.
@@ -489,6 +491,23 @@ class Store:
                 .values(outcome=CANCELLING)
             )
             return bool(result.rowcount)
+
+    @translated
+    def mark_followed(self, answer_id: str) -> None:
+        """A reader follows the running answer through its row, from another worker."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                ANSWERS.update()
+                .where(ANSWERS.c.id == answer_id, ANSWERS.c.outcome == "pending")
+                .values(followed_at=now())
+            )
+
+    @translated
+    def followed_within(self, answer_id: str, seconds: float) -> bool:
+        """Whether a reader on another worker followed the answer in the last `seconds`."""
+        with self.engine.connect() as connection:
+            at = connection.scalar(select(ANSWERS.c.followed_at).where(ANSWERS.c.id == answer_id))
+        return at is not None and (now() - at).total_seconds() <= seconds
 
     @translated
     def cancel_requested(self) -> list[str]:

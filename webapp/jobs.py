@@ -81,6 +81,7 @@ class Job:
     __slots__ = (
         "_changed",
         "_driving",
+        "_followed_elsewhere",
         "_grace",
         "_grace_s",
         "_heartbeat",
@@ -115,6 +116,7 @@ class Job:
         on_finished: Callable[[Job], None] = lambda job: None,
         eventlog: EventLog | None = None,
         owner: str = "",
+        followed_elsewhere: Callable[[str], bool] = lambda answer_id: False,
     ) -> None:
         # Dropped at the end (the text kept): a finished job stays KEEP_FINISHED
         # seconds, and its relay's objects would only swell the collector's work.
@@ -140,6 +142,7 @@ class Job:
         self._runner_began = False
         self._ticker: gevent.Greenlet[..., None] | None = None
         self._on_finished = on_finished
+        self._followed_elsewhere = followed_elsewhere
         self.forget_timer: Any = None  # Jobs': when a finished job leaves memory
         # Until the response that started it drives it, nobody does: if it never
         # does (the server dropped the response unread), it is ended as abandoned.
@@ -414,7 +417,15 @@ class Job:
         self._grace.start(gevent.spawn, self._abandon)
 
     def _abandon(self) -> None:
-        if self.followers == 0 and not self.finished:
+        if self.followers or self.finished:
+            return
+        # A reader who re-attached through another worker follows the row or Redis,
+        # not this job: it keeps the answer going as a reader here would.
+        if self._followed_elsewhere(self.answer_id):
+            if self.followers == 0 and not self.finished:
+                self._start_grace(self._grace_s)
+            return
+        if self.followers == 0 and not self.finished:  # nobody came while it looked
             log.info("resumable answer abandoned", extra={"fields": {"answer": self.answer_id}})
             self._stop()
 
@@ -465,6 +476,9 @@ def writes_bounded(events: Iterator[Numbered], seconds: float) -> Iterator[Numbe
 
 
 POLL_INTERVAL = 0.5
+# A reader through the row marks it at each poll; the worker running the answer
+# counts it as following if its mark is this recent (a few polls, for a busy database).
+FOLLOWED_WITHIN = 4 * POLL_INTERVAL
 
 
 def follow_stored(
@@ -474,10 +488,13 @@ def follow_stored(
     heartbeat: float,
     until: float,
     clock: Callable[[], float] = time.monotonic,
+    following: Callable[[], object] = lambda: None,
 ) -> Iterator[Numbered]:
     """Follow an answer another worker (or an earlier one) generates, through its
     stored row: every POLL_INTERVAL s, the text past `after` (the store has it at
-    most 2 s behind), then its end. A finished answer replays and ends at once."""
+    most 2 s behind), then its end. A finished answer replays and ends at once.
+    `following()` is called at each poll while it runs: the mark that keeps it going
+    past its grace for this reader."""
     sent = after
     last_sent = clock()
     while True:
@@ -498,6 +515,7 @@ def follow_stored(
         if clock() - last_sent >= heartbeat:
             yield -1, PING
             last_sent = clock()
+        following()
         gevent.sleep(POLL_INTERVAL)
 
 
@@ -518,10 +536,17 @@ def end_of(answer: StoredAnswer) -> Done | Failed:
 class Jobs:
     """This worker's resumable answers by id; finished ones stay KEEP_FINISHED seconds."""
 
-    def __init__(self, grace: float, heartbeat: float, eventlog: EventLog | None = None) -> None:
+    def __init__(
+        self,
+        grace: float,
+        heartbeat: float,
+        eventlog: EventLog | None = None,
+        followed_elsewhere: Callable[[str], bool] = lambda answer_id: False,
+    ) -> None:
         self.grace = grace
         self.heartbeat = heartbeat
         self.eventlog = eventlog
+        self.followed_elsewhere = followed_elsewhere
         self._jobs: dict[str, Job] = {}
         self._running: set[str] = set()
 
@@ -535,6 +560,7 @@ class Jobs:
             on_finished=self._finished,
             eventlog=self.eventlog,
             owner=owner,
+            followed_elsewhere=self.followed_elsewhere,
         )
         self._jobs[answer_id] = job
         self._running.add(answer_id)
