@@ -33,11 +33,9 @@ from webapp.history import (
     PAGE_SIZE,
     Store,
     StoredAnswer,
-    may_be_new,
 )
 from webapp.jobs import FOLLOWER_WRITE_STALL, Numbered, follow_stored, writes_bounded
 from webapp.service import (
-    FRESH_WAIT,
     STREAM_HEADERS,
     answer_of,
     client_gone,
@@ -184,10 +182,11 @@ def _located(answer_id: str) -> StoredAnswer | None:
     written yet: read again for FRESH_WAIT s before the 404 (only when the id's time
     says it may be new, so a made-up id is a 404 at once)."""
     eventlog, who = jobs().eventlog, owner()
+    history_off: NotFound | None = None
     try:
         stored: Store | None = store()
-    except NotFound:  # HISTORY=off here: another instance's answer, through Redis only
-        stored = None
+    except NotFound as exc:  # HISTORY=off here: another instance's answer, through Redis only
+        stored, history_off = None, exc
 
     def read() -> tuple[StoredAnswer | None, bool]:
         found = stored.get(who, answer_id) if stored is not None else None
@@ -197,12 +196,11 @@ def _located(answer_id: str) -> StoredAnswer | None:
     def known(got: tuple[StoredAnswer | None, bool]) -> bool:
         return got[0] is not None or got[1]
 
-    got = read()
-    if not known(got) and may_be_new(answer_id, within=FRESH_WAIT):
-        got = fresh(read, known, got)
+    got = fresh(read, known, read(), row_id=answer_id, missing=True)
     found, elsewhere = got
     if found is None and not elsewhere:
-        store()  # HISTORY=off: its 404 says so
+        if history_off is not None:
+            raise history_off  # its 404 says so
         raise NotFound("There is no answer of yours with that id.")
     return found
 

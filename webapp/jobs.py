@@ -421,13 +421,14 @@ class Job:
             return
         # A reader who re-attached through another worker follows the row or Redis,
         # not this job: it keeps the answer going as a reader here would.
-        if self._followed_elsewhere(self.answer_id):
-            if self.followers == 0 and not self.finished:
-                self._start_grace(self._grace_s)
+        followed = self._followed_elsewhere(self.answer_id)
+        if self.followers or self.finished:
+            return  # someone came, or it ended, while it looked
+        if followed:
+            self._start_grace(self._grace_s)
             return
-        if self.followers == 0 and not self.finished:  # nobody came while it looked
-            log.info("resumable answer abandoned", extra={"fields": {"answer": self.answer_id}})
-            self._stop()
+        log.info("resumable answer abandoned", extra={"fields": {"answer": self.answer_id}})
+        self._stop()
 
     def _stop(self) -> None:
         relay = self.relay

@@ -110,19 +110,24 @@ def answer_of(answer_id: str, *, ended: bool = False) -> StoredAnswer:
         return answer is not None and (not ended or settled(answer))
 
     found = read()
-    if not seen(found) and (found is not None or may_be_new(answer_id, within=FRESH_WAIT)):
-        found = fresh(read, seen, found)
+    found = fresh(read, seen, found, row_id=answer_id, missing=found is None)
     if found is None:
         raise NotFound("There is no answer of yours with that id.")
     return found
 
 
-def fresh(read: Callable[[], T], seen: Callable[[T], bool], found: T) -> T:
+def fresh(
+    read: Callable[[], T], seen: Callable[[T], bool], found: T, *, row_id: str, missing: bool
+) -> T:
     """`found` (a first `read()`), or `read()` again every FRESH_POLL until `seen` says
     it holds what another worker may not have written yet, for FRESH_WAIT at most.
-    Past MOST_WAITING requests waiting in this worker, `found` at once."""
+    When `found` holds nothing (`missing`), only if `row_id`'s time says its row may
+    be new: a made-up id is not waited for. Past MOST_WAITING requests waiting in
+    this worker, `found` at once."""
     global _waiting
     if seen(found) or _waiting >= MOST_WAITING:
+        return found
+    if missing and not may_be_new(row_id, within=FRESH_WAIT):
         return found
     _waiting += 1
     try:
@@ -212,8 +217,13 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
             return stored.versions(who, conversation_id, newest=MAX_TURNS)
 
         versions = read()
-        if versions or may_be_new(conversation_id, within=FRESH_WAIT):
-            versions = fresh(read, lambda found: bool(found) and all(map(settled, found)), versions)
+        versions = fresh(
+            read,
+            lambda found: bool(found) and all(map(settled, found)),
+            versions,
+            row_id=conversation_id,
+            missing=not versions,
+        )
         if not versions:
             raise NotFound(
                 "conversation_id: there is no conversation of yours with that id.",
