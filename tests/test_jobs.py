@@ -1,4 +1,4 @@
-"""A resumable answer's job in one process: the starting response drives the relay,
+"""A resumable answer's job in one process: the starting response reads the relay,
 hands it on when its client goes, and a Stop ends it in every state (never
 driven, driven and reading, driven and stuck in a write, just handed on), with
 the upstream closed and every reader given an end."""
@@ -16,8 +16,9 @@ from gevent.event import Event
 from tests.test_relay import relay_for
 from webapp.errors import ClientTooSlow
 from webapp.events import Done, Failed
+from webapp.formats import numbered
 from webapp.generation import WRITE_STALL, Relay
-from webapp.jobs import Job, writes_bounded
+from webapp.jobs import Job, Numbered, writes_bounded
 from webapp.providers.base import Final
 
 
@@ -37,18 +38,23 @@ def started(tokens: int = 100, every: float = 0.02) -> tuple[Relay, Job, list[fl
     return relay, Job(relay, "a", grace=5, heartbeat=10), closed
 
 
+def drive(job: Job) -> Iterator[Numbered]:
+    """The starting response's events, with their ids, as the page's stream numbers them."""
+    return numbered(job.driven(), job.start)
+
+
 def test_a_stop_before_the_response_drives_it_still_gives_that_response_the_end() -> None:
     relay, job, closed = started()
     job.cancel()
     assert job.finished and closed
-    events = [event for _, event in job.drive(None)]
+    events = [event for _, event in drive(job)]
     assert len(events) == 1 and isinstance(events[0], Failed)
     assert events[0].error.code == "cancelled" and relay.outcome == "cancelled"
 
 
 def test_a_stop_right_after_the_hand_off_ends_it() -> None:
     _, job, closed = started()
-    driving = job.drive(None)
+    driving = drive(job)
     next(driving)
     driving.close()  # the server stopped iterating: handed to the job's own greenlet
     job.cancel()  # before that greenlet ever ran
@@ -58,7 +64,7 @@ def test_a_stop_right_after_the_hand_off_ends_it() -> None:
 
 def test_a_stop_after_the_end_leaves_the_answer_as_it_ended() -> None:
     relay, job, _ = started(tokens=3, every=0.01)
-    for _, event in job.drive(None):
+    for _, event in drive(job):
         if isinstance(event, Done):
             job.cancel()  # the Stop crosses the end on the wire
     assert relay.outcome == "ok" and isinstance(job.events[-1], Done)
@@ -75,7 +81,7 @@ def test_a_stop_reaches_a_driver_stuck_in_a_write() -> None:
     gevent.spawn_later(0.3, stop)
     caught: list[BaseException] = []
     try:
-        for end, _ in job.drive(None):
+        for end, _ in drive(job):
             if end > 20 and not asked:
                 gevent.sleep(5)  # its client reads nothing: the write blocks
     except ClientTooSlow as exc:
@@ -101,7 +107,7 @@ def test_a_driver_that_stops_reading_is_let_go_and_the_answer_goes_on() -> None:
     let_go: list[float] = []
     stalled_at = 0.0
     try:
-        for end, _ in job.drive(None):
+        for end, _ in drive(job):
             if end > 12:
                 stalled_at = time.monotonic()
                 gevent.sleep(100)  # its client stopped reading
@@ -123,7 +129,7 @@ def test_a_finished_job_replays_from_any_point_and_a_reader_across_its_end_misse
         late.extend(job.follow(0))
 
     reader = gevent.spawn(read_along)
-    driven = list(job.drive(None))
+    driven = list(drive(job))
     reader.join(5)
     text = "".join(f"t{i} " for i in range(20))
     assert job.finished and job.text() == text
@@ -140,7 +146,7 @@ def test_a_finished_job_replays_from_any_point_and_a_reader_across_its_end_misse
 
 def test_a_reattached_reader_that_stops_taking_writes_is_let_go() -> None:
     _, job, _ = started(tokens=200, every=0.01)
-    driver = gevent.spawn(lambda: list(job.drive(None)))
+    driver = gevent.spawn(lambda: list(drive(job)))
     gevent.sleep(0.1)
     reader = writes_bounded(job.follow(0), 0.3)
     next(reader)
@@ -182,7 +188,7 @@ def test_readers_that_come_and_go_each_get_the_whole_text_once() -> None:
             live += not job.finished
 
     readers = [gevent.spawn(come_and_go), gevent.spawn(come_late)]
-    driven = list(job.drive(None))
+    driven = list(drive(job))
     gevent.joinall(readers, timeout=5)
     text = "".join(f"t{i} " for i in range(60))
     assert "".join(e for _, e in driven if isinstance(e, str)) == text
@@ -211,7 +217,7 @@ def test_a_reader_claiming_more_text_than_there_is_gets_only_what_lies_past_its_
         got.extend(job.follow(claim))
 
     reader = gevent.spawn(claim_ahead)
-    list(job.drive(None))
+    list(drive(job))
     reader.join(5)
     text = "".join(f"t{i} " for i in range(40))
     deltas = [(end, e) for end, e in got if isinstance(e, str)]

@@ -11,7 +11,6 @@ from webapp import formats
 from webapp.codeblocks import explanation_of
 from webapp.service import (
     STREAM_HEADERS,
-    client_socket,
     detach,
     generation,
     guard,
@@ -63,8 +62,8 @@ def generate_code() -> Response:
     commit_after = None if mimetype == formats.TEXT else relay.config.heartbeat_interval
     relay.start(commit_after=commit_after)
     if resumable:
-        events = run_detached(relay).drive(client_socket())
-        return stream_response(formats.NUMBERED[mimetype](events), mimetype)
+        job = run_detached(relay)
+        return stream_response(formats.COUNTED[mimetype](job.driven(), job.start), mimetype)
     return stream_response(formats.FORMATTERS[mimetype](relay.events()), mimetype)
 
 

@@ -68,6 +68,18 @@ def ndjson(events: Iterator[RelayEvent | dict[str, object]]) -> Iterator[bytes]:
 # -- resumable answers: every event carries its id (the answer's length once applied) --
 
 
+def _sse_end(end: int, event: Done | Failed) -> bytes:
+    if isinstance(event, Done):
+        return b"id: %d\nevent: done\ndata: %s\n\n" % (end, orjson.dumps(done_payload(event)))
+    return b"id: %d\nevent: error\ndata: %s\n\n" % (end, orjson.dumps(event.error.to_dict()))
+
+
+def _ndjson_end(end: int, event: Done | Failed) -> bytes:
+    if isinstance(event, Done):
+        return orjson.dumps({"type": "done", "seq": end, **done_payload(event)}) + b"\n"
+    return orjson.dumps({"type": "error", "seq": end, **event.error.to_dict()}) + b"\n"
+
+
 def sse_numbered(events: Iterator[tuple[int, RelayEvent]]) -> Iterator[bytes]:
     """SSE with `id:` lines, so EventSource's Last-Event-ID picks up where it broke."""
     dumps = orjson.dumps
@@ -76,10 +88,8 @@ def sse_numbered(events: Iterator[tuple[int, RelayEvent]]) -> Iterator[bytes]:
             yield b'id: %d\nevent: delta\ndata: {"text":%s}\n\n' % (end, dumps(event))
         elif isinstance(event, Ping):
             yield b": ping\n\n"
-        elif isinstance(event, Done):
-            yield b"id: %d\nevent: done\ndata: %s\n\n" % (end, dumps(done_payload(event)))
-        elif isinstance(event, Failed):
-            yield b"id: %d\nevent: error\ndata: %s\n\n" % (end, dumps(event.error.to_dict()))
+        elif isinstance(event, Done | Failed):
+            yield _sse_end(end, event)
 
 
 def ndjson_numbered(
@@ -92,10 +102,8 @@ def ndjson_numbered(
             yield b'{"type":"delta","seq":%d,"text":%s}\n' % (end, dumps(event))
         elif isinstance(event, Ping):
             yield b'{"type":"ping"}\n'
-        elif isinstance(event, Done):
-            yield dumps({"type": "done", "seq": end, **done_payload(event)}) + b"\n"
-        elif isinstance(event, Failed):
-            yield dumps({"type": "error", "seq": end, **event.error.to_dict()}) + b"\n"
+        elif isinstance(event, Done | Failed):
+            yield _ndjson_end(end, event)
         elif isinstance(event, dict):
             yield dumps(event) + b"\n"
 
@@ -108,8 +116,43 @@ def text_numbered(events: Iterator[tuple[int, RelayEvent]]) -> Iterator[bytes]:
             raise TruncatedStream(event.error.code)
 
 
+# The same for the response that starts a resumable answer: it reads the relay's own
+# events (no layer between them, webapp/jobs.py) and counts the ids itself, from
+# `start` (a Continue's stored text).
+
+
+def sse_counted(events: Iterator[RelayEvent], start: int) -> Iterator[bytes]:
+    dumps = orjson.dumps
+    end = start
+    for event in events:
+        if type(event) is str:
+            end += len(event)
+            yield b'id: %d\nevent: delta\ndata: {"text":%s}\n\n' % (end, dumps(event))
+        elif isinstance(event, Ping):
+            yield b": ping\n\n"
+        elif isinstance(event, Done | Failed):
+            yield _sse_end(end, event)
+
+
+def ndjson_counted(events: Iterator[RelayEvent], start: int) -> Iterator[bytes]:
+    dumps = orjson.dumps
+    end = start
+    for event in events:
+        if type(event) is str:
+            end += len(event)
+            yield b'{"type":"delta","seq":%d,"text":%s}\n' % (end, dumps(event))
+        elif isinstance(event, Ping):
+            yield b'{"type":"ping"}\n'
+        elif isinstance(event, Done | Failed):
+            yield _ndjson_end(end, event)
+
+
+def text_counted(events: Iterator[RelayEvent], start: int) -> Iterator[bytes]:
+    return text_plain(events)  # no ids in text/plain
+
+
 def numbered(events: Iterator[RelayEvent], start: int = 0) -> Iterator[tuple[int, RelayEvent]]:
-    """A relay's events with their ids, for a stream that is not resumable."""
+    """A relay's events with their ids (the page's stream, which adds events of its own)."""
     end = start
     for event in events:
         if type(event) is str:
@@ -121,6 +164,11 @@ NUMBERED: dict[str, Callable[[Iterator[tuple[int, RelayEvent]]], Iterator[bytes]
     TEXT: text_numbered,
     SSE: sse_numbered,
     NDJSON: ndjson_numbered,
+}
+COUNTED: dict[str, Callable[[Iterator[RelayEvent], int], Iterator[bytes]]] = {
+    TEXT: text_counted,
+    SSE: sse_counted,
+    NDJSON: ndjson_counted,
 }
 
 

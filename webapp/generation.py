@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 
@@ -34,7 +34,7 @@ from webapp.config import Config
 from webapp.deadlines import FIRST_TOKEN, TOTAL, Deadlines
 from webapp.deadlines import PING as PING_DUE
 from webapp.errors import AppError, BadRequest, UpstreamError, UpstreamTimeout
-from webapp.events import LEFT, PING, Done, Failed, RelayEvent
+from webapp.events import PING, Done, Failed, RelayEvent
 from webapp.opener import Opener, continuation, may_resume
 from webapp.providers import Final, GenerationRequest, Provider, UpstreamStream
 from webapp.schema import GenerateCodeRequest, parse_generate
@@ -51,6 +51,23 @@ WRITE_STALL = 2.0
 # Seconds a client gets to take the last event (done or error), past the
 # total deadline if need be; a client that takes none is dropped then.
 WRITE_GRACE = 5.0
+
+
+def cancelled() -> AppError:
+    """The end of an answer stopped on purpose (a Stop, or nobody came back)."""
+    return AppError("The answer was stopped.", code="cancelled")
+
+
+class Keeper(Protocol):
+    """A resumable answer's job (webapp/jobs.py), as its starting response's relay
+    tells it: once each, never per chunk."""
+
+    def reading(self) -> None:
+        """The response that started the answer begins to read it."""
+
+    def left(self) -> None:
+        """That response stopped reading: the answer ended, or its client left and
+        the answer goes on (the relay is open: the keeper reads it on)."""
 
 
 class RelayHooks:
@@ -134,8 +151,12 @@ class Answer:
     client_socket: Any = None
     # Run once when the answer ends, whatever the outcome (e.g. free a stream slot).
     cleanups: list[Callable[[], None]] = field(default_factory=list)
-    # A resumable answer's: a client going away yields LEFT instead of stopping it.
-    hand_off: bool = False
+    # A resumable answer's job: when its starting client goes away, the relay stops
+    # yielding but stays open, for the keeper to read on (`move_to`).
+    keeper: Keeper | None = None
+    # Called with each new text in `parts` while others than the reader wait for it
+    # (a resumable answer's followers); None, the hot path's case, costs one test.
+    on_grew: Callable[[], None] | None = None
 
     started: float = field(init=False, default=0.0)
     first_token_at: float | None = field(init=False, default=None)
@@ -150,6 +171,8 @@ class Answer:
     trimmed_turns: int = field(init=False, default=0)
     # Stop asked (webapp/jobs.py): the relay ends at its next look, within a second.
     stop_requested: bool = field(init=False, default=False)
+    # The last event, once yielded (or decided): Done or Failed.
+    end: Done | Failed | None = field(init=False, default=None)
 
     _final: Final | None = field(init=False, default=None, repr=False)
     _ended: bool = field(init=False, default=False, repr=False)
@@ -189,7 +212,8 @@ class Answer:
     def _fail(self, error: AppError) -> Failed:
         self.outcome = error.code
         self._ended = True
-        return Failed(error)
+        self.end = Failed(error)
+        return self.end
 
     def _client_too_slow(self) -> None:
         self.outcome = "client_too_slow"
@@ -197,17 +221,10 @@ class Answer:
     def _client_gone(self) -> bool:
         return self.client_socket is not None and peer_closed(self.client_socket)
 
-    def _leaving(self) -> Generator[RelayEvent, None, bool]:
-        """At a look at the client: True to stop now (a Stop, or the client left).
-        A relay to hand off yields LEFT instead, and carries on when read again."""
-        if self.stop_requested:
-            return True
-        if not self._client_gone():
-            return False
-        if not self.hand_off:
-            return True
-        yield LEFT
-        return False
+    def _leaving(self) -> bool:
+        """At a look at the client: True to stop reading now (a Stop, or the client
+        left; a relay with a keeper stays open then, for the keeper)."""
+        return self.stop_requested or self._client_gone()
 
     def _done(self) -> Done:
         final = self._final or Final()
@@ -339,32 +356,61 @@ class Relay(Answer):
             self._watchdog.hurry()
 
     def move_to(self, greenlet: Any) -> None:
-        """`greenlet` reads `events()` on from here, with no client to look at: the
-        one that read it so far yielded LEFT or stopped reading at a yield."""
+        """`greenlet` reads on from here (`events()` again), with no client to look at
+        and no keeper to hand it to: the one that read it so far stopped reading,
+        its client gone, and `left()` the relay open."""
         self.client_socket = None
+        self.keeper = None
         if self._watchdog is not None:
             self._watchdog.greenlet = greenlet
             self._watchdog.writing = 0.0  # the write it covered is no more
             self._watchdog.stall_limit = 0.0
 
     def events(self) -> Generator[RelayEvent, None, None]:
-        """Text (everything that arrived in one read), pings, then Done or Failed."""
-        self._watchdog = Watchdog(
-            self.clock, self._deadlines, gevent.getcurrent(), self._client_too_slow
-        )
-        if self.hand_off:
-            self._watchdog.stall_limit = WRITE_STALL
+        """Text (everything that arrived in one read), pings, then Done or Failed.
+
+        With a keeper (a resumable answer's starting response), a client that goes
+        away (its socket closes, or the server stops iterating) leaves the relay
+        open, not closed: the keeper reads on with `events()` again, from where it
+        stopped. Stopped on purpose (`request_stop`), it ends with Failed(cancelled).
+        """
+        if self._closed:  # stopped before anyone read it: its end only
+            yield self.end or Failed(cancelled())
+            return
+        keeper = self.keeper
+        if keeper is not None:
+            keeper.reading()
+        watchdog = self._watchdog
+        if watchdog is None:
+            watchdog = self._watchdog = Watchdog(
+                self.clock, self._deadlines, gevent.getcurrent(), self._client_too_slow
+            )
+            if keeper is not None:
+                watchdog.stall_limit = WRITE_STALL
         # Characters the answer may still take: a flooding upstream is cut here,
         # and memory and the final count stay bounded.
-        room: int | None = self.answer_bound()
+        room: int | None = self.answer_bound() - sum(map(len, self.parts))
+        kept_open = False  # left for the keeper: its client went, the answer goes on
         try:
             while room is not None and not self._ended:
                 if self._opener.pending:
                     room = yield from self._await_opening(room)
                 else:
                     room = yield from self._relay_stream(room)
+            if self.stop_requested and not self._ended:
+                self._ended = True
+                self.end = Failed(cancelled())
+                watchdog.guard_write(self.clock() + DISCONNECT_CHECK)
+                yield self.end
+            kept_open = not self._ended
+        except GeneratorExit:  # the server stopped iterating: its client is gone
+            kept_open = not (self._ended or self.stop_requested)
+            raise
         finally:
-            self.close()
+            if keeper is None or not kept_open:
+                self.close()
+            if keeper is not None:
+                keeper.left()
 
     def _await_opening(self, room: int) -> Generator[RelayEvent, None, int | None]:
         """Wait for the opener, keeping bounds and keep-alives. Returns `room`, or
@@ -380,9 +426,7 @@ class Relay(Answer):
                     return None  # a Stop outranks a bound that fell due meanwhile
                 yield from self._when_due(now)
                 return room
-            if not opening.done.wait(min(limit - now, DISCONNECT_CHECK)) and (
-                yield from self._leaving()
-            ):
+            if not opening.done.wait(min(limit - now, DISCONNECT_CHECK)) and self._leaving():
                 return None  # close() stops the upstream
         self._opener.take()
         if opening.error is not None:
@@ -419,7 +463,7 @@ class Relay(Answer):
                 if item is None:
                     # The watchdog woke us: something is due (the top of the loop
                     # sees to it), or it is time to look at the client.
-                    if clock() < limit and (yield from self._leaving()):
+                    if clock() < limit and self._leaving():
                         return None
                     continue
                 deadlines.last_upstream = now = clock()
@@ -432,6 +476,8 @@ class Relay(Answer):
                 item = item[: len(item) + room]  # past the size bound: send what fits
             if item:
                 parts.append(item)
+                if self.on_grew is not None:
+                    self.on_grew()
                 if self.first_token_at is None:
                     self.first_token_at = now
                     deadlines.got_text = True
@@ -456,7 +502,7 @@ class Relay(Answer):
         self._drop_stream()
         self.outcome = "ok"
         self._ended = True
-        done = self._done()
+        done = self.end = self._done()
         assert self._watchdog is not None
         self._watchdog.guard_write(max(now, self._deadlines.total_at) + WRITE_GRACE)
         return done

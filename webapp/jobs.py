@@ -4,12 +4,14 @@ switch of worker does not lose or cancel them.
 A resumable answer runs as a `Job`. Every event goes into the job's log (at the
 latest when someone other than the driver needs it; see below), numbered by the
 answer's length in characters once it is applied (an event's id is "everything
-up to here"). The response that started the answer reads its relay itself
-(`drive`), in its own greenlet, as a plain answer does: no greenlet switch per
-event, and no list to fill per event while nobody else reads the answer (the
-relay keeps its texts anyway: the log catches up from them when a reader or a
-hand-off needs it). When its client goes away, the relay is handed to a
-greenlet of the job's own, which reads on. Any number of other responses follow
+up to here"). The response that started the answer reads its relay's own
+events (`driven`), in its own greenlet, exactly as a plain answer does: no
+layer, greenlet switch or list to fill per event while nobody else reads the
+answer (the relay keeps its texts anyway: the log catches up from them when a
+reader or a hand-off needs it; while someone watches, the relay calls `_grew`
+with each text). The job is the relay's keeper: when that response's client
+goes away, the relay stays open and is handed to a greenlet of the job's own,
+which reads on. Any number of other responses follow
 the job (`follow(after)`): the text after `after` first, in one delta, then
 each new event as it comes; nothing twice, nothing missing, whichever worker or
 moment they join at.
@@ -37,7 +39,6 @@ import bisect
 import logging
 import time
 from collections.abc import Callable, Iterator
-from inspect import GEN_CLOSED, getgeneratorstate
 from typing import Any
 
 import gevent
@@ -45,8 +46,8 @@ from gevent.event import Event
 
 from webapp.errors import AppError, ClientTooSlow
 from webapp.eventlog import PUBLISH_INTERVAL, EventLog, RedisUnavailable, encode_end
-from webapp.events import LEFT, PING, Done, Failed, Ping, RelayEvent
-from webapp.generation import WRITE_STALL, Relay
+from webapp.events import PING, Done, Failed, Ping, RelayEvent
+from webapp.generation import Relay, cancelled
 from webapp.history import CANCELLING, StoredAnswer
 from webapp.watchdog import DISCONNECT_CHECK
 
@@ -70,14 +71,10 @@ Numbered = tuple[int, RelayEvent | Ping]
 """An event with its id: the answer's length once it is applied (pings: -1)."""
 
 
-def cancelled() -> AppError:
-    return AppError("The answer was stopped.", code="cancelled")
-
-
 class Job:
-    """One resumable answer in this worker; see the module docstring."""
+    """One resumable answer in this worker; see the module docstring. It is its
+    relay's keeper (`reading`, `left`): the starting response reads the relay itself."""
 
-    # The driver reads `watchers` per event: a slot, not a dict lookup.
     __slots__ = (
         "_changed",
         "_driving",
@@ -89,7 +86,6 @@ class Job:
         "_on_finished",
         "_runner",
         "_runner_began",
-        "_source",
         "_text",
         "_ticker",
         "answer_id",
@@ -117,6 +113,7 @@ class Job:
         eventlog: EventLog | None = None,
         owner: str = "",
         followed_elsewhere: Callable[[str], bool] = lambda answer_id: False,
+        client_socket: object = None,
     ) -> None:
         # Dropped at the end (the text kept): a finished job stays KEEP_FINISHED
         # seconds, and its relay's objects would only swell the collector's work.
@@ -136,7 +133,6 @@ class Job:
         self._grace_s = grace
         self._heartbeat = heartbeat
         self._changed = Event()
-        self._source = relay.events()
         self._driving = False
         self._runner: gevent.Greenlet[..., None] | None = None
         self._runner_began = False
@@ -144,13 +140,15 @@ class Job:
         self._on_finished = on_finished
         self._followed_elsewhere = followed_elsewhere
         self.forget_timer: Any = None  # Jobs': when a finished job leaves memory
+        relay.keeper, relay.client_socket = self, client_socket
+        relay.cleanups.append(self._end)
         # Until the response that started it drives it, nobody does: if it never
         # does (the server dropped the response unread), it is ended as abandoned.
         # Not sooner than UNDRIVEN: with RESUME_GRACE=0 the response must get there.
         self._grace: Any = None
         self._start_grace(max(grace, UNDRIVEN))
         if eventlog is not None:
-            self.watchers += 1
+            self._watch(1)
             gevent.spawn(self._publish, eventlog, owner)
 
     def _sync(self) -> None:
@@ -175,6 +173,17 @@ class Job:
         changed, self._changed = self._changed, Event()
         changed.set()
 
+    def _grew(self) -> None:
+        """The relay's new text, while anyone watches: log it and wake them."""
+        self._sync()
+        self._wake()
+
+    def _watch(self, change: int) -> None:
+        """One watcher more (1) or fewer (-1); the relay tells of each text while any."""
+        self.watchers += change
+        if self.relay is not None:
+            self.relay.on_grew = self._grew if self.watchers else None
+
     def _tick(self) -> None:
         """Wake the watchers every DISCONNECT_CHECK while the answer runs, so they can
         look at their clients and send keep-alives: one timer per answer, not one per
@@ -186,109 +195,62 @@ class Job:
 
     # Driving: the response that started the answer reads its relay -------------
 
-    def drive(self, client_socket: object) -> Iterator[Numbered]:
-        """The answer's events as the relay yields them, logged while anyone watches,
-        read in the starting response's own greenlet: no hop per event. When that
-        response's client goes away (its socket closes, or the server stops
-        iterating), the relay is handed to a greenlet of the job's own, which
-        reads on for the others and the grace."""
-        source = self._source
-        if (
-            self._driving
-            or self._runner is not None
-            or self.finished
-            or getgeneratorstate(source) == GEN_CLOSED
-        ):
-            yield from self.follow(self.start)  # stopped before it began: its end
-            return
+    def driven(self) -> Iterator[RelayEvent]:
+        """The answer's events for the response that started it: the relay's own,
+        read in that response's greenlet, nothing between (the relay tells this job
+        what it needs: `reading`, `left`, and each text while anyone watches). When
+        that response's client goes away, the relay is handed to a greenlet of the
+        job's own, which reads on for the others and the grace. Stopped before it
+        began, the answer gives that response its end."""
+        relay = self.relay
+        if relay is None or self._driving or self._runner is not None:
+            return (event for _, event in self.follow(self.start))
+        return relay.events()
+
+    def reading(self) -> None:
+        """The relay's keeper: its starting response reads it."""
         self._driving = True
         self._attached()
-        relay = self.relay
-        assert relay is not None  # not finished
-        relay.client_socket, relay.hand_off = client_socket, True
-        events, ends = self.events, self.ends
-        end: Done | Failed | None = None
-        # The hot path of a resumable answer: the length in a local, kept in
-        # self.length for the others (a hand-off, the end) at each way out.
-        length = self.length
-        try:
-            for event in source:
-                if type(event) is str:
-                    length += len(event)
-                    if self.watchers:
-                        self._sync()
-                        self._wake()
-                    yield length, event
-                    continue
-                self.length = length
-                if event is LEFT:
-                    return  # the client left while the relay waited: hand it on
-                if event is PING:
-                    yield -1, PING
-                    continue
-                end = event  # type: ignore[assignment]
-                self._sync()
-                events.append(event)
-                ends.append(length)
-                # The relay closes now, as the job's own greenlet would close it:
-                # the answer is recorded and its slot freed before anyone hears
-                # its end. That last write gets a bound of its own.
-                for _ in source:
-                    pass
-                self._end()
-                with gevent.Timeout(WRITE_STALL, ClientTooSlow("client_too_slow")):
-                    yield length, event
-                return
-        finally:
-            self.length = length
-            self._driving = False
-            if getgeneratorstate(source) == GEN_CLOSED:
-                self._end()
-            elif relay.stop_requested:
-                source.close()  # stopped while this client was not reading: end it here
-                self._end()
-            else:
-                self._hand_off()
-            self._detached()
-        if end is None and events:
-            yield self.length, events[-1]  # stopped: the end `_end` logged
 
-    def _hand_off(self) -> None:
-        self._sync()  # from here the runner logs every event
-        runner = self._runner = gevent.spawn(self._run)
-        assert self.relay is not None  # not finished
-        self.relay.move_to(runner)
+    def left(self) -> None:
+        """The relay's keeper: its starting response stopped reading; an answer that
+        goes on (its relay still open) is read on by the job's own greenlet."""
+        self._driving = False
+        if not self.finished:
+            self._sync()  # from here the runner logs every event
+            runner = self._runner = gevent.spawn(self._run)
+            assert self.relay is not None  # not finished
+            self.relay.move_to(runner)
+            if self.watchers:
+                self._wake()
+        self._detached()
 
     def _run(self) -> None:
-        """Read the relay on, after its driver left, until it ends or is killed."""
+        """Read the relay on, after its driver left, until it ends or is killed (its
+        end, logged by `_end` from the relay's cleanup, is the job's end)."""
         self._runner_began = True
-        events, ends = self.events, self.ends
-        try:
-            for event in self._source:
-                if type(event) is str:
-                    self.length += len(event)
-                    self._sync()  # synced at the hand-off, so just this text
-                elif isinstance(event, Ping):
-                    continue  # each watcher sends its own keep-alives
-                else:
-                    events.append(event)
-                    ends.append(self.length)
-                self._wake()
-        finally:
-            self._end()
+        relay = self.relay
+        if relay is None:
+            return
+        for _ in relay.events():
+            pass
 
     def _end(self) -> None:
-        """The relay has ended (it closed the upstream in its own finally): log an end
-        if it sent none (it was stopped or killed), and tell everyone."""
+        """The relay has ended (a cleanup, run when it closed the upstream): log its
+        end (a cancel if it sent none: stopped or killed), and tell everyone."""
         if self.finished:
             return
         self._sync()
+        relay = self.relay
+        assert relay is not None  # not finished
         events = self.events
-        if not events or not isinstance(events[-1], Done | Failed):
-            events.append(Failed(cancelled()))
-            self.ends.append(self.length)
+        events.append(relay.end if relay.end is not None else Failed(cancelled()))
         self.finished = True
-        self._text, self.relay = self.text(), None
+        self._text = self.text()
+        self.length = len(self._text)
+        self.ends.append(self.length)
+        relay.keeper = relay.on_grew = None
+        self.relay = None
         # From now on the log is its text in one delta, then its end. Whoever reads
         # the old lists (a follower, the publisher) keeps them, end included.
         delta = self._text[self.start : self.length]
@@ -306,7 +268,7 @@ class Job:
         try:
             self._publish_all(eventlog, owner)
         finally:
-            self.watchers -= 1  # drivers stop waking for it
+            self._watch(-1)  # drivers stop waking for it
 
     def _publish_all(self, eventlog: EventLog, owner: str) -> None:
         events, ends = self.events, self.ends
@@ -351,7 +313,7 @@ class Job:
         silent it looks at the client every DISCONNECT_CHECK: one that left stops
         following then, not at the next write, and the grace starts."""
         self._attached()
-        self.watchers += 1
+        self._watch(1)
         self._sync()  # from here the driver logs every event too
         if self._ticker is None:
             self._ticker = gevent.spawn(self._tick)
@@ -397,7 +359,7 @@ class Job:
                         yield -1, PING
                         ticks = 0
         finally:
-            self.watchers -= 1
+            self._watch(-1)
             self._detached()
 
     def _attached(self) -> None:
@@ -440,20 +402,19 @@ class Job:
             relay.request_stop()  # the driving response ends it within a second
         else:
             # Nobody is inside the relay: never driven, or handed on and not yet
-            # read on (the kill keeps that greenlet from starting). End it here.
+            # read on (the kill keeps that greenlet from starting). End it here; a
+            # response that reads it later gets its end.
             if runner is not None:
                 runner.kill(block=False)
-            self._source.close()
             relay.close()
-            self._end()
 
     def cancel(self, outcome: str = "cancelled") -> None:
         """Stop now, whoever follows: the upstream is closed within a second, and the
-        answer is recorded with `outcome`. One whose end is logged is left as it ended."""
-        events = self.events
-        if self.relay is None or (events and isinstance(events[-1], Done | Failed)):
-            return  # finished, or its end is logged
-        self.relay.outcome = outcome
+        answer is recorded with `outcome`. One that has its end is left as it ended."""
+        relay = self.relay
+        if relay is None or relay.end is not None:
+            return  # finished, or its end is on the way
+        relay.outcome = outcome
         self._stop()
 
 
@@ -551,7 +512,15 @@ class Jobs:
         self._jobs: dict[str, Job] = {}
         self._running: set[str] = set()
 
-    def start(self, relay: Relay, answer_id: str, owner: str, prefix: str = "") -> Job:
+    def start(
+        self,
+        relay: Relay,
+        answer_id: str,
+        owner: str,
+        prefix: str = "",
+        client_socket: object = None,
+    ) -> Job:
+        """The started `relay` as a job, for its response to read (`Job.driven`)."""
         job = Job(
             relay,
             answer_id,
@@ -562,6 +531,7 @@ class Jobs:
             eventlog=self.eventlog,
             owner=owner,
             followed_elsewhere=self.followed_elsewhere,
+            client_socket=client_socket,
         )
         self._jobs[answer_id] = job
         self._running.add(answer_id)

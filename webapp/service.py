@@ -170,9 +170,10 @@ def detach(relay: Relay) -> bool:
 
 
 def run_detached(relay: Relay) -> Job:
-    """The started answer as a job: this response drives it (`job.drive`), later
+    """The started answer as a job: this response reads it (`job.driven()`), later
     ones follow it."""
-    return jobs().start(relay, g.recorded[0], owner(), prefix=g.get("continued_text", ""))
+    prefix = g.get("continued_text", "")
+    return jobs().start(relay, g.recorded[0], owner(), prefix, client_socket())
 
 
 def client_socket() -> object:

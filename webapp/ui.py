@@ -47,7 +47,6 @@ from webapp.render import code_block_html, render_answer
 from webapp.responses import error_response, wants_json_response
 from webapp.service import (
     STREAM_HEADERS,
-    client_socket,
     detach,
     generation,
     guard,
@@ -301,7 +300,7 @@ def stream() -> Response:
     prefix = g.get("continued_text", "")
     if resumable:
         job = run_detached(relay)
-        events, text = job.drive(client_socket()), job.text
+        events, text = formats.numbered(job.driven(), job.start), job.text
     else:
         events, text = formats.numbered(relay.events(), len(prefix)), lambda: prefix + relay.text()
     return _page_stream(events, text)
