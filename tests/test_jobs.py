@@ -20,6 +20,7 @@ from webapp.formats import numbered
 from webapp.generation import WRITE_STALL, Relay
 from webapp.jobs import Job, Numbered, writes_bounded
 from webapp.providers.base import Final
+from webapp.ui import _with_blocks
 
 
 def steady(tokens: int, every: float) -> Iterator[str | Final]:
@@ -224,3 +225,16 @@ def test_a_reader_claiming_more_text_than_there_is_gets_only_what_lies_past_its_
     assert "".join(e for _, e in deltas) == text[claim:]
     assert all(end > claim for end, _ in deltas)
     assert isinstance(got[-1][1], Done) and got[-1][0] == len(text)
+
+
+def test_the_page_hears_the_end_of_an_answer_only_once_it_is_recorded() -> None:
+    """The page's stream highlights after the end, which lets other requests run: by
+    then the answer must have ended (cleanups run: recorded, slot freed), so that a
+    follow-up sent at once builds on all of it, as before for the API."""
+    relay, job, closed = started(tokens=5, every=0.01)
+    for _, event in _with_blocks(drive(job), job.text):
+        if isinstance(event, Done):
+            assert closed and job.finished and relay.outcome == "ok"
+            break
+    else:
+        raise AssertionError("no end")

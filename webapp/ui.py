@@ -337,8 +337,15 @@ def _with_blocks(
     searched_from = 0
     pool = get_hub().threadpool
     for end, event in events:
-        yield end, event
         done = isinstance(event, Done)
+        if done or isinstance(event, Failed):
+            # The answer ends (recorded, its stream slot freed) before its client hears
+            # so, and before the highlighting below lets other requests run: a
+            # follow-up sent at once then builds on the whole answer.
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
+        yield end, event
         if (type(event) is str and "`" in event) or done:
             text = answer_text()
             for match in FENCE.finditer(text, searched_from):
