@@ -593,3 +593,37 @@ def test_a_follow_up_to_an_answer_being_stopped_elsewhere_waits_for_its_end(
     assert follow_up.status_code == 200 and follow_up.get_data()
     sent = fake.records_for("id=after-stop")[-1].body["messages"]
     assert sent[2] == {"role": "assistant", "content": "t0 t1 " if worker_gone else first_text}
+
+
+@pytest.mark.parametrize("resumable", [False, True])
+def test_a_follow_up_sent_while_the_end_is_still_being_written_here_builds_on_all_of_it(
+    client: FlaskClient, fake: FakeUpstream, resumable: bool
+) -> None:
+    """One worker: the client has read an answer's end, but the response has not gone
+    past it (its last write blocked on a client slow to read), so the relay has not
+    closed and its end is not recorded yet. A follow-up that reaches this worker then
+    waits for that end, and goes out with the whole answer, not the row's last save."""
+    first = client.post(
+        "/generate-code/",
+        json={"prompt": prompt("tokens=6 id=slow-end"), "resumable": resumable},
+        headers={"Accept": "application/x-ndjson"},
+        buffered=False,
+    )
+    body = iter(first.response)
+    lines: list[dict[str, Any]] = []
+    while not lines or lines[-1]["type"] != "done":
+        lines += [json.loads(line) for line in next(body).decode().splitlines()]
+    text = "".join(e["text"] for e in lines if e["type"] == "delta")
+    # The rest of the response (the relay's close) goes out a moment later.
+    finishing = gevent.spawn_later(0.3, lambda: (list(body), first.close()))
+    follow_up = client.post(
+        "/generate-code/",
+        json={
+            "prompt": prompt("tokens=1 id=after-slow-end"),
+            "conversation_id": first.headers["X-Conversation-ID"],
+        },
+    )
+    finishing.join(5)
+    assert follow_up.status_code == 200 and follow_up.get_data()
+    sent = fake.records_for("id=after-slow-end")[-1].body["messages"]
+    assert sent[2] == {"role": "assistant", "content": text} and text == "t0 t1 t2 t3 t4 t5 "

@@ -17,9 +17,6 @@ class Ping:
 
 
 PING = Ping()
-# Only to a resumable answer's driving response (webapp/jobs.py), never written:
-# its client went away, and the relay waits to be read on by the job's greenlet.
-LEFT = Ping()
 
 
 @dataclass(slots=True)

@@ -221,8 +221,6 @@ class Job:
             runner = self._runner = gevent.spawn(self._run)
             assert self.relay is not None  # not finished
             self.relay.move_to(runner)
-            if self.watchers:
-                self._wake()
         self._detached()
 
     def _run(self) -> None:
@@ -268,7 +266,7 @@ class Job:
         try:
             self._publish_all(eventlog, owner)
         finally:
-            self._watch(-1)  # drivers stop waking for it
+            self._watch(-1)  # the last watcher gone, the relay stops reporting texts
 
     def _publish_all(self, eventlog: EventLog, owner: str) -> None:
         events, ends = self.events, self.ends
@@ -314,7 +312,7 @@ class Job:
         following then, not at the next write, and the grace starts."""
         self._attached()
         self._watch(1)
-        self._sync()  # from here the driver logs every event too
+        self._sync()  # from here the relay reports each text (`_grew`)
         if self._ticker is None:
             self._ticker = gevent.spawn(self._tick)
         try:

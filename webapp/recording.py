@@ -141,8 +141,11 @@ class Recorder:
         return ids
 
     def running(self, answer_id: str) -> bool:
-        """Whether the answer runs in this worker (its end is not recorded yet)."""
-        return answer_id in self._active
+        """Whether the answer runs in this worker, short of its end. Once its relay
+        has its end (sent, or being sent to a client slow to take it), the end is
+        recorded when the relay closes, a moment later: a read waits for that."""
+        recording = self._active.get(answer_id)
+        return recording is not None and recording.relay.end is None
 
     def flush(self, most: int | None = None) -> None:
         """Write what is queued now (at `most` new and `most` ended answers), in one

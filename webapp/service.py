@@ -134,6 +134,9 @@ def fresh(
         until = time.monotonic() + FRESH_WAIT
         while not seen(found) and time.monotonic() < until:
             gevent.sleep(FRESH_POLL)
+            history = recorder()
+            if history is not None:
+                history.flush()  # what this worker just queued, as every read here
             found = read()
         return found
     finally:
@@ -141,8 +144,8 @@ def fresh(
 
 
 def settled(answer: StoredAnswer) -> bool:
-    """Whether an answer's stored state is whole: it ended; or it runs here (this
-    worker's reads flush its writes first); or nobody will end it (unchanged for
+    """Whether an answer's stored state is whole: it ended; or it runs here, short
+    of its end (this worker's reads flush its writes first); or nobody will end it (unchanged for
     longer than an answer can run without a save: its worker is gone). Not: it runs,
     or is being stopped, elsewhere, or ended there with its end on the way."""
     if answer.outcome not in ("pending", CANCELLING):
