@@ -238,3 +238,54 @@ def test_the_page_hears_the_end_of_an_answer_only_once_it_is_recorded() -> None:
             break
     else:
         raise AssertionError("no end")
+
+
+def test_a_stop_reaches_a_driver_inside_the_upstream_read_and_gives_it_the_end() -> None:
+    _, job, closed = started(tokens=10, every=0.5)  # the driver waits in each read
+    gevent.spawn_later(0.2, job.cancel)  # while it waits for the second text
+    began = time.monotonic()
+    events = list(drive(job))
+    assert time.monotonic() - began < 0.45 and closed  # the read was interrupted
+    assert [e for _, e in events if isinstance(e, str)] == ["t0 "]
+    assert isinstance(events[-1][1], Failed) and events[-1][1].error.code == "cancelled"
+    assert job.finished and isinstance(job.events[-1], Failed)
+
+
+def test_stops_that_reach_a_handed_on_answer_while_it_closes_never_cut_its_cleanups() -> None:
+    """The runner that reads on after a hand-off is stopped by request, in its own
+    greenlet, never killed: a Stop (or a second one, or the grace) arriving while
+    its cleanups run, one of which waits (a Redis round trip), leaves them all to
+    run, the job's end last."""
+    ran: list[str] = []
+    relay = relay_for([steady(100, 0.02)], TOTAL_TIMEOUT="30", IDLE_TIMEOUT="5")
+    relay.cleanups.append(lambda: (gevent.sleep(0.5), ran.append("slow")))
+    relay.start(commit_after=None)
+    job = Job(relay, "a", grace=5, heartbeat=10)
+    driving = drive(job)
+    next(driving)
+    driving.close()  # its client left: handed on
+    gevent.sleep(0.1)  # the runner reads on
+    job.cancel()
+    gevent.sleep(0.2)  # inside the slow cleanup now
+    job.cancel()
+    job._abandon()  # the grace running out meanwhile
+    gevent.sleep(1)
+    assert ran == ["slow"] and job.finished and isinstance(job.events[-1], Failed)
+    assert relay.outcome == "cancelled"
+
+
+def test_the_page_stream_after_the_end_has_a_write_bound_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The relay is closed before the page hears the end (above), and its watchdog with
+    it: a client that stops reading then (the end, the blocks, the page's HTML) is
+    let go by the page stream's own bound, so the stream still ends."""
+    monkeypatch.setattr("webapp.ui.FOLLOWER_WRITE_STALL", 0.2)
+    _, job, _ = started(tokens=5, every=0.01)
+    began = 0.0
+    with pytest.raises(ClientTooSlow):
+        for _, event in _with_blocks(drive(job), job.text):
+            if isinstance(event, Done):
+                began = time.monotonic()
+                gevent.sleep(5)  # its write blocks: the client reads nothing
+    assert began and time.monotonic() - began < 1

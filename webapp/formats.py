@@ -28,12 +28,23 @@ def done_payload(done: Done) -> dict[str, Any]:
     return asdict(done)
 
 
+def closing(events: Iterator[Any]) -> None:
+    """Close a formatter's source when the formatter ends, however: its relay closes
+    (or is handed on) then, not whenever the collector frees the frames."""
+    close = getattr(events, "close", None)
+    if close is not None:
+        close()
+
+
 def text_plain(events: Iterator[RelayEvent]) -> Iterator[bytes]:
-    for event in events:
-        if type(event) is str:
-            yield event.encode()
-        elif isinstance(event, Failed):
-            raise TruncatedStream(event.error.code)
+    try:
+        for event in events:
+            if type(event) is str:
+                yield event.encode()
+            elif isinstance(event, Failed):
+                raise TruncatedStream(event.error.code)
+    finally:
+        closing(events)
 
 
 def sse(events: Iterator[RelayEvent]) -> Iterator[bytes]:
@@ -124,27 +135,33 @@ def text_numbered(events: Iterator[tuple[int, RelayEvent]]) -> Iterator[bytes]:
 def sse_counted(events: Iterator[RelayEvent], start: int) -> Iterator[bytes]:
     dumps = orjson.dumps
     end = start
-    for event in events:
-        if type(event) is str:
-            end += len(event)
-            yield b'id: %d\nevent: delta\ndata: {"text":%s}\n\n' % (end, dumps(event))
-        elif isinstance(event, Ping):
-            yield b": ping\n\n"
-        elif isinstance(event, Done | Failed):
-            yield _sse_end(end, event)
+    try:
+        for event in events:
+            if type(event) is str:
+                end += len(event)
+                yield b'id: %d\nevent: delta\ndata: {"text":%s}\n\n' % (end, dumps(event))
+            elif isinstance(event, Ping):
+                yield b": ping\n\n"
+            elif isinstance(event, Done | Failed):
+                yield _sse_end(end, event)
+    finally:
+        closing(events)
 
 
 def ndjson_counted(events: Iterator[RelayEvent], start: int) -> Iterator[bytes]:
     dumps = orjson.dumps
     end = start
-    for event in events:
-        if type(event) is str:
-            end += len(event)
-            yield b'{"type":"delta","seq":%d,"text":%s}\n' % (end, dumps(event))
-        elif isinstance(event, Ping):
-            yield b'{"type":"ping"}\n'
-        elif isinstance(event, Done | Failed):
-            yield _ndjson_end(end, event)
+    try:
+        for event in events:
+            if type(event) is str:
+                end += len(event)
+                yield b'{"type":"delta","seq":%d,"text":%s}\n' % (end, dumps(event))
+            elif isinstance(event, Ping):
+                yield b'{"type":"ping"}\n'
+            elif isinstance(event, Done | Failed):
+                yield _ndjson_end(end, event)
+    finally:
+        closing(events)
 
 
 def text_counted(events: Iterator[RelayEvent], start: int) -> Iterator[bytes]:
@@ -154,10 +171,13 @@ def text_counted(events: Iterator[RelayEvent], start: int) -> Iterator[bytes]:
 def numbered(events: Iterator[RelayEvent], start: int = 0) -> Iterator[tuple[int, RelayEvent]]:
     """A relay's events with their ids (the page's stream, which adds events of its own)."""
     end = start
-    for event in events:
-        if type(event) is str:
-            end += len(event)
-        yield (-1 if isinstance(event, Ping) else end), event
+    try:
+        for event in events:
+            if type(event) is str:
+                end += len(event)
+            yield (-1 if isinstance(event, Ping) else end), event
+    finally:
+        closing(events)
 
 
 NUMBERED: dict[str, Callable[[Iterator[tuple[int, RelayEvent]]], Iterator[bytes]]] = {

@@ -281,9 +281,19 @@ class Answer:
                     "completion_tokens": self.count_tokens(self.text()),
                 }
         finally:
+            # Each runs whatever another did: a failed one must not keep the answer
+            # from being recorded, or its job from ending.
             for cleanup in self.cleanups:
-                cleanup()
+                try:
+                    cleanup()
+                except Exception:
+                    log.exception("answer cleanup failed request_id=%s", self.request_id)
             self.hooks.finished(self)
+
+    @property
+    def closed(self) -> bool:
+        """Closed, or closing (its cleanups running): nothing can stop it any more."""
+        return self._closed
 
 
 @dataclass
@@ -399,6 +409,8 @@ class Relay(Answer):
                     room = yield from self._relay_stream(room)
             if self.stop_requested and not self._ended:
                 self._ended = True
+                if self.outcome == "pending":  # the stopper sets why; else it was a Stop
+                    self.outcome = "cancelled"
                 self.end = Failed(cancelled())
                 watchdog.guard_write(self.clock() + DISCONNECT_CHECK)
                 yield self.end
@@ -407,10 +419,12 @@ class Relay(Answer):
             kept_open = not (self._ended or self.stop_requested)
             raise
         finally:
-            if keeper is None or not kept_open:
-                self.close()
-            if keeper is not None:
-                keeper.left()
+            try:
+                if keeper is None or not kept_open:
+                    self.close()
+            finally:
+                if keeper is not None:
+                    keeper.left()
 
     def _await_opening(self, room: int) -> Generator[RelayEvent, None, int | None]:
         """Wait for the opener, keeping bounds and keep-alives. Returns `room`, or

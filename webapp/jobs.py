@@ -126,7 +126,8 @@ class Job:
         self.ends: list[int] = []  # the answer's length after each event
         self._logged = 0  # how many of the relay's texts (`parts`) the log holds
         self.prefix = prefix  # a Continue: the stored text it carries on, and numbers from
-        self.start = self.length = len(prefix)
+        self.start = len(prefix)
+        self.length = self.start  # the answer's length once finished (`_end`)
         self.finished = False
         self.followers = 0  # the driver and the watchers
         self.watchers = 0  # who waits on `_changed`: followers but the driver, the publisher
@@ -387,17 +388,23 @@ class Job:
         if followed:
             self._start_grace(self._grace_s)
             return
+        relay = self.relay
+        if relay is None or relay.closed or relay.end is not None:
+            return  # ending already, as it ended
         log.info("resumable answer abandoned", extra={"fields": {"answer": self.answer_id}})
+        relay.outcome = "client_disconnected"  # as a plain answer whose client left
         self._stop()
 
     def _stop(self) -> None:
         relay = self.relay
         assert relay is not None  # not finished
+        if relay.closed:
+            return  # already ending: its cleanups (this job's end among them) are running
         runner = self._runner
-        if runner is not None and self._runner_began:
-            runner.kill(block=False)  # the relay's finally closes the upstream
-        elif self._driving:
-            relay.request_stop()  # the driving response ends it within a second
+        if self._driving or (runner is not None and self._runner_began):
+            # Whoever reads it ends it within a second, in its own greenlet (its
+            # watchdog interrupts the read): never killed inside its cleanups.
+            relay.request_stop()
         else:
             # Nobody is inside the relay: never driven, or handed on and not yet
             # read on (the kill keeps that greenlet from starting). End it here; a
@@ -410,7 +417,7 @@ class Job:
         """Stop now, whoever follows: the upstream is closed within a second, and the
         answer is recorded with `outcome`. One that has its end is left as it ended."""
         relay = self.relay
-        if relay is None or relay.end is not None:
+        if relay is None or relay.end is not None or relay.closed:
             return  # finished, or its end is on the way
         relay.outcome = outcome
         self._stop()

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import gevent
 from gevent.event import Event
+from gevent.lock import Semaphore
 
 from webapp.codeblocks import extract_code_blocks
 from webapp.errors import HistoryUnavailable
@@ -94,6 +95,10 @@ class Recorder:
         self._queued: list[tuple[NewAnswer, Recording]] = []
         self._ended: list[FinishedAnswer] = []
         self._wake = Event()
+        # One flush at a time (the writer's, a read's): with a database whose calls
+        # yield (PostgreSQL), a second could write an end while its row's insert is
+        # still uncommitted in the first, and update nothing.
+        self._flushing = Semaphore()
         self._writer: gevent.Greenlet[..., None] | None = None
         self._purged_at = 0.0
 
@@ -150,7 +155,11 @@ class Recorder:
     def flush(self, most: int | None = None) -> None:
         """Write what is queued now (at `most` new and `most` ended answers), in one
         transaction: new answers, then ended ones (the writer does this on its own;
-        reads call it first, for all)."""
+        reads call it first, for all). Waits for a flush in progress to commit."""
+        with self._flushing:
+            self._flush(most)
+
+    def _flush(self, most: int | None) -> None:
         ended: list[FinishedAnswer] = []
         if most is None:
             queued, self._queued = self._queued, []

@@ -21,7 +21,7 @@ from flask import (
 )
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError, generate_csrf
-from gevent import get_hub
+from gevent import Timeout, get_hub
 from markupsafe import escape
 from werkzeug.wrappers import Response as BaseResponse
 from wtforms import (
@@ -39,10 +39,10 @@ from webapp import formats
 from webapp.answers import events_after, follow
 from webapp.codeblocks import FENCE
 from webapp.config import Config
-from webapp.errors import AppError, BadRequest
+from webapp.errors import AppError, BadRequest, ClientTooSlow
 from webapp.events import Done, Failed, Ping, RelayEvent
 from webapp.generation import Relay
-from webapp.jobs import Numbered
+from webapp.jobs import FOLLOWER_WRITE_STALL, Numbered
 from webapp.render import code_block_html, render_answer
 from webapp.responses import error_response, wants_json_response
 from webapp.service import (
@@ -336,27 +336,36 @@ def _with_blocks(
     emitted = 0
     searched_from = 0
     pool = get_hub().threadpool
-    for end, event in events:
-        done = isinstance(event, Done)
-        if done or isinstance(event, Failed):
-            # The answer ends (recorded, its stream slot freed) before its client hears
-            # so, and before the highlighting below lets other requests run: a
-            # follow-up sent at once then builds on the whole answer.
-            close = getattr(events, "close", None)
-            if close is not None:
-                close()
-        yield end, event
-        if (type(event) is str and "`" in event) or done:
-            text = answer_text()
-            for match in FENCE.finditer(text, searched_from):
-                if match.group(3) is None and not done:
-                    break  # still open: wait for its closing fence
-                html = pool.apply(code_block_html, (match.group(2).rstrip("\n"), match.group(1)))
-                yield -1, {"type": "block", "index": emitted, "html": html}
-                emitted += 1
-                searched_from = match.end()
-        if done:
-            yield -1, {"type": "html", "html": str(pool.apply(render_answer, (answer_text(),)))}
+    last_writes: Timeout | None = None
+    try:
+        for end, event in events:
+            done = isinstance(event, Done)
+            if done or isinstance(event, Failed):
+                # The answer ends (recorded, its stream slot freed) before its client
+                # hears so, and before the highlighting below lets other requests run:
+                # a follow-up sent at once then builds on the whole answer. The bound
+                # the relay kept on its last write goes with it: the end, the blocks
+                # and the page's HTML get one of their own, so the stream still ends.
+                formats.closing(events)
+                last_writes = Timeout(FOLLOWER_WRITE_STALL, ClientTooSlow("client_too_slow"))
+                last_writes.start()
+            yield end, event
+            if (type(event) is str and "`" in event) or done:
+                text = answer_text()
+                for match in FENCE.finditer(text, searched_from):
+                    if match.group(3) is None and not done:
+                        break  # still open: wait for its closing fence
+                    code, language = match.group(2).rstrip("\n"), match.group(1)
+                    html = pool.apply(code_block_html, (code, language))
+                    yield -1, {"type": "block", "index": emitted, "html": html}
+                    emitted += 1
+                    searched_from = match.end()
+            if done:
+                html = str(pool.apply(render_answer, (answer_text(),)))
+                yield -1, {"type": "html", "html": html}
+    finally:
+        if last_writes is not None:
+            last_writes.close()
 
 
 @bp.app_errorhandler(CSRFError)
