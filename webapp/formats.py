@@ -132,36 +132,34 @@ def text_numbered(events: Iterator[tuple[int, RelayEvent]]) -> Iterator[bytes]:
 # `start` (a Continue's stored text).
 
 
-def sse_counted(events: Iterator[RelayEvent], start: int) -> Iterator[bytes]:
-    dumps = orjson.dumps
-    end = start
-    try:
-        for event in events:
-            if type(event) is str:
-                end += len(event)
-                yield b'id: %d\nevent: delta\ndata: {"text":%s}\n\n' % (end, dumps(event))
-            elif isinstance(event, Ping):
-                yield b": ping\n\n"
-            elif isinstance(event, Done | Failed):
-                yield _sse_end(end, event)
-    finally:
-        closing(events)
+def _counted(
+    delta: bytes, ping: bytes, end_line: Callable[[int, Done | Failed], bytes]
+) -> Callable[[Iterator[RelayEvent], int], Iterator[bytes]]:
+    """A numbered format's writer for a relay's own events: `delta` takes the id and
+    the JSON text, `end_line` writes the end."""
+
+    def counted(events: Iterator[RelayEvent], start: int) -> Iterator[bytes]:
+        dumps = orjson.dumps
+        end = start
+        try:
+            for event in events:
+                if type(event) is str:
+                    end += len(event)
+                    yield delta % (end, dumps(event))
+                elif isinstance(event, Ping):
+                    yield ping
+                elif isinstance(event, Done | Failed):
+                    yield end_line(end, event)
+        finally:
+            closing(events)
+
+    return counted
 
 
-def ndjson_counted(events: Iterator[RelayEvent], start: int) -> Iterator[bytes]:
-    dumps = orjson.dumps
-    end = start
-    try:
-        for event in events:
-            if type(event) is str:
-                end += len(event)
-                yield b'{"type":"delta","seq":%d,"text":%s}\n' % (end, dumps(event))
-            elif isinstance(event, Ping):
-                yield b'{"type":"ping"}\n'
-            elif isinstance(event, Done | Failed):
-                yield _ndjson_end(end, event)
-    finally:
-        closing(events)
+sse_counted = _counted(b'id: %d\nevent: delta\ndata: {"text":%s}\n\n', b": ping\n\n", _sse_end)
+ndjson_counted = _counted(
+    b'{"type":"delta","seq":%d,"text":%s}\n', b'{"type":"ping"}\n', _ndjson_end
+)
 
 
 def text_counted(events: Iterator[RelayEvent], start: int) -> Iterator[bytes]:
