@@ -2,12 +2,15 @@
 
 An answer is a sequence of RelayEvents: `str` deltas (each is everything that
 arrived in one upstream read), PING keep-alives, then exactly one `Done` or
-`Failed`. Plain data, importable by any layer.
+`Failed`. Plain data, and `close_source` for whoever reads them; importable by
+any layer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from webapp.errors import AppError
 
@@ -17,6 +20,15 @@ class Ping:
 
 
 PING = Ping()
+
+
+def close_source(events: Iterator[Any]) -> None:
+    """Close a stream of events when its reader ends, however it ends (a generator's
+    cleanup runs then: a relay closes or is handed on, a follower lets go), not
+    whenever the collector frees the frames that hold it."""
+    close = getattr(events, "close", None)
+    if close is not None:
+        close()
 
 
 @dataclass(slots=True)

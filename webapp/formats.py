@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from webapp.errors import TruncatedStream
-from webapp.events import Done, Failed, Ping, RelayEvent
+from webapp.events import Done, Failed, Ping, RelayEvent, close_source
 
 TEXT = "text/plain"
 SSE = "text/event-stream"
@@ -28,14 +28,6 @@ def done_payload(done: Done) -> dict[str, Any]:
     return asdict(done)
 
 
-def closing(events: Iterator[Any]) -> None:
-    """Close a formatter's source when the formatter ends, however: its relay closes
-    (or is handed on) then, not whenever the collector frees the frames."""
-    close = getattr(events, "close", None)
-    if close is not None:
-        close()
-
-
 def text_plain(events: Iterator[RelayEvent]) -> Iterator[bytes]:
     try:
         for event in events:
@@ -44,7 +36,7 @@ def text_plain(events: Iterator[RelayEvent]) -> Iterator[bytes]:
             elif isinstance(event, Failed):
                 raise TruncatedStream(event.error.code)
     finally:
-        closing(events)
+        close_source(events)
 
 
 def sse(events: Iterator[RelayEvent]) -> Iterator[bytes]:
@@ -151,7 +143,7 @@ def _counted(
                 elif isinstance(event, Done | Failed):
                     yield end_line(end, event)
         finally:
-            closing(events)
+            close_source(events)
 
     return counted
 
@@ -175,7 +167,7 @@ def numbered(events: Iterator[RelayEvent], start: int = 0) -> Iterator[tuple[int
                 end += len(event)
             yield (-1 if isinstance(event, Ping) else end), event
     finally:
-        closing(events)
+        close_source(events)
 
 
 NUMBERED: dict[str, Callable[[Iterator[tuple[int, RelayEvent]]], Iterator[bytes]]] = {

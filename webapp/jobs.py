@@ -46,7 +46,7 @@ from gevent.event import Event
 
 from webapp.errors import AppError, ClientTooSlow
 from webapp.eventlog import PUBLISH_INTERVAL, EventLog, RedisUnavailable, encode_end
-from webapp.events import PING, Done, Failed, Ping, RelayEvent
+from webapp.events import PING, Done, Failed, Ping, RelayEvent, close_source
 from webapp.generation import Relay, cancelled
 from webapp.history import CANCELLING, StoredAnswer
 from webapp.watchdog import DISCONNECT_CHECK
@@ -94,7 +94,6 @@ class Job:
         "finished",
         "followers",
         "forget_timer",
-        "length",
         "prefix",
         "relay",
         "start",
@@ -127,7 +126,6 @@ class Job:
         self._logged = 0  # how many of the relay's texts (`parts`) the log holds
         self.prefix = prefix  # a Continue: the stored text it carries on, and numbers from
         self.start = len(prefix)
-        self.length = self.start  # the answer's length once finished (`_end`)
         self.finished = False
         self.followers = 0  # the driver and the watchers
         self.watchers = 0  # who waits on `_changed`: followers but the driver, the publisher
@@ -225,7 +223,7 @@ class Job:
         self._detached()
 
     def _run(self) -> None:
-        """Read the relay on, after its driver left, until it ends or is killed (its
+        """Read the relay on, after its driver left, until it ends or is stopped (its
         end, logged by `_end` from the relay's cleanup, is the job's end)."""
         self._runner_began = True
         relay = self.relay
@@ -246,15 +244,15 @@ class Job:
         events.append(relay.end if relay.end is not None else Failed(cancelled()))
         self.finished = True
         self._text = self.text()
-        self.length = len(self._text)
-        self.ends.append(self.length)
+        length = len(self._text)
+        self.ends.append(length)
         relay.keeper = relay.on_grew = None
         self.relay = None
         # From now on the log is its text in one delta, then its end. Whoever reads
         # the old lists (a follower, the publisher) keeps them, end included.
-        delta = self._text[self.start : self.length]
+        delta = self._text[self.start :]
         self.events = [delta, events[-1]] if delta else [events[-1]]
-        self.ends = [self.length] * len(self.events)
+        self.ends = [length] * len(self.events)
         self._wake()
         self._on_finished(self)
 
@@ -437,9 +435,7 @@ def writes_bounded(events: Iterator[Numbered], seconds: float) -> Iterator[Numbe
                 stall.cancel()
     finally:
         stall.close()
-        close = getattr(events, "close", None)
-        if close is not None:
-            close()  # the follower's own cleanup (watchers, the grace) now, not at GC
+        close_source(events)  # the follower's own cleanup (watchers, the grace) now, not at GC
 
 
 POLL_INTERVAL = 0.5

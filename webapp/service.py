@@ -145,9 +145,10 @@ def fresh(
 
 def settled(answer: StoredAnswer) -> bool:
     """Whether an answer's stored state is whole: it ended; or it runs here, short
-    of its end (this worker's reads flush its writes first); or nobody will end it (unchanged for
-    longer than an answer can run without a save: its worker is gone). Not: it runs,
-    or is being stopped, elsewhere, or ended there with its end on the way."""
+    of its end (this worker's reads flush its writes first); or nobody will end it
+    (unchanged for longer than an answer can run without a save: its worker is
+    gone). Not: it runs, or is being stopped, elsewhere, or ended there with its end
+    on the way."""
     if answer.outcome not in ("pending", CANCELLING):
         return True
     history = recorder()

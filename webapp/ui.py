@@ -40,7 +40,7 @@ from webapp.answers import events_after, follow
 from webapp.codeblocks import FENCE
 from webapp.config import Config
 from webapp.errors import AppError, BadRequest, ClientTooSlow
-from webapp.events import Done, Failed, Ping, RelayEvent
+from webapp.events import Done, Failed, Ping, RelayEvent, close_source
 from webapp.generation import Relay
 from webapp.jobs import FOLLOWER_WRITE_STALL, Numbered
 from webapp.render import code_block_html, render_answer
@@ -346,7 +346,7 @@ def _with_blocks(
                 # a follow-up sent at once then builds on the whole answer. The bound
                 # the relay kept on its last write goes with it: the end, the blocks
                 # and the page's HTML get one of their own, so the stream still ends.
-                formats.closing(events)
+                close_source(events)
                 last_writes = Timeout(FOLLOWER_WRITE_STALL, ClientTooSlow("client_too_slow"))
                 last_writes.start()
             yield end, event
