@@ -38,6 +38,7 @@ from gevent.lock import Semaphore
 
 from webapp.codeblocks import extract_code_blocks
 from webapp.errors import HistoryUnavailable
+from webapp.events import Done
 from webapp.generation import Relay
 from webapp.history import FinishedAnswer, NewAnswer, Store, StoredAnswer
 from webapp.quiet import until_quiet
@@ -212,17 +213,22 @@ class Recorder:
         usage = relay.usage
         if continued is not None and continued.usage and usage:
             usage = {k: usage.get(k, 0) + continued.usage.get(k, 0) for k in usage}
-        final = relay.final
+        final, end = relay.final, relay.end
+        if isinstance(end, Done) and continued is None:
+            # The client was told these; the same text, so the same blocks.
+            blocks, timing = end.code_blocks, end.timing
+        else:  # a Continue's blocks span the stored text too; a failure sent none
+            blocks, timing = extract_code_blocks(text), relay.timing()
         self._ended.append(
             FinishedAnswer(
                 recording.answer_id,
                 text,
-                extract_code_blocks(text),
+                blocks,
                 final.finish_reason if final else None,
                 relay.outcome,
                 usage,
                 relay.cost_usd,
-                relay.timing(),
+                timing,
             )
         )
         if self._writer is None or self._writer.dead:

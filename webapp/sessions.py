@@ -148,7 +148,9 @@ class CookieSessions(SecureCookieSessionInterface):
             super().save_session(app, session, response)
             return
         if session.accessed:
-            vary = response.headers.get("Vary")
+            # getlist, not get: werkzeug's get makes (and drops) an exception when the
+            # header is missing, as it is on nearly every response here.
+            vary = ", ".join(response.headers.getlist("Vary"))
             if not vary:
                 response.headers.add("Vary", "Cookie")  # none to replace: no second scan
             elif "cookie" not in {v.strip().lower() for v in vary.split(",")}:
