@@ -67,7 +67,7 @@ def measure(make_id: Callable[[], str], stored: int, batch: int, rounds: int) ->
         store.write(new, [])
         spent["insert"].append(time.process_time() - started)
         started = time.process_time()
-        store.save_texts({a.id: TEXT[:200] for a in new})
+        store.save_growth([(a.id, 0, TEXT[:200]) for a in new])
         spent["save"].append(time.process_time() - started)
         started = time.process_time()
         store.write([], ends(new))

@@ -85,8 +85,8 @@ def test_an_answer_is_stored_whole_and_listed(client: FlaskClient, fake: FakeUps
     assert stored["code_blocks"] == done["code_blocks"] and stored["code_blocks"]
     assert stored["finish_reason"] == "stop" and stored["outcome"] == "ok"
     assert stored["usage"] == done["usage"]
-    # The stored duration is read when the relay has closed, a moment after the done event's.
-    assert stored["timing"]["ttft_ms"] == done["timing"]["ttft_ms"]
+    # What the client was told is what is kept: the blocks and timing of its done event.
+    assert stored["timing"] == done["timing"]
     assert stored["language"] == "Python" and stored["model"] == "gpt-4o-mini"
     # Timestamps go to the database as text (Store.write): they read back as times.
     created = datetime.fromisoformat(stored["created_at"].removesuffix("Z"))
@@ -374,6 +374,78 @@ def test_a_batch_never_writes_an_end_before_its_row(app: Flask) -> None:
     stored = recorder.store.get(owner, news[3].id)
     assert stored is not None and (stored.text, stored.outcome) == ("the end of the fourth", "ok")
     assert all(recorder.store.get(owner, n.id) is not None for n in news)
+
+
+def test_saves_add_what_an_answer_grew_and_never_twice(app: Flask) -> None:
+    """Each save sends what the answer added since the last; a save sent again (its
+    commit landed, its acknowledgement did not) adds nothing twice; a Continue's saves
+    follow its stored text; a NUL (which PostgreSQL refuses and SQL's substr() stops
+    at) is stored as U+FFFD, and fails no other answer's save."""
+    recorder = app.extensions["history"]
+    owner = "anon:" + "o" * 22
+
+    def running(prefix: str = "") -> tuple[Recording, list[str]]:
+        new = Store.new_answer(owner, prompt="p", language=None, model="m", temperature=None,
+                               max_tokens=9)  # fmt: skip
+        parts: list[str] = []
+        relay = type("Relay", (), {"parts": parts})()
+        recording = Recording(new.id, owner, relay, prefix, saved_chars=len(prefix))  # type: ignore[arg-type]
+        recorder.store.write([new], [])
+        if prefix:
+            recorder.store.save_growth([(new.id, 0, prefix)])
+        recording.written = True
+        recorder._active[new.id] = recording
+        return recording, parts
+
+    def stored(recording: Recording) -> str:
+        found = recorder.store.get(owner, recording.answer_id)
+        assert found is not None
+        return str(found.text)
+
+    plain, plain_parts = running()
+    continued, continued_parts = running("before the seam. ")
+    with_nul, nul_parts = running()
+    try:
+        for step in range(3):
+            for parts in (plain_parts, continued_parts, nul_parts):
+                parts += [f"é{step}a ", f"😀{step}b "]
+            if step == 1:
+                nul_parts.append("\0 ")
+            recorder._save_progress()
+            assert stored(plain) == "".join(plain_parts)
+            assert stored(continued) == "before the seam. " + "".join(continued_parts)
+            assert stored(with_nul) == "".join(nul_parts).replace("\0", "\ufffd")
+        # The last save again, as a retry after a lost acknowledgement would send it.
+        grew = "".join(plain_parts[4:])
+        recorder.store.save_growth([(plain.answer_id, plain.saved_chars - len(grew), grew)])
+        assert stored(plain) == "".join(plain_parts)
+    finally:
+        for recording in (plain, continued, with_nul):
+            recorder._active.pop(recording.answer_id, None)
+
+
+def test_a_nul_in_a_prompt_or_an_answer_fails_no_batch(app: Flask) -> None:
+    """PostgreSQL refuses a NUL in text: before, one such prompt (a user's) or answer
+    (a model's) failed the whole batch of up to 100 answers it was written with."""
+    store = app.extensions["history"].store
+    owner = "anon:" + "n" * 22
+    news = [
+        Store.new_answer(owner, prompt=text, language=None, model="m", temperature=None,
+                         max_tokens=9)
+        for text in ("a NUL \0 here", "none here")
+    ]  # fmt: skip
+    store.write(news, [])
+    ends = [
+        FinishedAnswer(n.id, f"end of {i} \0", [{"language": "", "code": "\0"}], "stop", "ok",
+                       None, None, None)
+        for i, n in enumerate(news)
+    ]  # fmt: skip
+    store.write([], ends)
+    first, second = (store.get(owner, n.id) for n in news)
+    assert first is not None and second is not None
+    assert (first.prompt, second.prompt) == ("a NUL \ufffd here", "none here")
+    assert (first.text, second.text) == ("end of 0 \ufffd", "end of 1 \ufffd")
+    assert first.code_blocks == [{"language": "", "code": "\0"}]  # JSON escapes it
 
 
 def test_text_is_saved_while_the_answer_grows(server_with_history: Server) -> None:

@@ -176,6 +176,14 @@ def stamp_text(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
+def storable(text: str) -> str:
+    """Text as both databases take it. PostgreSQL refuses a NUL in a text column, so
+    one prompt or answer with one failed its whole batch of rows there; SQL's
+    substr() (the saves) stops at one. Each becomes U+FFFD: one character for one,
+    so the saved lengths still count."""
+    return text.replace("\0", "\ufffd") if "\0" in text else text
+
+
 def json_text(value: Any) -> str:
     """JSON as text, through orjson (~10x the stdlib's speed): the bulk writes' and
     the engines' serializer."""
@@ -215,9 +223,9 @@ class NewAnswer:
             self.conversation_id,
             self.parent_id,
             self.owner,
-            self.prompt,
-            self.language,
-            self.model,
+            storable(self.prompt),
+            None if self.language is None else storable(self.language),
+            storable(self.model),
             self.temperature,
             self.max_tokens,
             stamp,
@@ -242,8 +250,8 @@ class FinishedAnswer:
     def row(self, stamp: str) -> tuple[Any, ...]:
         """BulkSQL.finish's values."""
         return (
-            self.text,
-            json_text(self.code_blocks),
+            storable(self.text),
+            json_text(self.code_blocks),  # orjson writes a NUL as the escape \u0000
             self.finish_reason,
             self.outcome,
             None if self.usage is None else json_text(self.usage),
@@ -288,7 +296,12 @@ class BulkSQL:
             f" outcome = {mark}, usage = {mark}, cost_usd = {mark}, timing = {mark},"
             f" updated_at = {mark} WHERE id = {mark}"
         )
-        self.save_text = f"UPDATE answers SET text = {mark}, updated_at = {mark} WHERE id = {mark}"
+        # The text is cut to what the recorder knows was saved, then added to: run
+        # twice (a commit whose acknowledgement was lost, then retried), it adds once.
+        self.save_growth = (
+            f"UPDATE answers SET text = substr(text, 1, CAST({mark} AS INTEGER)) || {mark},"
+            f" updated_at = {mark} WHERE id = {mark}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,12 +485,15 @@ class Store:
                 connection.exec_driver_sql(self._sql.finish, [end.row(stamp) for end in ends])
 
     @translated
-    def save_texts(self, texts: dict[str, str]) -> None:
-        """The text so far of several answers (answer id -> text): one transaction."""
+    def save_growth(self, growth: list[tuple[str, int, str]]) -> None:
+        """What several running answers added, in one transaction: (answer id, the
+        length of its text already saved, the text added since). The stored text
+        is cut to that length first, so a save repeated adds nothing twice."""
         stamp = stamp_text(time.time())
         with self.engine.begin() as connection:
             connection.exec_driver_sql(
-                self._sql.save_text, [(text, stamp, key) for key, text in texts.items()]
+                self._sql.save_growth,
+                [(saved, storable(added), stamp, answer_id) for answer_id, saved, added in growth],
             )
 
     @translated

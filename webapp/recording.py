@@ -65,7 +65,8 @@ class Recording:
     owner: str
     relay: Relay
     prefix: str = ""  # a Continue: the stored text this answer carries on
-    saved_parts: int = 0
+    saved_parts: int = 0  # the relay's parts in its row's text
+    saved_chars: int = 0  # the length of its row's text: prefix and those parts
     written: bool = False  # its row is in the database
     lost: bool = False  # its row could not be written: nothing more to save
 
@@ -123,7 +124,14 @@ class Recorder:
             except HistoryUnavailable:
                 self._failed("create")
                 return None
-            recording = Recording(continues.id, owner, relay, continues.text, written=True)
+            recording = Recording(
+                continues.id,
+                owner,
+                relay,
+                continues.text,
+                saved_chars=len(continues.text),
+                written=True,
+            )
             ids = continues.id, continues.conversation_id
         else:
             new = Store.new_answer(
@@ -289,23 +297,25 @@ class Recorder:
                 self._on_cancel(answer_id)
 
     def _save_progress(self) -> None:
-        grown: dict[str, str] = {}
-        counts: dict[str, int] = {}
+        """What each answer added since its last save, not its whole text again: a
+        long answer's saves cost what it grew, not its length times its saves (at
+        300 tokens, 7 joins of up to 300 parts were ~15% of history's CPU)."""
+        grown: list[tuple[Recording, int, str]] = []
         for recording in self._active.values():
-            parts = len(recording.relay.parts)
-            if recording.written and parts != recording.saved_parts:
-                grown[recording.answer_id] = recording.text()
-                counts[recording.answer_id] = parts
+            parts = recording.relay.parts
+            count = len(parts)
+            if recording.written and count != recording.saved_parts:
+                grown.append((recording, count, "".join(parts[recording.saved_parts : count])))
         if not grown:
             return
         try:
-            self.store.save_texts(grown)
+            self.store.save_growth([(r.answer_id, r.saved_chars, added) for r, _, added in grown])
         except HistoryUnavailable:
             self._failed("save")
             return
-        for answer_id, parts in counts.items():
-            if answer_id in self._active:
-                self._active[answer_id].saved_parts = parts
+        for recording, count, added in grown:
+            recording.saved_parts = count
+            recording.saved_chars += len(added)
 
     def _maybe_purge(self) -> None:
         """HISTORY_DAYS: a bounded batch of old answers, at most once an hour."""
