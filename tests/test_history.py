@@ -380,7 +380,8 @@ def test_saves_add_what_an_answer_grew_and_never_twice(app: Flask) -> None:
     """Each save sends what the answer added since the last; a save sent again (its
     commit landed, its acknowledgement did not) adds nothing twice; a Continue's saves
     follow its stored text; a NUL (which PostgreSQL refuses and SQL's substr() stops
-    at) is stored as U+FFFD, and fails no other answer's save."""
+    at) is stored as U+FFFD, and fails no other answer's save; a save that lands after
+    the end changes nothing."""
     recorder = app.extensions["history"]
     owner = "anon:" + "o" * 22
 
@@ -419,6 +420,12 @@ def test_saves_add_what_an_answer_grew_and_never_twice(app: Flask) -> None:
         grew = "".join(plain_parts[4:])
         recorder.store.save_growth([(plain.answer_id, plain.saved_chars - len(grew), grew)])
         assert stored(plain) == "".join(plain_parts)
+        # A save that reaches the database after the answer's end changes nothing.
+        final = "".join(plain_parts) + "the end."
+        ended = FinishedAnswer(plain.answer_id, final, [], "stop", "ok", None, None, None)
+        recorder.store.write([], [ended])
+        recorder.store.save_growth([(plain.answer_id, plain.saved_chars, "late ")])
+        assert stored(plain) == final
     finally:
         for recording in (plain, continued, with_nul):
             recorder._active.pop(recording.answer_id, None)

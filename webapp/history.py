@@ -298,9 +298,12 @@ class BulkSQL:
         )
         # The text is cut to what the recorder knows was saved, then added to: run
         # twice (a commit whose acknowledgement was lost, then retried), it adds once.
+        # Only while the answer runs: with PostgreSQL a read's flush can write the end
+        # while the writer's save of that answer waits on the database, and the save
+        # landing after it would cut the final text back.
         self.save_growth = (
             f"UPDATE answers SET text = substr(text, 1, CAST({mark} AS INTEGER)) || {mark},"
-            f" updated_at = {mark} WHERE id = {mark}"
+            f" updated_at = {mark} WHERE id = {mark} AND outcome IN ('pending', '{CANCELLING}')"
         )
 
 
