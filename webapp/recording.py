@@ -10,9 +10,9 @@ A `Recorder` keeps one writer greenlet per worker:
   first tokens rather than between them (measured: the inserts of such a
   burst went from ~50 ms after its start to ~300 ms, when the median first
   token was at ~200 ms).
-- every SAVE_INTERVAL seconds, the writer saves the text of the answers that
-  grew since, in one transaction, so a crash loses at most that much (and the
-  wait for a quiet moment).
+- every SAVE_INTERVAL seconds, the writer saves what the answers that grew added
+  since, in one transaction, so a crash loses at most that much (and the wait
+  for a quiet moment); only while the answer runs, so a save never cuts an end.
 - the relay's cleanup (run once when the answer ends, whatever happened)
   queues the final text, code blocks, finish reason, usage and timing, and
   wakes the writer: they are written as new rows are, with every other answer
