@@ -455,6 +455,21 @@ def test_a_nul_in_a_prompt_or_an_answer_fails_no_batch(app: Flask) -> None:
     assert first.code_blocks == [{"language": "", "code": "\0"}]  # JSON escapes it
 
 
+def test_a_nul_in_an_id_a_filter_or_a_cursor_finds_nothing(client: FlaskClient) -> None:
+    """PostgreSQL refuses a NUL in any text it is sent: these were 503
+    history_unavailable there, as if the database were down."""
+    response, _, _ = generate(client, "answer=code")
+    answer_id = response.headers["X-Answer-ID"]
+    assert client.get("/answers?q=a%00b").get_json()["answers"] == []
+    listed = client.get("/answers?before=a%00b").get_json()["answers"]
+    assert [a["id"] for a in listed] == [answer_id]  # an unknown cursor, as any other
+    for url in ("/answers/a%00b", "/a/a%00b", "/s/a%00b"):
+        assert client.get(url).status_code == 404, url
+    assert client.post("/answers/a%00b/share").status_code == 404
+    assert client.delete("/answers/a%00b").status_code == 404
+    assert client.get("/?q=a%00b").status_code == 200
+
+
 def test_text_is_saved_while_the_answer_grows(server_with_history: Server) -> None:
     """At most SAVE_INTERVAL (2 s) of text is missing from the store mid-answer."""
     server = server_with_history

@@ -374,7 +374,31 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **_JSON_CODEC)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **_JSON_CODEC)
+
+    @event.listens_for(engine, "connect")
+    def _nul_free(connection: Any, _record: Any) -> None:
+        # PostgreSQL refuses a NUL in any text it is sent: an id, a filter or a cursor
+        # from a URL with %00 in it failed as history_unavailable (503). Every str
+        # bound is sent as storable() makes it, so such a read finds nothing instead.
+        getattr(connection, "driver_connection", connection).adapters.register_dumper(
+            str, _nul_free_dumper()
+        )
+
+    return engine
+
+
+@functools.cache
+def _nul_free_dumper() -> type:
+    """psycopg's dumper of a Python str (an untyped literal, which the bulk writes rely
+    on), with storable() first."""
+    from psycopg.types.string import StrDumperUnknown
+
+    class NulFreeStr(StrDumperUnknown):
+        def dump(self, obj: str) -> Any:
+            return super().dump(storable(obj))
+
+    return NulFreeStr
 
 
 @contextlib.contextmanager
