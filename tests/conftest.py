@@ -54,6 +54,7 @@ TEST_SETTINGS = {
     "LOG_LEVEL": "INFO",
     # Tests send many requests from one address; test_limits turns these on.
     "RATE_LIMIT": "off",
+    "HISTORY_RATE_LIMIT": "off",
     "MAX_CONCURRENT_STREAMS_PER_CLIENT": "0",
     # History on (the default), in a folder of this run's: never the user's own.
     "DATA_DIR": tempfile.mkdtemp(prefix="codegen-test-data-"),

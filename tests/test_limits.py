@@ -35,6 +35,43 @@ def test_two_app_processes_share_one_limit(
     assert requests.get(second.url + "/healthz").json()["redis"] == "up"
 
 
+def test_the_history_has_a_rate_limit_of_its_own_shared_through_redis(
+    serve: Any, fake: FakeUpstream, redis_server: Redis
+) -> None:
+    """Reading the history (API and page, a share link included) counts against
+    HISTORY_RATE_LIMIT per client, across processes; starting answers does not use
+    it up, nor does reading use up RATE_LIMIT."""
+    settings = {
+        "REDIS_URL": redis_server.url,
+        "HISTORY_RATE_LIMIT": "4/minute",
+        "RATE_LIMIT": "2/minute",
+    }
+    first, second = serve(INSTANCE="hist-a", **settings), serve(INSTANCE="hist-b", **settings)
+    before = value(metrics(first), "codegen_rate_limit_rejections_total", kind="history")
+    reads = [
+        requests.get(first.url + "/answers").status_code,
+        requests.get(second.url + "/answers/nosuchanswer000000000000").status_code,
+        requests.get(first.url + "/s/nosuchshare").status_code,
+        requests.get(second.url + "/").status_code,
+    ]
+    assert reads == [200, 404, 404, 200]
+    refused = requests.get(first.url + "/answers")
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert "history" in refused.json()["error"]["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # The page's routes answer a readable page, not JSON or a trace.
+    page = requests.get(second.url + "/s/nosuchshare", headers={"Accept": "text/html"})
+    assert page.status_code == 429
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert "Too many requests" in page.text and "Traceback" not in page.text
+    assert requests.get(first.url + "/a/nosuchanswer000000000000").status_code == 429
+    assert value(metrics(first), "codegen_rate_limit_rejections_total", kind="history") > before
+    # Answers can still be started: their window is another.
+    assert [post(first).status_code, post(second).status_code] == [200, 200]
+    assert post(first).status_code == 429  # and RATE_LIMIT still holds
+
+
 def test_redis_going_away_fails_open_and_shows_in_health(
     serve: Any, fake: FakeUpstream, redis_server: Redis
 ) -> None:

@@ -28,7 +28,7 @@ from webapp.errors import (
 )
 from webapp.eventlog import EventLog, RedisUnavailable
 from webapp.generation import GenerationService
-from webapp.guard import LIMITED_ENDPOINTS, Guard
+from webapp.guard import HISTORY_PAGE_ENDPOINTS, LIMITED_ENDPOINTS, Guard
 from webapp.history import Store
 from webapp.jobs import FOLLOWED_WITHIN, Jobs
 from webapp.observability import Observer, record_history_failure, record_rejection
@@ -138,12 +138,18 @@ def read_body_within_limit() -> None:
 
 
 def identify_and_limit() -> None:
-    """Auth for every way to generate, then the rate limit, before any work is done."""
+    """Auth for every way to generate and to the API's history, then the rate limit
+    (RATE_LIMIT for answers started, HISTORY_RATE_LIMIT for the history), before any
+    work is done."""
     guard: Guard = current_app.extensions["guard"]
     g.client_id = f"ip:{request.remote_addr}"
     generating = request.method == "POST" and request.endpoint in LIMITED_ENDPOINTS
     if not generating and request.blueprint != "answers":
-        return  # the page's own routes find their owner in the session
+        # The page's own routes find their owner in the session; those that read
+        # the history are counted by address (a share link needs no sign-in).
+        if request.endpoint in HISTORY_PAGE_ENDPOINTS:
+            guard.check_history_rate(g.client_id)
+        return
     key_id = (
         guard.authenticate(request.headers, request.remote_addr or "")
         if request.blueprint in ("api", "answers")
@@ -153,6 +159,8 @@ def identify_and_limit() -> None:
         g.client_id = f"key:{key_id}"
     if generating:
         guard.check_rate(g.client_id)
+    else:
+        guard.check_history_rate(g.client_id)
 
 
 def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:

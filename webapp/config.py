@@ -155,6 +155,12 @@ class Config:
         "60/minute",
         "Requests per client per window (`N/second|minute|hour|day`); `off` disables it.",
     )
+    history_rate_limit: str = _setting(
+        "600/minute",
+        "Requests per client per window to the history: `/answers…`, the page's answer, "
+        "compare, download, share and delete routes, re-attaching, share links, the page "
+        "itself (it lists the history). Apart from `RATE_LIMIT`; `off` disables it.",
+    )
     auth_failure_limit: str = _setting(
         "10/minute",
         "Wrong API keys (API or page sign-in) allowed per address and window; past it, "
@@ -295,7 +301,7 @@ class Config:
             fail("retry_max_delay", "must be at least RETRY_BASE_DELAY")
         if self.allowed_models and self.model not in self.allowed_models:
             fail("model", "must be one of ALLOWED_MODELS")
-        for name in ("rate_limit", "auth_failure_limit"):
+        for name in ("rate_limit", "history_rate_limit", "auth_failure_limit"):
             value = getattr(self, name)
             if value.lower() != "off" and not _RATE.fullmatch(value.strip()):
                 fail(name, "must look like 20/minute, or be off")

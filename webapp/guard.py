@@ -33,6 +33,23 @@ log = logging.getLogger("webapp.guard")
 LIMITED_ENDPOINTS = frozenset(
     {"api.generate_code", "api.generate_code_no_slash", "ui.submit", "ui.stream"}
 )
+# The page's routes that read or change the history (each is a database read, and
+# a share link is open to anyone), limited by HISTORY_RATE_LIMIT as the API's
+# /answers routes are; the page itself (GET /) lists the history too.
+HISTORY_PAGE_ENDPOINTS = frozenset(
+    {
+        "ui.index",
+        "ui.reattach",
+        "ui.answer_page",
+        "ui.compare",
+        "ui.download",
+        "ui.share",
+        "ui.unshare",
+        "ui.delete",
+        "ui.delete_conversation",
+        "ui.shared",
+    }
+)
 
 
 _ACQUIRE = """
@@ -86,6 +103,9 @@ class Guard:
         )
         self.limiter = FixedWindowRateLimiter(self.storage)
         self.rate = None if config.rate_limit.lower() == "off" else parse(config.rate_limit)
+        self.history_rate = (
+            None if config.history_rate_limit.lower() == "off" else parse(config.history_rate_limit)
+        )
         self.auth_rate = (
             None if config.auth_failure_limit.lower() == "off" else parse(config.auth_failure_limit)
         )
@@ -183,21 +203,34 @@ class Guard:
             ) from None
 
     def check_rate(self, client: str) -> None:
-        if self.rate is None:
-            return
+        """Count an answer started by `client`: 429 past RATE_LIMIT."""
+        if self.rate is not None:
+            self._hit(self.rate, (client,), "rate", f"the limit is {self.config.rate_limit}")
+
+    def check_history_rate(self, client: str) -> None:
+        """Count a request of `client` to the history: 429 past HISTORY_RATE_LIMIT (a
+        window of its own, so reading answers never uses up the right to start one)."""
+        if self.history_rate is not None:
+            self._hit(
+                self.history_rate,
+                ("history", client),
+                "history",
+                f"the history's limit is {self.config.history_rate_limit}",
+            )
+
+    def _hit(self, item: Any, keys: tuple[str, ...], kind: str, limit: str) -> None:
         try:
-            allowed = self.limiter.hit(self.rate, client)
+            allowed = self.limiter.hit(item, *keys)
             if not allowed:
-                reset = self.limiter.get_window_stats(self.rate, client).reset_time
+                reset = self.limiter.get_window_stats(item, *keys).reset_time
             self._recovered()
         except Exception as exc:  # noqa: BLE001 - any store failure is handled alike
             self._store_failed(exc)
             return
         if not allowed:
-            self.on_reject("rate")
+            self.on_reject(kind)
             raise TooManyRequests(
-                f"Too many requests: the limit is {self.config.rate_limit}.",
-                retry_after=max(1.0, reset - time.time()),
+                f"Too many requests: {limit}.", retry_after=max(1.0, reset - time.time())
             )
 
     def acquire_stream(self, client: str) -> str | None:

@@ -297,7 +297,17 @@ def history_paths(error: dict[str, Any], request_id: dict[str, Any]) -> dict[str
             "401": "API_KEYS is set and the key is missing or wrong (unauthorized).",
             "404": "Nothing of yours has that id (another owner's neither), or HISTORY=off.",
         }
-        return {status: {**error, "description": described[status]} for status in statuses}
+        listed = {status: {**error, "description": described[status]} for status in statuses}
+        # Every history route counts against HISTORY_RATE_LIMIT.
+        listed["429"] = {
+            **error,
+            "description": "Over HISTORY_RATE_LIMIT (rate_limited); see Retry-After.",
+            "headers": {
+                **request_id,
+                "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}},
+            },
+        }
+        return listed
 
     def ok(schema: str, description: str) -> dict[str, Any]:
         return {
