@@ -257,14 +257,15 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     @app.after_request
     def add_headers(response: Response) -> Response:
         headers = response.headers
-        headers["X-Request-ID"] = g.get("request_id", "")
-        recorded = g.get("recorded")
+        values = g._get_current_object()  # once: each use of the proxy looks it up
+        headers["X-Request-ID"] = values.get("request_id", "")
+        recorded = values.get("recorded")
         if recorded:
             # `add`, not `[...] =`: nothing set them before, so no scan to replace.
             headers.add("X-Answer-ID", recorded[0])
             headers.add("X-Conversation-ID", recorded[1])
-            if g.history_trimmed:
-                headers["X-History-Trimmed"] = str(g.history_trimmed)
+            if values.history_trimmed:
+                headers["X-History-Trimmed"] = str(values.history_trimmed)
         # No view sets its own, so one look decides for all.
         if "Content-Security-Policy" not in headers:
             headers.extend(_SECURITY_ITEMS)

@@ -253,7 +253,8 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
     relay.cleanups.append(lambda: limits.release_stream(slot))
     history = recorder()
     if history is not None:
-        g.recorded = history.begin(
+        values = g._get_current_object()  # once: each use of the proxy looks it up
+        values.recorded = history.begin(
             relay,
             owner(),
             prompt=prompt,
@@ -262,7 +263,7 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
             parent_id=parent_id,
             continues=continued,
         )
-        g.history_trimmed = relay.trimmed_turns
+        values.history_trimmed = relay.trimmed_turns
     g.continued_text = continued.text if continued else ""
     return relay
 

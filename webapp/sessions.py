@@ -90,6 +90,13 @@ class Session(SecureCookieSession):
 
     premade: tuple[str, str] | None = None
 
+    def adopt(self, made: tuple[str, str]) -> None:
+        """Hold a new anonymous owner and its cookie made ahead: `self["owner"] = ...`
+        without the update callback's wrapper (the way to every first token)."""
+        dict.__setitem__(self, "owner", made[0])
+        self.premade = made
+        self.modified = self.accessed = True
+
 
 class CookieSessions(SecureCookieSessionInterface):
     """Flask's cookie sessions (same cookie flags, same `session` object), signed by
@@ -97,9 +104,11 @@ class CookieSessions(SecureCookieSessionInterface):
 
     The common cases skip werkzeug's general machinery, measured at ~75 µs a
     request under load (`python -m bench.ab`, 1000 streams): a request with no
-    session cookie is not parsed for one, and a changed, non-permanent session
-    with the default cookie scope gets its `Set-Cookie` and `Vary` written
-    directly. Anything else (deletion, `permanent`, a cookie domain) is Flask's.
+    session cookie is not parsed for one, nor written back when it stays untouched;
+    a changed, non-permanent session with the default cookie scope gets its
+    `Set-Cookie` and `Vary` written directly, and a new anonymous owner (most API
+    calls with history on) the cookie signed ahead for it. Anything else
+    (deletion, `permanent`, a cookie domain) is Flask's.
     """
 
     session_class = Session
@@ -124,12 +133,10 @@ class CookieSessions(SecureCookieSessionInterface):
             newcomers = Stock(newcomer, size=512, batch=32, fresh=600.0)
             app.extensions["newcomers"] = newcomers
         made = newcomers.take()
-        if made is None:
-            owner = random_id(16)
-        else:
-            owner = made[0]
-            if isinstance(session, Session):
-                session.premade = made
+        if made is not None and isinstance(session, Session):
+            session.adopt(made)
+            return made[0]
+        owner = random_id(16) if made is None else made[0]
         session["owner"] = owner
         return owner
 
@@ -139,47 +146,59 @@ class CookieSessions(SecureCookieSessionInterface):
         return super().open_session(app, request)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        if (
-            not session
-            or session.permanent
-            or self.get_cookie_domain(app)
-            or self.get_cookie_partitioned(app)
-        ):
-            super().save_session(app, session, response)
-            return
-        if session.accessed:
-            # getlist, not get: werkzeug's get makes (and drops) an exception when the
-            # header is missing, as it is on nearly every response here.
-            vary = ", ".join(response.headers.getlist("Vary"))
-            if not vary:
-                response.headers.add("Vary", "Cookie")  # none to replace: no second scan
-            elif "cookie" not in {v.strip().lower() for v in vary.split(",")}:
-                response.headers["Vary"] = f"{vary}, Cookie"
-        if not self.should_set_cookie(app, session):
-            return
+        if not (session or session.modified or session.accessed):
+            return  # untouched and empty (most requests without history): nothing to write
+        name, over_http, over_https, plain = self._cookie_parts(app)
         premade = getattr(session, "premade", None)
-        if premade is not None and len(session) == 1 and session.get("owner") == premade[0]:
+        if (
+            premade is not None
+            and plain
+            and len(session) == 1
+            and dict.get(session, "owner") == premade[0]  # type: ignore[call-overload]
+        ):
+            # A new anonymous owner and nothing else (an API call with history on):
+            # its cookie was signed ahead, and it is neither permanent nor empty.
+            self._vary_on_cookie(response)
             value = premade[1]
         else:
+            if not session or session.permanent or not plain:
+                super().save_session(app, session, response)
+                return
+            if session.accessed:
+                self._vary_on_cookie(response)
+            if not self.should_set_cookie(app, session):
+                return
             serializer = self.get_signing_serializer(app)
             assert serializer is not None  # a session exists only with a secret key
             value = serializer.dumps(dict(session))
         # The value is base64url, digits and dots: nothing to quote.
-        name, over_http, over_https = self._cookie_parts(app)
         attributes = over_https if self.get_cookie_secure(app) else over_http
         response.headers.add("Set-Cookie", f"{name}={value}{attributes}")
 
-    def _cookie_parts(self, app: Flask) -> tuple[str, str, str]:
-        """The cookie's name, and its attributes over HTTP and over HTTPS (Secure):
-        the app's settings, read once (they do not change while it serves)."""
-        cached: tuple[str, str, str] | None = app.extensions.get("session_cookie_parts")
+    @staticmethod
+    def _vary_on_cookie(response: Response) -> None:
+        # getlist, not get: werkzeug's get makes (and drops) an exception when the
+        # header is missing, as it is on nearly every response here.
+        vary = ", ".join(response.headers.getlist("Vary"))
+        if not vary:
+            response.headers.add("Vary", "Cookie")  # none to replace: no second scan
+        elif "cookie" not in {v.strip().lower() for v in vary.split(",")}:
+            response.headers["Vary"] = f"{vary}, Cookie"
+
+    def _cookie_parts(self, app: Flask) -> tuple[str, str, str, bool]:
+        """The cookie's name, its attributes over HTTP and over HTTPS (Secure), and
+        whether this class writes it (no cookie domain, not partitioned; else
+        Flask's own code does): the app's settings, read once (they do not change
+        while it serves)."""
+        cached: tuple[str, str, str, bool] | None = app.extensions.get("session_cookie_parts")
         if cached is None:
             path = f"; Path={self.get_cookie_path(app)}"
             tail = "; HttpOnly" if self.get_cookie_httponly(app) else ""
             samesite = self.get_cookie_samesite(app)
             if samesite:
                 tail += f"; SameSite={samesite}"
-            cached = (self.get_cookie_name(app), path + tail, path + "; Secure" + tail)
+            plain = not self.get_cookie_domain(app) and not self.get_cookie_partitioned(app)
+            cached = (self.get_cookie_name(app), path + tail, path + "; Secure" + tail, plain)
             app.extensions["session_cookie_parts"] = cached
         return cached
 
