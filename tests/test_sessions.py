@@ -181,3 +181,26 @@ def test_a_session_holding_more_than_its_new_owner_is_signed_whole(app: Flask) -
     cookie = response.headers["Set-Cookie"].split(";")[0].removeprefix("session=")
     assert cookie != current.premade[1]
     assert serializer(app).loads(cookie, max_age=60) == {"csrf_token": "t" * 40, "owner": owner}
+
+
+def test_a_cookie_domain_leaves_the_new_owners_cookie_to_flask(app: Flask) -> None:
+    """The cookie made ahead is written directly only with the default cookie scope;
+    with a cookie domain, Flask writes it (with its Domain), holding the same owner."""
+    app.config["SESSION_COOKIE_DOMAIN"] = "example.test"
+    newcomers_made_ahead(app, app.test_client())
+    app.extensions.pop("session_cookie_parts", None)  # settings are read once per app
+    client = app.test_client()
+    response = client.post(
+        "/generate-code/", json={"prompt": "[[fake tokens=2]]"}, base_url="http://example.test"
+    )
+    response.get_data()
+    header = response.headers["Set-Cookie"]
+    assert "Domain=example.test" in header
+    value = header.split(";")[0].removeprefix("session=")
+    assert list(serializer(app).loads(value, max_age=60)) == ["owner"]
+
+
+def test_a_request_that_leaves_the_session_alone_sets_no_cookie(app: Flask) -> None:
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 200
+    assert "Set-Cookie" not in response.headers and "Vary" not in response.headers
