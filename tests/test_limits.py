@@ -52,9 +52,9 @@ def test_the_history_has_a_rate_limit_of_its_own_shared_through_redis(
         requests.get(first.url + "/answers").status_code,
         requests.get(second.url + "/answers/nosuchanswer000000000000").status_code,
         requests.get(first.url + "/s/nosuchshare").status_code,
-        requests.get(second.url + "/").status_code,
+        requests.get(second.url + "/a/nosuchanswer000000000000").status_code,
     ]
-    assert reads == [200, 404, 404, 200]
+    assert reads == [200, 404, 404, 404]
     refused = requests.get(first.url + "/answers")
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "rate_limited"
@@ -67,6 +67,10 @@ def test_the_history_has_a_rate_limit_of_its_own_shared_through_redis(
     assert "Too many requests" in page.text and "Traceback" not in page.text
     assert requests.get(first.url + "/a/nosuchanswer000000000000").status_code == 429
     assert value(metrics(first), "codegen_rate_limit_rejections_total", kind="history") > before
+    # A Stop only lightens the load, and the page itself needs no Redis: neither counts.
+    stop = requests.post(first.url + "/answers/nosuchanswer000000000000/cancel")
+    assert stop.status_code == 404
+    assert requests.get(second.url + "/").status_code == 200
     # Answers can still be started: their window is another.
     assert [post(first).status_code, post(second).status_code] == [200, 200]
     assert post(first).status_code == 429  # and RATE_LIMIT still holds

@@ -28,7 +28,12 @@ from webapp.errors import (
 )
 from webapp.eventlog import EventLog, RedisUnavailable
 from webapp.generation import GenerationService
-from webapp.guard import HISTORY_PAGE_ENDPOINTS, LIMITED_ENDPOINTS, Guard
+from webapp.guard import (
+    HISTORY_PAGE_ENDPOINTS,
+    HISTORY_UNLIMITED_ENDPOINTS,
+    LIMITED_ENDPOINTS,
+    Guard,
+)
 from webapp.history import Store
 from webapp.jobs import FOLLOWED_WITHIN, Jobs
 from webapp.observability import Observer, record_history_failure, record_rejection
@@ -159,7 +164,7 @@ def identify_and_limit() -> None:
         g.client_id = f"key:{key_id}"
     if generating:
         guard.check_rate(g.client_id)
-    else:
+    elif request.endpoint not in HISTORY_UNLIMITED_ENDPOINTS:
         guard.check_history_rate(g.client_id)
 
 

@@ -157,9 +157,9 @@ class Config:
     )
     history_rate_limit: str = _setting(
         "600/minute",
-        "Requests per client per window to the history: `/answers…`, the page's answer, "
-        "compare, download, share and delete routes, re-attaching, share links, the page "
-        "itself (it lists the history). Apart from `RATE_LIMIT`; `off` disables it.",
+        "Requests per client per window to the history: `/answers…` (not a Stop), the "
+        "page's answer, compare, download, share and delete routes, re-attaching, share "
+        "links. Apart from `RATE_LIMIT`; `off` disables it.",
     )
     auth_failure_limit: str = _setting(
         "10/minute",

@@ -35,10 +35,9 @@ LIMITED_ENDPOINTS = frozenset(
 )
 # The page's routes that read or change the history (each is a database read, and
 # a share link is open to anyone), limited by HISTORY_RATE_LIMIT as the API's
-# /answers routes are; the page itself (GET /) lists the history too.
+# /answers routes are. Not the page itself, which must not wait on Redis.
 HISTORY_PAGE_ENDPOINTS = frozenset(
     {
-        "ui.index",
         "ui.reattach",
         "ui.answer_page",
         "ui.compare",
@@ -77,6 +76,10 @@ def load_key_digests(config: Config) -> list[bytes]:
         lines = Path(config.api_keys_file).expanduser().read_text().splitlines()
         entries += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     return [bytes.fromhex(e[7:]) if e.startswith("sha256:") else _digest(e) for e in entries]
+
+
+# A Stop only lightens the load: never refused for the history's rate.
+HISTORY_UNLIMITED_ENDPOINTS = frozenset({"answers.cancel_answer"})
 
 
 class Guard:

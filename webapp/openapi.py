@@ -298,10 +298,11 @@ def history_paths(error: dict[str, Any], request_id: dict[str, Any]) -> dict[str
             "404": "Nothing of yours has that id (another owner's neither), or HISTORY=off.",
         }
         listed = {status: {**error, "description": described[status]} for status in statuses}
-        # Every history route counts against HISTORY_RATE_LIMIT.
+        # History routes count against HISTORY_RATE_LIMIT (a Stop never is refused).
         listed["429"] = {
             **error,
-            "description": "Over HISTORY_RATE_LIMIT (rate_limited); see Retry-After.",
+            "description": "Over HISTORY_RATE_LIMIT (rate_limited), or too many wrong keys "
+            "from this address (too_many_failed_auth); see Retry-After.",
             "headers": {
                 **request_id,
                 "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}},
