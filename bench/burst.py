@@ -25,32 +25,25 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 
-from bench.by_greenlet import the_worker  # noqa: E402
-from bench.relay import Target, app_env, free_port, run, start, tree, wait_port  # noqa: E402
+from bench.by_greenlet import (  # noqa: E402
+    arguments,
+    burst,
+    fake_upstream,
+    snapshot,
+    traced_worker,
+)
 
 APP = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "bench.burst_wsgi:app"]
 FIGURES = ("started", "p50 first chunk", "after the last start", "collections", "history writes")
 
 
 def timeline(worker: int, folder: str) -> list[tuple[str, int, int]]:
-    path = Path(folder, f"{worker}.json")
-    path.unlink(missing_ok=True)
-    os.kill(worker, signal.SIGUSR2)
-    for _ in range(100):
-        gevent.sleep(0.05)
-        if path.exists() and path.stat().st_size:
-            return [tuple(e) for e in json.loads(path.read_text())]  # type: ignore[misc]
-    raise SystemExit("the worker wrote no timeline")
+    return [(kind, began, ended) for kind, began, ended in snapshot(worker, folder)]
 
 
 def figures(events: list[tuple[str, int, int]]) -> dict[str, float]:
@@ -73,48 +66,23 @@ def figures(events: list[tuple[str, int, int]]) -> dict[str, float]:
 
 
 def measure(upstream: int, history: str, args: argparse.Namespace) -> list[dict[str, float]]:
-    folder = tempfile.mkdtemp(prefix="codegen-burst-")
-    port = free_port()
-    server = start(APP, app_env(upstream, port, 1, {"HISTORY": history, "BENCH_TRACE_DIR": folder}))
     bursts = []
-    try:
-        wait_port(port, 60)
-        worker = the_worker(server.pid)
-        target = Target(history, port, "/generate-code/", None)
-        run(target, "warm-up", args.streams, args.tokens, args.rate, args.streams)
-        gevent.sleep(3)
-        timeline(worker, folder)
+    with traced_worker(APP, upstream, history, args) as (target, worker, folder):
+        timeline(worker, folder)  # the warm-up's events are dropped
         for _ in range(args.rounds):
-            result = run(target, "burst", args.streams, args.tokens, args.rate, args.streams)
-            if result.errors:
-                raise SystemExit(f"{result.errors} answers failed or lost tokens")
+            burst(target, args)
             bursts.append(figures(timeline(worker, folder)))
             gevent.sleep(3)  # the writer's saves and ends, before the next burst
-    finally:
-        for pid in tree(server.pid):
-            os.kill(pid, signal.SIGKILL)
-        server.wait(10)
     return bursts
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--streams", type=int, default=300)
-    parser.add_argument("--tokens", type=int, default=100)
-    parser.add_argument("--rate", type=float, default=20.0)
-    args = parser.parse_args()
-    upstream = free_port()
-    fake = start([sys.executable, "-m", "bench.upstream", str(upstream)])
+    args = arguments(pairs=3, rounds=3, tokens=100)
     by_setting: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
-    try:
-        wait_port(upstream)
+    with fake_upstream() as upstream:
         for _ in range(args.pairs):
             for history in ("off", "on"):
                 by_setting[history] += measure(upstream, history, args)
-    finally:
-        fake.terminate()
     print(
         f"ms, median of {args.pairs * args.rounds} bursts of {args.streams} answers "
         f"({args.tokens} tokens at {args.rate}/s), inside the worker:"

@@ -27,7 +27,10 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 
@@ -36,14 +39,15 @@ from bench.relay import Target, app_env, free_port, run, start, tree, wait_port 
 APP = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "bench.traced_wsgi:app"]
 
 
-def snapshot(worker: int, folder: str) -> dict[str, object]:
+def snapshot(worker: int, folder: str) -> Any:
+    """What the traced worker writes on SIGUSR2 (its JSON)."""
     path = Path(folder, f"{worker}.json")
     path.unlink(missing_ok=True)
     os.kill(worker, signal.SIGUSR2)
     for _ in range(100):
         gevent.sleep(0.05)
         if path.exists() and path.stat().st_size:
-            return dict(json.loads(path.read_text()))
+            return json.loads(path.read_text())
     raise SystemExit("the worker wrote no figures")
 
 
@@ -57,63 +61,85 @@ def the_worker(master: int) -> int:
     raise SystemExit("gunicorn started no worker")
 
 
-def measure(upstream: int, history: str, args: argparse.Namespace) -> dict[str, float]:
-    folder = tempfile.mkdtemp(prefix="codegen-by-greenlet-")
+@contextmanager
+def traced_worker(
+    app: list[str], upstream: int, history: str, args: argparse.Namespace
+) -> Iterator[tuple[Target, int, str]]:
+    """One gunicorn worker serving `app` (a traced copy of wsgi.py) with HISTORY set,
+    warmed up by one burst: its target, its pid and the folder it writes its figures
+    to. Killed after: its figures are read, no graceful stop to wait for."""
+    folder = tempfile.mkdtemp(prefix="codegen-trace-")
     port = free_port()
-    env = app_env(upstream, port, 1, {"HISTORY": history, "BENCH_TRACE_DIR": folder})
-    server = start(APP, env)
+    server = start(app, app_env(upstream, port, 1, {"HISTORY": history, "BENCH_TRACE_DIR": folder}))
     try:
         wait_port(port, 60)
         worker = the_worker(server.pid)
         target = Target(history, port, "/generate-code/", None)
-        run(target, "warm-up", args.streams, args.tokens, args.rate, args.streams)
+        burst(target, args)
         gevent.sleep(3)
-        before = snapshot(worker, folder)
-        for _ in range(args.rounds):
-            result = run(target, "round", args.streams, args.tokens, args.rate, args.streams)
-            if result.errors:
-                raise SystemExit(f"{result.errors} answers failed or lost tokens")
-            gevent.sleep(3)  # the writer's last saves and ends land in the round
-        after = snapshot(worker, folder)
+        yield target, worker, folder
     finally:
-        for pid in tree(server.pid):  # its figures are read: no graceful stop to wait for
+        for pid in tree(server.pid):
             os.kill(pid, signal.SIGKILL)
         server.wait(10)
+
+
+def burst(target: Target, args: argparse.Namespace) -> None:
+    """`--streams` answers at once; every one must arrive whole."""
+    result = run(target, "burst", args.streams, args.tokens, args.rate, args.streams)
+    if result.errors:
+        raise SystemExit(f"{result.errors} answers failed or lost tokens")
+
+
+def arguments(*, pairs: int, rounds: int, tokens: int) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=pairs)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--streams", type=int, default=300)
+    parser.add_argument("--tokens", type=int, default=tokens)
+    parser.add_argument("--rate", type=float, default=20.0)
+    return parser.parse_args()
+
+
+@contextmanager
+def fake_upstream() -> Iterator[int]:
+    """The fake model server (bench/upstream.py) for the run: its port."""
+    port = free_port()
+    fake = start([sys.executable, "-m", "bench.upstream", str(port)])
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        fake.terminate()
+
+
+def measure(upstream: int, history: str, args: argparse.Namespace) -> dict[str, float]:
+    with traced_worker(APP, upstream, history, args) as (target, worker, folder):
+        before = snapshot(worker, folder)
+        for _ in range(args.rounds):
+            burst(target, args)
+            gevent.sleep(3)  # the writer's last saves and ends land in the round
+        after = snapshot(worker, folder)
     answers = args.rounds * args.streams
-    spent_before: dict[str, int] = before["spent"]  # type: ignore[assignment]
+    spent_before: dict[str, int] = before["spent"]
     figures = {
         kind: (ns - spent_before.get(kind, 0)) / answers / 1e3
-        for kind, ns in after["spent"].items()  # type: ignore[attr-defined]
+        for kind, ns in after["spent"].items()
     }
     figures["the worker, all of it"] = (
-        (
-            int(after["cpu_ns"]) - int(before["cpu_ns"])  # type: ignore[call-overload]
-        )
-        / answers
-        / 1e3
+        (int(after["cpu_ns"]) - int(before["cpu_ns"])) / answers / 1e3
     )
     return figures
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--streams", type=int, default=300)
-    parser.add_argument("--tokens", type=int, default=300)
-    parser.add_argument("--rate", type=float, default=20.0)
-    args = parser.parse_args()
-    upstream = free_port()
-    fake = start([sys.executable, "-m", "bench.upstream", str(upstream)])
-    try:
-        wait_port(upstream)
+    args = arguments(pairs=2, rounds=2, tokens=300)
+    with fake_upstream() as upstream:
         runs = [
             (history, measure(upstream, history, args))
             for _ in range(args.pairs)
             for history in ("off", "on")
         ]
-    finally:
-        fake.terminate()
     kinds = sorted({kind for _, figures in runs for kind in figures})
     print(f"CPU µs an answer ({args.streams} streams of {args.tokens} tokens at {args.rate}/s):")
     print("| greenlet | " + " | ".join(f"HISTORY={h}" for h, _ in runs) + " |")
