@@ -49,6 +49,9 @@ HISTORY_PAGE_ENDPOINTS = frozenset(
         "ui.shared",
     }
 )
+# The API's /answers routes all count against it, but a Stop, which only lightens
+# the load: it is never refused for the history's rate.
+HISTORY_UNLIMITED_ENDPOINTS = frozenset({"answers.cancel_answer"})
 
 
 _ACQUIRE = """
@@ -76,10 +79,6 @@ def load_key_digests(config: Config) -> list[bytes]:
         lines = Path(config.api_keys_file).expanduser().read_text().splitlines()
         entries += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     return [bytes.fromhex(e[7:]) if e.startswith("sha256:") else _digest(e) for e in entries]
-
-
-# A Stop only lightens the load: never refused for the history's rate.
-HISTORY_UNLIMITED_ENDPOINTS = frozenset({"answers.cancel_answer"})
 
 
 class Guard:
