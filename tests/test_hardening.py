@@ -228,3 +228,174 @@ def test_an_operators_metrics_folder_loses_only_our_files(serve: Any, tmp_path: 
     assert requests.get(server.url + "/metrics", timeout=5).ok
     assert keep.read_text() == "the operator's"
     assert not stale.exists()
+
+
+# -- round three: the history's new surface ---------------------------------------------
+
+
+def keyed_app(**overrides: str) -> Flask:
+    from tests.conftest import TEST_SETTINGS
+    from webapp import create_app
+
+    return create_app({**TEST_SETTINGS, **overrides})
+
+
+def test_unicode_digits_are_a_400_that_names_the_field(client: Any) -> None:
+    """`str.isdigit` takes "²", which `int` refuses: that was a 500."""
+    for url, field in (
+        ("/answers?limit=%C2%B2", "limit"),
+        ("/answers/someid/events?after=%C2%B2", "after"),
+        ("/ui/answers/someid/events?after=%C2%B2", "after"),
+    ):
+        response = client.get(url)
+        assert response.status_code == 400, url
+        assert f"{field}: must be a whole number" in response.get_data(as_text=True), url
+    by_header = client.get("/answers/someid/events", headers={"Last-Event-ID": "²"})
+    assert by_header.status_code == 400
+    assert by_header.get_json()["error"]["message"].startswith("Last-Event-ID:")
+
+
+def test_metrics_need_a_token_when_keys_are_set() -> None:
+    keyed = keyed_app(API_KEYS="sk-live-one", METRICS_TOKEN="scrape-me").test_client()
+    refused = keyed.get("/metrics")
+    assert refused.status_code == 401
+    assert refused.get_json()["error"]["code"] == "metrics_token_required"
+    assert "codegen_" not in refused.get_data(as_text=True)
+    wrong = keyed.get("/metrics", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    for token in ("scrape-me", "sk-live-one"):
+        scraped = keyed.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert scraped.status_code == 200 and "codegen_requests_total" in scraped.get_data(
+            as_text=True
+        )
+    # A token alone protects them too; with neither they stay open (a private network).
+    token_only = keyed_app(METRICS_TOKEN="scrape-me").test_client()
+    assert token_only.get("/metrics").status_code == 401
+    assert keyed_app().test_client().get("/metrics").status_code == 200
+
+
+def test_healthz_shows_only_scheme_host_port_and_path_of_the_upstream() -> None:
+    url = "https://user:pw@llm.example:8443/v1/?api-key=SECRET-QUERY#SECRET-FRAGMENT"
+    body = keyed_app(OPENAI_BASE_URL=url).test_client().get("/healthz").get_json()
+    assert body["base_url"] == "https://llm.example:8443/v1/"
+    assert "SECRET" not in json.dumps(body) and "pw" not in json.dumps(body)
+
+
+def test_a_flood_of_stops_is_limited_apart_from_the_history(client: Any) -> None:
+    flooded = keyed_app(STOP_RATE_LIMIT="3/minute", HISTORY_RATE_LIMIT="2/minute").test_client()
+    statuses = [flooded.post("/answers/nosuchanswer/cancel").status_code for _ in range(5)]
+    assert statuses == [404, 404, 404, 429, 429]
+    # The history's own window was not used up by the Stops.
+    assert flooded.get("/answers").status_code == 200
+
+
+def test_a_cross_site_change_to_the_history_is_refused(client: Any, fake: FakeUpstream) -> None:
+    """The /answers routes take the page's cookie: a change from another site (a
+    form or fetch on evil.example, which the browser sends the cookie with) is a
+    403; the page's own requests and scripts holding their cookie still work."""
+    started = client.post("/generate-code/", json={"prompt": prompt()})
+    answer_id = started.headers["X-Answer-ID"]
+    share = f"/answers/{answer_id}/share"
+    for headers in (
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "same-site"},
+    ):
+        refused = client.post(share, headers=headers)
+        assert refused.status_code == 403, headers
+        assert refused.get_json()["error"]["code"] == "cross_site_request"
+    assert client.get(f"/answers/{answer_id}").get_json()["shared"] is False
+    assert client.delete(share, headers={"Origin": "https://evil.example"}).status_code == 403
+    assert client.delete(
+        f"/answers/{answer_id}", headers={"Origin": "https://evil.example"}
+    ).status_code == 403
+    page = client.post(share, headers={"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"})
+    assert page.status_code == 200
+    script = client.delete(share)  # no Origin, no Sec-Fetch-Site: a script with its cookie
+    assert script.status_code == 204
+
+
+def test_the_pages_stop_works_under_api_keys(serve: Any, fake: FakeUpstream) -> None:
+    """The page's Stop posts to /answers/<id>/cancel with its cookie: under API_KEYS it
+    was a 401 and the answer ran on."""
+    from tests.helpers import csrf_token_of
+
+    server = serve(API_KEYS="sk-live-one")
+    visitor = requests.Session()
+    token = csrf_token_of(visitor.get(server.url + "/signin").text)
+    signed = visitor.post(server.url + "/signin", data={"csrf_token": token, "key": "sk-live-one"})
+    token = csrf_token_of(signed.text)
+    with visitor.post(
+        server.url + "/ui/stream",
+        json={"prompt": prompt("forever=1 delay=0.05"), "resumable": True},
+        headers={"X-CSRFToken": token},
+        stream=True,
+        timeout=30,
+    ) as running:
+        assert running.status_code == 200
+        answer_id = running.headers["X-Answer-ID"]
+        lines = running.iter_lines()
+        next(lines)
+        stopped = visitor.post(
+            f"{server.url}/answers/{answer_id}/cancel",
+            headers={"X-CSRFToken": token, "Origin": server.url, "Sec-Fetch-Site": "same-origin"},
+        )
+        assert stopped.status_code == 204, stopped.text
+        tail = [json.loads(line) for line in lines if line]
+    assert tail[-1]["type"] in ("done", "error")
+    assert tail[-1].get("finish_reason", tail[-1].get("code")) == "cancelled"
+    # A cross-site Stop with the same cookie is refused.
+    assert (
+        visitor.post(
+            f"{server.url}/answers/{answer_id}/cancel", headers={"Origin": "https://evil.example"}
+        ).status_code
+        == 403
+    )
+
+
+def test_readers_count_against_the_clients_stream_bound(serve: Any, fake: FakeUpstream) -> None:
+    server = serve(MAX_CONCURRENT_STREAMS_PER_CLIENT="3")
+    with requests.post(
+        server.url + "/generate-code/",
+        json={"prompt": prompt("forever=1 delay=0.05"), "resumable": True},
+        headers={"Accept": "text/event-stream"},
+        stream=True,
+        timeout=30,
+    ) as answer:
+        answer_id = answer.headers["X-Answer-ID"]
+        cookies = answer.cookies
+        readers = []
+        try:
+            for _ in range(3):
+                reader = requests.get(
+                    f"{server.url}/answers/{answer_id}/events",
+                    cookies=cookies,
+                    stream=True,
+                    timeout=30,
+                )
+                readers.append(reader)
+            statuses = [r.status_code for r in readers]
+            assert statuses == [200, 200, 429]  # the answer itself holds the first slot
+            assert readers[2].json()["error"]["code"] == "too_many_streams"
+            page = requests.get(
+                f"{server.url}/ui/answers/{answer_id}/events", cookies=cookies, timeout=30
+            )
+            assert page.status_code == 429
+        finally:
+            for reader in readers:
+                if reader.status_code == 200:
+                    reader.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)  # the reader leaves
+                reader.close()
+        # A reader that left gives its slot back.
+        deadline = time.monotonic() + 3
+        while True:
+            again = requests.get(
+                f"{server.url}/answers/{answer_id}/events", cookies=cookies, stream=True, timeout=30
+            )
+            again.close()
+            if again.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+
+        assert again.status_code == 200

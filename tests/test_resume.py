@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -22,7 +24,7 @@ from sqlalchemy import text
 
 from tests.conftest import TEST_SETTINGS, Redis, Server
 from tests.fake_upstream import FakeUpstream
-from tests.helpers import prompt, wait_idle
+from tests.helpers import prompt, wait_idle, worker_pid
 from webapp.history import CANCELLING, Store
 
 GRACE = "2"
@@ -637,3 +639,55 @@ def test_a_redis_outage_degrades_to_this_instance(
     health = requests.get(server.url + "/healthz", timeout=5).json()
     assert health["resume_events"].startswith("redis down")
     assert "redis unavailable for resumable answers" in server.logs()
+
+
+def test_an_instance_that_dies_mid_answer_is_told_as_interrupted_everywhere(
+    serve: Any, fake: FakeUpstream, redis_server: Redis, tmp_path: Any
+) -> None:
+    """Two instances, one Redis and one database; the one running a resumable answer
+    is killed (SIGKILL, master and worker). Within its lease a reader through the
+    other hears it was interrupted, with the text so far; the row says so, Continue
+    carries it on, and the healthy instance does not report Redis down."""
+    database = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    shared = {"REDIS_URL": redis_server.url, "DATABASE_URL": database, "ANSWER_LEASE": "6"}
+    first = serve(INSTANCE="a", DATA_DIR=str(tmp_path / "a"), **shared)
+    second = serve(INSTANCE="b", DATA_DIR=str(tmp_path / "b"), **shared)
+    session = requests.Session()
+    response = start(first, session, "forever=1 delay=0.05 id=dies")
+    answer_id = response.headers["X-Answer-ID"]
+    begun, last, _ = read(response, deltas=20)
+    time.sleep(2.5)  # a save: the row holds text past what this client read
+    worker = worker_pid(first)
+    os.kill(first.proc.pid, signal.SIGKILL)
+    os.kill(worker, signal.SIGKILL)
+    first.proc.wait(5)
+    killed = time.monotonic()
+
+    follower = reattach(second, session, answer_id, last)
+    assert follower.headers["X-Followed-Through"] == "redis"
+    rest, _, end = read(follower)
+    heard = time.monotonic() - killed
+    assert end == "interrupted", (end, rest)
+    assert heard <= 6 + 2 + 3, heard  # the lease, a save's interval, a poll and slack
+    stored = session.get(f"{second.url}/answers/{answer_id}", timeout=5).json()
+    assert stored["outcome"] == "interrupted"
+    assert (begun + rest).startswith(begun) and stored["text"] == begun + rest
+    assert len(stored["text"]) > len(begun)  # what was saved past this client's reading
+    health = requests.get(second.url + "/healthz", timeout=5).json()
+    assert health["resume_events"] == "redis"
+    assert "redis unavailable" not in second.logs()
+    page = session.get(f"{second.url}/a/{answer_id}", timeout=5).text
+    assert "This answer was interrupted" in page and 'id="continue"' in page
+
+    fake.reset()
+    carried = session.post(
+        second.url + "/generate-code/",
+        json={"continue_answer": answer_id, "prompt": ""},
+        headers={"Accept": "text/event-stream"},
+        timeout=30,
+    )
+    assert carried.status_code == 200, carried.text
+    after = session.get(f"{second.url}/answers/{answer_id}", timeout=5).json()
+    # It carried on from the text kept (this answer is endless: it runs to its bound).
+    assert after["text"].startswith(stored["text"]) and len(after["text"]) > len(stored["text"])
+    assert after["outcome"] != "interrupted"

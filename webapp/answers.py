@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request, url_for
@@ -27,8 +28,10 @@ from webapp import formats
 from webapp.config import Config
 from webapp.errors import BadRequest, HistoryUnavailable, NotFound
 from webapp.eventlog import EventLog, RedisUnavailable
+from webapp.events import PING, close_source
 from webapp.history import (
     CANCELLING,
+    INTERRUPTED,
     MAX_PAGE_SIZE,
     PAGE_SIZE,
     Store,
@@ -40,6 +43,7 @@ from webapp.service import (
     answer_of,
     client_gone,
     fresh,
+    guard,
     jobs,
     owner,
     store,
@@ -58,7 +62,7 @@ def _json(body: object, status: int = 200) -> Response:
 @bp.get("/answers")
 def list_answers() -> Response:
     raw_limit = request.args.get("limit", str(PAGE_SIZE))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
+    if not _whole(raw_limit, 4) or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
         raise BadRequest(f"limit: must be a whole number from 1 to {MAX_PAGE_SIZE}.")
     found, cursor = store().page(
         owner(),
@@ -108,12 +112,62 @@ def unshare_answer(answer_id: str) -> Response:
     return Response(status=204)
 
 
+def _whole(raw: str, digits: int) -> bool:
+    """ASCII digits only: `str.isdigit` also accepts "²", which `int` refuses (a 500)."""
+    return 0 < len(raw) <= digits and raw.isascii() and raw.isdigit()
+
+
 def events_after() -> int:
     """Where a re-attachment picks up: Last-Event-ID (SSE), else ?after=, else 0."""
-    raw = request.headers.get("Last-Event-ID") or request.args.get("after", "0")
-    if not raw.isdigit() or len(raw) > 12:
-        raise BadRequest("after: must be a whole number of characters, 0 or more.")
+    header = request.headers.get("Last-Event-ID")
+    raw = header or request.args.get("after", "0")
+    if not _whole(raw, 12):
+        field = "Last-Event-ID" if header else "after"
+        raise BadRequest(f"{field}: must be a whole number of characters, 0 or more.")
     return int(raw)
+
+
+def follow_counted(
+    answer_id: str,
+    after: int,
+    respond: Callable[[Iterator[Numbered], Callable[[], str]], Response],
+) -> Response:
+    """`respond(events, text)` for a reader of the answer, who holds one of its
+    client's stream slots (MAX_CONCURRENT_STREAMS_PER_CLIENT) while it reads, as the
+    answers it starts do: following is no way around the bound."""
+    limits = guard()
+    slot = limits.acquire_stream(g.client_id)
+    try:
+        response = respond(*follow(answer_id, after))
+    except BaseException:
+        limits.release_stream(slot)
+        raise
+    # The body is passed straight to the server (direct_passthrough), which calls
+    # its close() however the stream ends: Response.call_on_close would never run.
+    body = _Releasing(response.response, lambda: limits.release_stream(slot))
+    response.response = body
+    return response
+
+
+class _Releasing:
+    """A response body that calls `release` once, when the server closes it (even if
+    no byte of it was ever sent)."""
+
+    def __init__(self, body: Iterable[Any], release: Callable[[], None]) -> None:
+        self._body: Iterator[Any] = iter(body)
+        self._release = release
+        self._released = False
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._body
+
+    def close(self) -> None:
+        try:
+            close_source(self._body)
+        finally:
+            if not self._released:
+                self._released = True
+                self._release()
 
 
 def follow(answer_id: str, after: int) -> tuple[Iterator[Numbered], Callable[[], str]]:
@@ -142,14 +196,6 @@ def _follow(answer_id: str, after: int) -> tuple[Iterator[Numbered], Callable[[]
     if job is not None:
         g.followed_through = "job"
         return job.follow(after, client_gone()), job.text
-    if running.eventlog is not None and answer.outcome in ("pending", CANCELLING):
-        g.followed_through = "redis"
-        events = running.eventlog.follow(
-            answer_id, after, heartbeat=config.heartbeat_interval, until=until
-        )
-        text = _Collected(answer.text[:after])
-        return text.wrap(events), text.text
-    g.followed_through = "store"
     # Read while streaming, outside the request's context: bound now.
     who, latest, history = owner(), [answer], store()
 
@@ -163,10 +209,48 @@ def _follow(answer_id: str, after: int) -> tuple[Iterator[Numbered], Callable[[]
         with contextlib.suppress(HistoryUnavailable):  # then it may end at its grace
             history.mark_followed(answer_id)
 
-    events = follow_stored(
-        read, after, heartbeat=config.heartbeat_interval, until=until, following=following
-    )
-    return events, lambda: latest[0].text
+    def stored_from(sent: int) -> Iterator[Numbered]:
+        return follow_stored(
+            read, sent, heartbeat=config.heartbeat_interval, until=until, following=following
+        )
+
+    eventlog = running.eventlog
+    if eventlog is not None and answer.outcome in ("pending", CANCELLING):
+        g.followed_through = "redis"
+
+        def abandoned() -> bool:
+            """Its instance died: the row's lease ran out (a read marks it interrupted);
+            what it published past its last save is kept in the row."""
+            with contextlib.suppress(HistoryUnavailable, RedisUnavailable):
+                found = read()
+                if found is not None and found.outcome == INTERRUPTED:
+                    history.keep_interrupted_text(answer_id, eventlog.text(answer_id))
+                return found is None or found.outcome not in ("pending", CANCELLING)
+            return False
+
+        events = eventlog.follow(
+            answer_id, after, heartbeat=config.heartbeat_interval, until=until, abandoned=abandoned
+        )
+        text = _Collected(answer.text[:after])
+        return text.wrap(_then(events, after, stored_from)), text.text
+    g.followed_through = "store"
+    return stored_from(after), lambda: latest[0].text
+
+
+def _then(
+    events: Iterator[Numbered], after: int, rest: Callable[[int], Iterator[Numbered]]
+) -> Iterator[Numbered]:
+    """`events` (from `after` characters on) to their end; if they stop short of one
+    (Redis saw the answer's instance die), `rest(characters sent)`: the row's text
+    past them, and its end."""
+    sent = after
+    for end, event in events:
+        yield end, event
+        if type(event) is not str and event is not PING:
+            return  # Done or Failed
+        if end >= 0:
+            sent = end
+    yield from rest(sent)
 
 
 def _redis_owner_is(eventlog: EventLog, answer_id: str) -> bool:
@@ -224,16 +308,19 @@ class _Collected:
 @bp.get("/answers/<answer_id>/events")
 def answer_events(answer_id: str) -> Response:
     after = events_after()
-    events, _ = follow(answer_id, after)
     accept = request.accept_mimetypes
     mimetype = formats.NDJSON if accept[formats.NDJSON] > accept[formats.SSE] else formats.SSE
-    return Response(
-        formats.NUMBERED[mimetype](events),
-        mimetype=mimetype,
-        # Which way it is followed: live in this worker, or through the stored row.
-        headers={**STREAM_HEADERS, "X-Followed-Through": g.followed_through},
-        direct_passthrough=True,
-    )
+
+    def respond(events: Iterator[Numbered], _: Callable[[], str]) -> Response:
+        return Response(
+            formats.NUMBERED[mimetype](events),
+            mimetype=mimetype,
+            # Which way it is followed: live in this worker, or through the stored row.
+            headers={**STREAM_HEADERS, "X-Followed-Through": g.followed_through},
+            direct_passthrough=True,
+        )
+
+    return follow_counted(answer_id, after, respond)
 
 
 @bp.post("/answers/<answer_id>/cancel")

@@ -4,7 +4,9 @@
     ├── BadRequest                 400     invalid_json, invalid_request, unknown_fields,
     │                                      model_not_allowed, prompt_too_long,
     │                                      upstream_bad_request
-    ├── Unauthorized               401     unauthorized, sign_in_required
+    ├── Unauthorized               401     unauthorized, sign_in_required,
+    │                                      metrics_token_required
+    ├── Forbidden                  403     cross_site_request           (CSRF on /answers)
     ├── NotFound                   404     answer_not_found, conversation_not_found,
     │                                      history_off                  (or another owner's)
     ├── RequestTimeout             408     request_timeout              (head/body too slow)
@@ -123,6 +125,11 @@ class RequestTimeout(AppError):
 class Unauthorized(AppError):
     status = 401
     code = "unauthorized"
+
+
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"
 
 
 class UnsupportedMediaType(AppError):

@@ -38,6 +38,8 @@ MAXLEN = 20_000
 TTL = 900
 # How much longer than its longest wait a Redis reader counts as following.
 FOLLOWED_SLACK = 3
+# A follower's longest wait for new entries, in seconds: under the socket's timeout.
+IDLE_WAIT = 1.0
 
 Numbered = tuple[int, RelayEvent | Ping]
 
@@ -95,16 +97,41 @@ class EventLog:
         """Whether a reader follows the answer through Redis (on any machine)."""
         return bool(self._call(lambda: self.client.exists(f"codegen:followed:{answer_id}")))
 
+    def text(self, answer_id: str) -> str:
+        """The answer's text as published so far (all its delta entries)."""
+        entries = self._call(lambda: self.client.xrange(f"codegen:events:{answer_id}"))
+        parts, length = [], 0
+        for _, fields in entries:
+            if fields[b"kind"] != b"delta":
+                break
+            end, data = int(fields[b"end"]), fields[b"data"].decode()
+            if end > length:  # each entry's text ends at its `end`
+                parts.append(data[len(data) - (end - length) :])
+                length = end
+        return "".join(parts)
+
     def owner_of(self, answer_id: str) -> str | None:
         found = self._call(lambda: self.client.get(f"codegen:owner:{answer_id}"))
         return found.decode() if found else None
 
     def follow(
-        self, answer_id: str, after: int, *, heartbeat: float, until: float
+        self,
+        answer_id: str,
+        after: int,
+        *,
+        heartbeat: float,
+        until: float,
+        abandoned: Callable[[], bool] = lambda: False,
     ) -> Iterator[Numbered]:
-        """The answer's events after `after` characters, then live ones, to its end."""
+        """The answer's events after `after` characters, then live ones, to its end;
+        or, while none come, until `abandoned()` says no instance runs it any more
+        (then it returns with no end: the caller has the rest from the row)."""
         key = f"codegen:events:{answer_id}"
         last, sent = "0-0", after
+        # Each wait ends well inside the socket's timeout: a wait the socket cut was
+        # taken for an outage (an idle answer then read as "redis down").
+        block = min(heartbeat, IDLE_WAIT)
+        silent_since = time.monotonic()
         while time.monotonic() < until:
             try:
                 # Keeps the answer going past its grace (webapp/jobs.py): outlives the
@@ -112,7 +139,7 @@ class EventLog:
                 self.mark_followed(answer_id, int(heartbeat) + FOLLOWED_SLACK)
                 found = self._call(
                     lambda last=last: self.client.xread(  # type: ignore[misc]
-                        {key: last}, count=500, block=int(heartbeat * 1000)
+                        {key: last}, count=500, block=int(block * 1000)
                     )
                 )
             except RedisUnavailable:
@@ -120,8 +147,13 @@ class EventLog:
                 yield sent, Failed(lost)
                 return
             if not found:
-                yield -1, PING
+                if abandoned():
+                    return
+                if time.monotonic() - silent_since >= heartbeat:
+                    yield -1, PING
+                    silent_since = time.monotonic()
                 continue
+            silent_since = time.monotonic()
             for entry_id, fields in found[0][1]:
                 last = entry_id.decode()
                 end, kind, data = int(fields[b"end"]), fields[b"kind"].decode(), fields[b"data"]

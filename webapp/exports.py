@@ -1,14 +1,18 @@
 """Stored answers as files and diffs: code blocks to download, versions to compare.
 
-Pure functions over text (no Flask, no store), so the page and the tests use
-the same ones. A file's name comes from its block's language; an unknown one
-is `.txt`. Several blocks download as one zip.
+Functions over text (no Flask, no store), so the page and the tests use the
+same ones. A file's name comes from its block's language; an unknown one is
+`.txt`. Several blocks download as one zip. Diffs come from GNU diff in a child
+process, bounded in lines and time: difflib is quadratic on some inputs (two
+12,000-line versions took 9 s, holding the event loop), and a child can be
+killed where a thread cannot.
 """
 
 from __future__ import annotations
 
-import difflib
 import io
+import subprocess
+import tempfile
 import zipfile
 from dataclasses import dataclass
 
@@ -76,19 +80,57 @@ class DiffLine:
     text: str
 
 
-def unified_diff(old: list[str], new: list[str], old_name: str, new_name: str) -> list[DiffLine]:
-    """difflib's unified diff, each line tagged for the page to colour (and escape)."""
-    found = []
-    for line in difflib.unified_diff(old, new, old_name, new_name, lineterm="", n=3):
-        if line.startswith(("---", "+++")):
-            kind = "file"
-        elif line.startswith("@@"):
-            kind = "hunk"
-        elif line.startswith("+"):
-            kind = "add"
-        elif line.startswith("-"):
-            kind = "del"
-        else:
-            kind = "same"
-        found.append(DiffLine(kind, line))
-    return found
+# Bounds on a comparison: lines on each side, and the child's time.
+MAX_DIFF_LINES = 50_000
+DIFF_TIMEOUT = 2.0
+
+
+class DiffUnavailable(Exception):
+    """The versions could not be compared within the bounds; the message says why."""
+
+
+def unified_diff(
+    old: list[str],
+    new: list[str],
+    old_name: str,
+    new_name: str,
+    *,
+    timeout: float = DIFF_TIMEOUT,
+) -> list[DiffLine]:
+    """A unified diff (3 lines of context), each line tagged for the page to colour
+    (and escape). Raises DiffUnavailable past MAX_DIFF_LINES or `timeout` s. Under
+    gevent the wait yields, so the worker serves others meanwhile."""
+    if max(len(old), len(new)) > MAX_DIFF_LINES:
+        raise DiffUnavailable(
+            f"These versions are too long to compare here (over {MAX_DIFF_LINES:,} lines)."
+        )
+    with tempfile.TemporaryDirectory(prefix="codegen-diff-") as folder:
+        paths = []
+        for number, lines in enumerate((old, new)):
+            path = f"{folder}/{number}"
+            with open(path, "w", encoding="utf-8", errors="replace") as file:
+                file.writelines(line + "\n" for line in lines)
+            paths.append(path)
+        try:
+            done = subprocess.run(
+                ["diff", "-U3", "--label", old_name, "--label", new_name, *paths],
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:  # run() has killed it
+            raise DiffUnavailable(
+                f"These versions took too long to compare (over {timeout:g} s)."
+            ) from None
+        except FileNotFoundError:
+            raise DiffUnavailable("Comparing needs GNU diff (diffutils) on the server.") from None
+    if done.returncode > 1:
+        raise DiffUnavailable("These versions could not be compared.")
+    return [_tagged(line) for line in done.stdout.decode("utf-8", "replace").splitlines()]
+
+
+def _tagged(line: str) -> DiffLine:
+    if line.startswith(("--- ", "+++ ")):
+        return DiffLine("file", line)
+    kind = {"@": "hunk", "+": "add", "-": "del"}.get(line[:1], "same")
+    return DiffLine(kind, line)

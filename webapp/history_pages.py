@@ -39,7 +39,6 @@ def answer_page(answer_id: str) -> str:
     form = prompt_form()
     form.conversation_id.data = answer.conversation_id
     form.prompt.data = ""
-    history, query = recent_answers()
     return page(
         "answer.html",
         form=form,
@@ -48,8 +47,7 @@ def answer_page(answer_id: str) -> str:
         versions=versions,
         numbers=_version_numbers(versions),
         files=exports.code_files(answer.code_blocks),
-        history=history,
-        query=query,
+        **recent_answers(),
         share_url=(
             url_for("ui.shared", share_id=answer.share_id, _external=True)
             if answer.share_id
@@ -67,12 +65,18 @@ def compare(conversation_id: str) -> str:
     by_id = {v.id: v for v in versions}
     old = by_id.get(request.args.get("a", "")) or versions[max(0, len(versions) - 2)]
     new = by_id.get(request.args.get("b", "")) or versions[-1]
-    lines = exports.unified_diff(
-        exports.comparable_code(old.text, old.code_blocks),
-        exports.comparable_code(new.text, new.code_blocks),
-        f"version {numbers[old.id]}",
-        f"version {numbers[new.id]}",
-    )
+    try:
+        lines, unavailable = (
+            exports.unified_diff(
+                exports.comparable_code(old.text, old.code_blocks),
+                exports.comparable_code(new.text, new.code_blocks),
+                f"version {numbers[old.id]}",
+                f"version {numbers[new.id]}",
+            ),
+            None,
+        )
+    except exports.DiffUnavailable as exc:
+        lines, unavailable = [], str(exc)
     return page(
         "compare.html",
         versions=versions,
@@ -80,6 +84,7 @@ def compare(conversation_id: str) -> str:
         old=old,
         new=new,
         lines=lines,
+        unavailable=unavailable,
         conversation_id=conversation_id,
     )
 

@@ -48,7 +48,7 @@ from webapp.errors import AppError, ClientTooSlow
 from webapp.eventlog import PUBLISH_INTERVAL, EventLog, RedisUnavailable, encode_end
 from webapp.events import PING, Done, Failed, Ping, RelayEvent, close_source
 from webapp.generation import Relay, cancelled
-from webapp.history import CANCELLING, StoredAnswer
+from webapp.history import CANCELLING, INTERRUPTED, StoredAnswer
 from webapp.watchdog import DISCONNECT_CHECK
 
 log = logging.getLogger("webapp.jobs")
@@ -493,6 +493,12 @@ def end_of(answer: StoredAnswer) -> Done | Failed:
             answer.timing or {},
             answer.cost_usd,
         )
+    if answer.outcome == INTERRUPTED:
+        message = (
+            "The answer was interrupted: the server generating it stopped. "
+            "What arrived is kept; Continue carries it on."
+        )
+        return Failed(AppError(message, code=INTERRUPTED))
     return Failed(AppError(f"The answer ended early ({answer.outcome}).", code=answer.outcome))
 
 

@@ -8,12 +8,13 @@ here runs per chunk: counters move once per request, answer or retry.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -24,8 +25,9 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
 
+from webapp.errors import Unauthorized
 from webapp.generation import RelayHooks
-from webapp.guard import LIMITED_ENDPOINTS
+from webapp.guard import LIMITED_ENDPOINTS, Guard
 
 if TYPE_CHECKING:
     from webapp.generation import Answer
@@ -119,6 +121,26 @@ def record_history_failure(operation: str) -> None:
     HISTORY_FAILURES.labels(operation).inc()
 
 
+def scraper_may_read(headers: Any) -> None:
+    """/metrics shows routes, tokens and spend: with METRICS_TOKEN or API_KEYS set it
+    needs a bearer token, METRICS_TOKEN or an API key (wrong ones count as failures)."""
+    guard: Guard = current_app.extensions["guard"]
+    token = current_app.config["APP_CONFIG"].metrics_token
+    if not token and not guard.key_digests:
+        return
+    auth = headers.get("Authorization", "")
+    presented = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    if token and presented and hmac.compare_digest(presented.encode(), token.encode()):
+        return
+    # Anything else presented counts as a wrong key (AUTH_FAILURE_LIMIT) unless it is one.
+    if presented and guard.check_key(presented, request.remote_addr or "") is not None:
+        return
+    raise Unauthorized(
+        "The metrics need Authorization: Bearer <METRICS_TOKEN or an API key>.",
+        code="metrics_token_required",
+    )
+
+
 def init_app(app: Flask) -> None:
     @app.after_request
     def count_request(response: Response) -> Response:
@@ -148,6 +170,7 @@ def init_app(app: Flask) -> None:
 
 @bp.get("/metrics")
 def metrics() -> Response:
+    scraper_may_read(request.headers)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

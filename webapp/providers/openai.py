@@ -465,12 +465,14 @@ class SSEStream(UpstreamStream):
 
 
 def _without_credentials(url: str) -> str:
+    """Scheme, host, port and path only: user info, a query (`?api-key=...`) and a
+    fragment may carry secrets, and this is shown on /healthz."""
     parts = urllib.parse.urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
     host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 # Each way the wire can fail before an answer starts, in our own words. Mid-stream,
