@@ -151,10 +151,30 @@
     if (el && el.textContent !== code) el.textContent = code;
   }
 
-  // --- running Python in the browser (static/run-worker.js) ---------------------
+  // --- running Python in the browser (static/runner.js, static/run-worker.js) --------
+  // The code runs in a sandboxed frame with an opaque origin, never at this page's: it
+  // must not act as the reader (their answers, share links, the CSRF token). The frame
+  // and this page talk only by postMessage.
   const RUN_LIMIT_S = 10;
   const PYTHON = new Set(["python", "py", "python3"]);
-  let runner = null; // a warm worker, reused until a run must be stopped
+  let runner = null; // { frame, loaded }: a warm frame, reused until a run must be stopped
+  let onRunnerMessage = null; // the current run's
+  window.addEventListener("message", (event) => {
+    if (runner && event.source === runner.frame.contentWindow && onRunnerMessage) {
+      onRunnerMessage(event.data);
+    }
+  });
+
+  function startRunner() {
+    const frame = document.createElement("iframe");
+    frame.setAttribute("sandbox", "allow-scripts"); // never with allow-same-origin
+    frame.hidden = true;
+    frame.title = "Python runner";
+    frame.src = "/static/runner.html";
+    const loaded = new Promise((resolve) => frame.addEventListener("load", resolve, { once: true }));
+    document.body.appendChild(frame);
+    return { frame, loaded };
+  }
 
   function addRunButton(fig) {
     const label = fig.querySelector("figcaption span");
@@ -180,25 +200,23 @@
     }
     out.textContent = runner ? "Running…\n" : "Starting Python (the first run takes a few seconds)…\n";
     button.disabled = true;
-    if (!runner) runner = new Worker("/static/run-worker.js", { type: "module" });
-    const worker = runner;
+    if (!runner) runner = startRunner();
+    const current = runner;
     let timer = null;
     let started = false;
     const finish = (note) => {
       clearTimeout(timer);
-      worker.onmessage = null;
+      if (onRunnerMessage === listen) onRunnerMessage = null;
       if (note) out.appendChild(document.createTextNode(note));
       button.disabled = false;
     };
     const stop = (why) => {
-      worker.terminate();
-      if (runner === worker) runner = null;
+      current.frame.remove(); // and with it the worker and whatever it was running
+      if (runner === current) runner = null;
       finish(why);
     };
     timer = setTimeout(() => stop("\nPython did not start in time."), 60000);
-    worker.onerror = () => stop("\nPython could not start here.");
-    worker.onmessage = (event) => {
-      const m = event.data;
+    const listen = (m) => {
       if (m.type === "start") {
         started = true;
         out.textContent = "";
@@ -213,10 +231,13 @@
         err.className = "run-error";
         err.textContent = m.text;
         out.appendChild(err);
-        finish("");
+        if (m.type === "failed") stop(""); // a fresh frame tries again on the next Run
+        else finish("");
       }
     };
-    worker.postMessage({ code: fig.querySelector("pre:not(.run-output)").textContent });
+    onRunnerMessage = listen;
+    const code = fig.querySelector("pre:not(.run-output)").textContent;
+    current.loaded.then(() => current.frame.contentWindow.postMessage({ code }, "*"));
   }
 
   function applyServerBlock(index) {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import posixpath
 import re
 import secrets
 import sys
@@ -48,12 +49,13 @@ csrf = CSRFProtect()
 log = logging.getLogger("webapp")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
-# No inline script or style, nothing from another origin.
+# No inline script or style, nothing from another origin. No worker either: Run's
+# lives in the runner frame (below).
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
-        "form-action 'self'"
+        "connect-src 'self'; frame-src 'self'; worker-src 'none'; object-src 'none'; "
+        "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
     ),
     "X-Content-Type-Options": "nosniff",
     # Not no-referrer: over HTTPS, Flask-WTF refuses a POST without a same-origin
@@ -62,13 +64,21 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 _SECURITY_ITEMS = list(SECURITY_HEADERS.items())
-# The Run button's worker (and the Pyodide files it loads) compiles WebAssembly:
-# it alone may, with 'wasm-unsafe-eval'. The page keeps the policy above.
-RUNNER_PATHS = ("/static/run-worker.js", "/static/pyodide/")
+# The Run button's code runs in the runner document (a static file), which its policy
+# gives an opaque origin (`sandbox allow-scripts`): no cookies, no storage, no way to
+# the page or top. It may load its scripts and Pyodide's files, fetch only the latter
+# (not the app's routes), and compile WebAssembly, which the page may not. Only the
+# page may frame it. Named by static file, so `/static/pyodide/../x` is x.
+RUNNER_DOCUMENT = "runner.html"
 RUNNER_POLICY = (
-    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'; "
-    "object-src 'none'; base-uri 'none'"
+    "sandbox allow-scripts; default-src 'none'; "
+    "script-src {static}runner.js {static}run-worker.js {static}pyodide/ 'wasm-unsafe-eval'; "
+    "worker-src blob:; connect-src {static}pyodide/; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'self'"
 )
+# From that opaque origin every load is cross-origin: the files it loads (public
+# static files) allow any origin to read them. The app's routes never do.
+RUNNER_FILES = ("run-worker.js", "pyodide/")
 
 
 class JsonFormatter(logging.Formatter):
@@ -274,8 +284,15 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         # No view sets its own, so one look decides for all.
         if "Content-Security-Policy" not in headers:
             headers.extend(_SECURITY_ITEMS)
-            if request.path.startswith(RUNNER_PATHS):
-                headers["Content-Security-Policy"] = RUNNER_POLICY
+            if request.endpoint == "static":
+                # As the static view resolves it: a raw prefix would match `pyodide/../x`.
+                file = posixpath.normpath((request.view_args or {}).get("filename", ""))
+                if file == RUNNER_DOCUMENT:
+                    static = request.host_url + "static/"
+                    headers["Content-Security-Policy"] = RUNNER_POLICY.format(static=static)
+                    headers["X-Frame-Options"] = "SAMEORIGIN"
+                elif file.startswith(RUNNER_FILES):
+                    headers["Access-Control-Allow-Origin"] = "*"
             if request.is_secure:
                 headers["Strict-Transport-Security"] = "max-age=31536000"
         return response
