@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import text, update
+from sqlalchemy import event, text, update
 
 from tests.conftest import ROOT, TEST_SETTINGS, Server
 from tests.fake_upstream import ANSWERS, FakeUpstream
@@ -313,7 +314,7 @@ def test_the_migrations_build_exactly_the_models(database_url: str) -> None:
         context = MigrationContext.configure(connection)
         assert compare_metadata(context, Base.metadata) == []
         revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert revision == "0003"
+    assert revision == "0004"
     store.close()
 
 
@@ -329,7 +330,7 @@ def test_a_database_of_the_first_release_is_upgraded_at_start_up(database_url: s
     store = Store.open(database_url)
     with store.engine.connect() as connection:
         revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert revision == "0003"
+    assert revision == "0004"
     assert store.cancel_requested() == [row.id]
     store.close()
 
@@ -721,3 +722,171 @@ def test_a_follow_up_sent_while_the_end_is_still_being_written_here_builds_on_al
     assert follow_up.status_code == 200 and follow_up.get_data()
     sent = fake.records_for("id=after-slow-end")[-1].body["messages"]
     assert sent[2] == {"role": "assistant", "content": text} and text == "t0 t1 t2 t3 t4 t5 "
+
+
+# -- the history's cost does not grow with its size ---------------------------------
+
+
+def answers_made(client: FlaskClient, count: int, word: str = "plain") -> list[str]:
+    """`count` ended answers, oldest first: their ids."""
+    ids = []
+    for n in range(count):
+        response = client.post(
+            "/generate-code/", json={"prompt": prompt("tokens=1", text=f"Write {word} {n}")}
+        )
+        assert response.get_data()  # the answer ends (and is recorded) as its body is read
+        ids.append(response.headers["X-Answer-ID"])
+    client.get("/answers?limit=1")  # a read in this worker writes what it has queued
+    return ids
+
+
+def listed(
+    client: FlaskClient, url: str, cursor: str | None = None
+) -> tuple[list[str], list[int], str | None]:
+    """Every page of a listing at `url`, from `cursor` on: the ids in order, each
+    page's size, and the cursor of the last page (None when the listing ended)."""
+    ids: list[str] = []
+    sizes: list[int] = []
+    for _ in range(50):
+        body = client.get(url + (f"&before={cursor}" if cursor else "")).get_json()
+        ids += [a["id"] for a in body["answers"]]
+        sizes.append(len(body["answers"]))
+        cursor = body["next"]
+        if cursor is None:
+            break
+    return ids, sizes, cursor
+
+
+def test_paging_with_the_cursor_returns_every_answer_once_even_if_its_answer_went(
+    client: FlaskClient, fake: FakeUpstream
+) -> None:
+    """The cursor says where the next page starts by itself: the answer it came from
+    may be deleted (or pruned, HISTORY_MAX_ANSWERS) before the next page is read."""
+    ids = answers_made(client, 7)[::-1]
+    first = client.get("/answers?limit=3").get_json()
+    assert [a["id"] for a in first["answers"]] == ids[:3]
+    assert client.delete(f"/answers/{ids[2]}").status_code == 204  # the page's last
+    rest, sizes, last = listed(client, "/answers?limit=3", first["next"])
+    assert rest == ids[3:] and sizes == [3, 1] and last is None
+    whole, sizes, _ = listed(client, "/answers?limit=2")
+    assert whole == ids[:2] + ids[3:] and sizes == [2, 2, 2]
+    # An answer's id as the cursor still works, as before: the page after that answer.
+    after_id = client.get(f"/answers?limit=2&before={ids[3]}").get_json()
+    assert [a["id"] for a in after_id["answers"]] == ids[4:6]
+
+
+def test_a_filter_reads_a_bounded_number_of_answers_per_request(
+    client: FlaskClient, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past FILTER_SCAN answers read, a filtered page ends short (even empty) with a
+    cursor that carries on from there; following it finds every match once."""
+    monkeypatch.setattr("webapp.history.FILTER_SCAN", 3)
+    alpha = answers_made(client, 1, "alpha")
+    betas = answers_made(client, 5, "beta")[::-1]
+    first = client.get("/answers?q=alpha").get_json()
+    assert first["answers"] == [] and first["next"] is not None  # 3 betas read, no match
+    found, sizes, last = listed(client, "/answers?q=alpha")
+    assert found == alpha and sizes == [0, 1] and last is None
+    found, sizes, _ = listed(client, "/answers?q=beta&limit=2")
+    assert found == betas and sizes == [2, 2, 1]
+    page = client.get("/?q=alpha").get_data(as_text=True)
+    assert "Write alpha" not in page and "?q=alpha&amp;before=" in page  # the page says more
+
+
+def test_the_page_s_list_pages_through_older_answers(
+    client: FlaskClient, fake: FakeUpstream
+) -> None:
+    ids = answers_made(client, 23)[::-1]
+    html = client.get("/").get_data(as_text=True)
+    shown = re.findall(r'<li><a href="/a/([^"]+)"', html)
+    assert shown == ids[:20]
+    older = re.search(r'href="(/\?before=[^"]+)"', html)
+    assert older is not None
+    html = client.get(older.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert re.findall(r'<li><a href="/a/([^"]+)"', html) == ids[20:]
+    assert "?before=" not in html  # the last page
+
+
+def test_a_page_of_the_list_reads_the_owner_s_index_not_every_answer(
+    app: Flask, database_url: str
+) -> None:
+    """Each read of a listing (first page, a cursor's, a filter's, the page's) walks the
+    (owner, created_at, id) index: no sort of all the owner's answers."""
+    client = app.test_client()
+    answers_made(client, 3)
+    engine = app.extensions["history"].store.engine
+    reads: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM answers" in statement:
+            reads.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        cursor = client.get("/answers?limit=1").get_json()["next"]
+        client.get(f"/answers?limit=1&before={cursor}")
+        client.get("/answers?limit=1&q=plain")
+        client.get("/?q=plain")
+        client.get("/")
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert len(reads) >= 5
+    with engine.connect() as connection:
+        for statement, parameters in reads:
+            if engine.dialect.name == "sqlite":
+                plan = " | ".join(
+                    row[-1]
+                    for row in connection.exec_driver_sql(
+                        "EXPLAIN QUERY PLAN " + statement, parameters
+                    )
+                )
+                assert "USE TEMP B-TREE FOR ORDER BY" not in plan, (statement, plan)
+                assert "USING" in plan and "INDEX" in plan, (statement, plan)
+            else:
+                # A table this small is read whole whatever its indexes: ask for the
+                # plan as a big one would get, where only a matching index avoids a sort.
+                connection.exec_driver_sql("SET enable_seqscan = off")
+                plan = "\n".join(
+                    row[0] for row in connection.exec_driver_sql("EXPLAIN " + statement, parameters)
+                )
+                assert "Sort" not in plan, (statement, plan)
+                assert "Index Scan" in plan or "Index Only Scan" in plan, (statement, plan)
+
+
+def test_past_history_max_answers_the_oldest_go_but_running_ones_stay(
+    make_app: Callable[..., Flask], upstream: FakeUpstream, database_url: str
+) -> None:
+    """HISTORY_MAX_ANSWERS: each owner keeps the newest; the oldest go as new ones come,
+    except one still running. A conversation loses its oldest versions first (a
+    follow-up builds on what is left), and goes with its last."""
+    client = make_app(database_url, HISTORY_MAX_ANSWERS="3").test_client()
+    other = make_app(database_url).test_client()  # another owner, far from the bound
+    theirs = answers_made(other, 4, "theirs")
+    running = client.post("/generate-code/", json={"prompt": prompt("tokens=3")})
+    old = client.post("/generate-code/", json={"prompt": prompt("tokens=2", "Write first")})
+    assert old.get_data()
+    conversation = old.headers["X-Conversation-ID"]
+
+    def follow_up(text: str) -> Any:
+        body = {"prompt": prompt("tokens=2", text), "conversation_id": conversation}
+        return client.post("/generate-code/", json=body)
+
+    newer = follow_up("Write second")
+    assert newer.get_data()
+    made = answers_made(client, 2)
+    ids = [a["id"] for a in client.get("/answers").get_json()["answers"]]
+    # The oldest ended one went; the running one stays (its end must find its row).
+    assert ids == [*made[::-1], newer.headers["X-Answer-ID"], running.headers["X-Answer-ID"]]
+    assert running.get_data()  # it ends: from now on it may go too
+    assert client.get(f"/answers/{old.headers['X-Answer-ID']}").status_code == 404
+    follow = follow_up("Write third")
+    assert follow.status_code == 200 and follow.get_data()
+    sent = json.dumps(upstream.records_for("Write third")[-1].body["messages"])
+    assert "Write second" in sent and "Write first" not in sent
+    ids = [a["id"] for a in client.get("/answers").get_json()["answers"]]
+    assert ids == [follow.headers["X-Answer-ID"], *made[::-1]]
+    answers_made(client, 3)
+    gone = follow_up("Write fourth")
+    assert gone.status_code == 404
+    assert gone.get_json()["error"]["code"] == "conversation_not_found"
+    assert [a["id"] for a in other.get("/answers").get_json()["answers"]] == theirs[::-1]

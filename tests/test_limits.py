@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.conftest import Redis
+from tests.conftest import TEST_SETTINGS, Redis, free_port
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import metrics, post, value
+from webapp import create_app
 
 # -- rate limits across processes, with a real Redis -------------------------------
 
@@ -74,6 +76,43 @@ def test_the_history_has_a_rate_limit_of_its_own_shared_through_redis(
     # Answers can still be started: their window is another.
     assert [post(first).status_code, post(second).status_code] == [200, 200]
     assert post(first).status_code == 429  # and RATE_LIMIT still holds
+
+
+def test_the_page_s_filter_counts_against_the_history_s_limit_the_plain_page_never(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """`GET /?q=` reads through the owner's answers: it counts against
+    HISTORY_RATE_LIMIT. The plain page (an empty filter too) never does: it keeps
+    working when the limiter's Redis is down, even with RATE_LIMIT_FAIL_OPEN off."""
+    settings = {**TEST_SETTINGS, "OPENAI_BASE_URL": upstream.url, "DATA_DIR": str(tmp_path)}
+    app = create_app({**settings, "HISTORY_RATE_LIMIT": "2/minute"})
+    client = app.test_client()
+    assert [client.get(url).status_code for url in ("/", "/?q=", "/?q=+", "/")] == [200] * 4
+    assert [client.get("/?q=alpha").status_code, client.get("/?q=beta").status_code] == [200, 200]
+    refused = client.get("/?q=gamma", headers={"Accept": "text/html"})
+    assert refused.status_code == 429 and "Too many requests" in refused.get_data(as_text=True)
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert client.get("/").status_code == 200
+    close(app)
+    # No Redis where REDIS_URL points, and the limiter may not fail open.
+    down = create_app(
+        {
+            **settings,
+            "HISTORY_RATE_LIMIT": "100/minute",
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "RATE_LIMIT_FAIL_OPEN": "false",
+        }
+    )
+    client = down.test_client()
+    assert client.get("/").status_code == 200
+    failed = client.get("/?q=alpha", headers={"Accept": "application/json"})
+    assert failed.status_code == 503 and failed.get_json()["error"]["code"] == "limiter_unavailable"
+    close(down)
+
+
+def close(app: Any) -> None:
+    app.extensions["generation"].provider.close()  # its pooled upstream connections
+    app.extensions["history"].close()
 
 
 def test_redis_going_away_fails_open_and_shows_in_health(

@@ -161,8 +161,10 @@ def identify_and_limit() -> None:
     generating = request.method == "POST" and request.endpoint in LIMITED_ENDPOINTS
     if not generating and request.blueprint != "answers":
         # The page's own routes find their owner in the session; those that read
-        # the history are counted by address (a share link needs no sign-in).
-        if request.endpoint in HISTORY_PAGE_ENDPOINTS:
+        # the history are counted by address (a share link needs no sign-in), and so
+        # is the page's filter (`/?q=`), a scan of the owner's answers.
+        filtering = request.endpoint == "ui.index" and request.args.get("q", "").strip()
+        if request.endpoint in HISTORY_PAGE_ENDPOINTS or filtering:
             guard.check_history_rate(g.client_id)
         return
     key_id = (
@@ -235,6 +237,7 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         recorder = Recorder(
             Store.open(config.database),
             history_days=config.history_days,
+            max_answers=config.history_max_answers,
             on_failure=record_history_failure,
             on_cancel=jobs.cancel,
             cancellable=jobs.running,

@@ -42,6 +42,7 @@ _ZERO_ALLOWED = frozenset(
         "trust_forwarded_for",
         "default_temperature",
         "history_days",
+        "history_max_answers",
     }
 )
 
@@ -159,7 +160,8 @@ class Config:
         "600/minute",
         "Requests per client per window to the history: `/answers…` (not a Stop), the "
         "page's answer, compare, download, share and delete routes, re-attaching, share "
-        "links. Apart from `RATE_LIMIT`; `off` disables it.",
+        "links, the page's filter (`/?q=`; not the page itself). Apart from `RATE_LIMIT`; "
+        "`off` disables it.",
     )
     auth_failure_limit: str = _setting(
         "10/minute",
@@ -198,6 +200,12 @@ class Config:
     )
     history_days: int = _setting(
         0, "Delete answers older than this many days (a periodic task); 0 keeps them."
+    )
+    history_max_answers: int = _setting(
+        1000,
+        "Answers kept per owner: past it, the oldest are deleted as new ones are written "
+        "(none still running); a conversation loses its oldest versions first, and a "
+        "follow-up builds on those left. 0 keeps them all.",
     )
     data_dir: str = _setting(
         "~/.local/share/streaming-codegen",

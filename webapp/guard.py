@@ -35,7 +35,8 @@ LIMITED_ENDPOINTS = frozenset(
 )
 # The page's routes that read or change the history (each is a database read, and
 # a share link is open to anyone), limited by HISTORY_RATE_LIMIT as the API's
-# /answers routes are. Not the page itself, which must not wait on Redis.
+# /answers routes are. Not the page itself, which must not wait on Redis (its
+# filter, `/?q=`, counts: webapp/app.py).
 HISTORY_PAGE_ENDPOINTS = frozenset(
     {
         "ui.reattach",

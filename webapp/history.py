@@ -19,7 +19,7 @@ import fcntl
 import functools
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 import orjson
 from sqlalchemy import (
     JSON,
+    ColumnElement,
     DateTime,
     Float,
     ForeignKey,
@@ -42,11 +43,12 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from webapp.errors import HistoryUnavailable
 from webapp.ids import made_at, sortable_id
@@ -65,6 +67,16 @@ MAX_PAGE_SIZE = 100
 MAX_VERSIONS = 100
 # Earlier versions a follow-up considers: MAX_PROMPT_TOKENS keeps fewer anyway.
 MAX_TURNS = 20
+# Answers a filter (`?q=`) reads per request at most, newest first from its cursor:
+# the match is a scan of their text, so a page of matches may end short (even empty)
+# with a cursor that carries on from there. Without it, a filter read every answer
+# of the owner's.
+FILTER_SCAN = 500
+# Answers pruned at most per owner and write past HISTORY_MAX_ANSWERS: a bound lowered
+# below what owners hold is reached over their next answers, not in one long write.
+PRUNE_BATCH = 500
+# An answer still being written: its end must find its row, so it is never pruned.
+RUNNING = ("pending", CANCELLING)
 
 
 P = ParamSpec("P")
@@ -135,7 +147,7 @@ class AnswerRow(Base):
         String(32), ForeignKey("conversations.id", ondelete="CASCADE"), index=True
     )
     parent_id: Mapped[str | None] = mapped_column(String(32))
-    owner: Mapped[str] = mapped_column(String(80), index=True)
+    owner: Mapped[str] = mapped_column(String(80))  # ix_answers_owner_listing
     prompt: Mapped[str] = mapped_column(Text)
     language: Mapped[str | None] = mapped_column(String(40))
     model: Mapped[str] = mapped_column(String(200))
@@ -163,11 +175,34 @@ class AnswerRow(Base):
             sqlite_where=_IS_CANCELLING,
             postgresql_where=_IS_CANCELLING,
         ),
+        # An owner's answers in the listing's order (read backwards: newest first), so
+        # a page, a cursor's or a filter's, reads its rows and no others: the same
+        # cost at 20 answers or 200,000, where it sorted all of them.
+        Index("ix_answers_owner_listing", "owner", "created_at", "id"),
     )
 
 
 # The answers table itself, for the statements that need no ORM.
 ANSWERS = Base.metadata.tables["answers"]
+# The listing's order and an answer's place in it, as ix_answers_owner_listing has them.
+_NEWEST_FIRST = (AnswerRow.created_at.desc(), AnswerRow.id.desc())
+_listing_place = tuple_(AnswerRow.created_at, AnswerRow.id)
+_EPOCH = datetime(1970, 1, 1)
+
+
+def cursor_of(created_at: datetime, answer_id: str) -> str:
+    """A listing's `next`: the place of the last answer it read ("<id>.<microseconds>").
+    The next page starts after that place, so it holds once that answer is gone."""
+    return f"{answer_id}.{(created_at - _EPOCH) // timedelta(microseconds=1)}"
+
+
+def _matching(query: str) -> ColumnElement[bool]:
+    """The filter: `query` in the prompt or the answer, case aside, taken literally."""
+    like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return or_(
+        func.lower(AnswerRow.prompt).like(like.lower(), escape="\\"),
+        func.lower(AnswerRow.text).like(like.lower(), escape="\\"),
+    )
 
 
 def stamp_text(seconds: float) -> str:
@@ -586,42 +621,51 @@ class Store:
     def page(
         self, owner: str, *, query: str = "", limit: int = PAGE_SIZE, before: str | None = None
     ) -> tuple[list[StoredAnswer], str | None]:
-        """The owner's answers, newest first, filtered by a text in the prompt or the
-        answer; and the cursor of the next page (None on the last)."""
+        """The owner's answers, newest first, after the cursor `before` (a `next`, or
+        an answer's id), filtered by a text in the prompt or the answer; and the cursor
+        of the next page (None on the last). Each is a range of ix_answers_owner_listing:
+        `limit` rows read, or FILTER_SCAN at most with a filter."""
         limit = max(1, min(limit, MAX_PAGE_SIZE))
-        statement = select(AnswerRow).where(AnswerRow.owner == owner)
-        if query.strip():
-            like = (
-                "%"
-                + query.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                + "%"
-            )
-            statement = statement.where(
-                or_(
-                    func.lower(AnswerRow.prompt).like(like.lower(), escape="\\"),
-                    func.lower(AnswerRow.text).like(like.lower(), escape="\\"),
-                )
-            )
+        mine = [AnswerRow.owner == owner]
         with self._session() as session:
-            if before is not None:
-                anchor = session.scalar(
-                    select(AnswerRow).where(AnswerRow.id == before, AnswerRow.owner == owner)
-                )
-                if anchor is not None:
-                    statement = statement.where(
-                        or_(
-                            AnswerRow.created_at < anchor.created_at,
-                            (AnswerRow.created_at == anchor.created_at)
-                            & (AnswerRow.id < anchor.id),
-                        )
-                    )
-            rows = session.scalars(
-                statement.order_by(AnswerRow.created_at.desc(), AnswerRow.id.desc()).limit(
-                    limit + 1
-                )
-            ).all()
+            start = self._cursor_place(session, owner, before) if before else None
+            if start is not None:
+                mine.append(_listing_place < start)
+            statement = select(AnswerRow).where(*mine)
+            scanned_to = None
+            if query.strip():
+                # The last answer this request may read, when more follow it: the filter
+                # reads no further, and the next page starts after it.
+                edge = session.execute(
+                    select(AnswerRow.created_at, AnswerRow.id)
+                    .where(*mine)
+                    .order_by(*_NEWEST_FIRST)
+                    .offset(FILTER_SCAN - 1)
+                    .limit(2)
+                ).all()
+                if len(edge) == 2:
+                    scanned_to = edge[0][0], edge[0][1]
+                    statement = statement.where(_listing_place >= scanned_to)
+                statement = statement.where(_matching(query.strip()))
+            rows = session.scalars(statement.order_by(*_NEWEST_FIRST).limit(limit + 1)).all()
         found = [StoredAnswer.of(r) for r in rows[:limit]]
-        return found, (found[-1].id if len(rows) > limit else None)
+        if len(rows) > limit:
+            return found, cursor_of(found[-1].created_at, found[-1].id)
+        return found, (cursor_of(*scanned_to) if scanned_to is not None else None)
+
+    @staticmethod
+    def _cursor_place(session: Session, owner: str, before: str) -> tuple[datetime, str] | None:
+        """Where a cursor points: the place it carries, or that of the owner's answer
+        it names; None (the first page) for neither."""
+        answer_id, dot, micros = before.partition(".")
+        if dot and micros.isascii() and micros.isdigit() and len(micros) <= 16:
+            return _EPOCH + timedelta(microseconds=int(micros)), answer_id
+        found = session.execute(
+            select(AnswerRow.created_at, AnswerRow.id).where(
+                AnswerRow.id == before, AnswerRow.owner == owner
+            )
+        ).first()
+        return None if found is None else (found[0], found[1])
 
     @translated
     def versions(
@@ -704,6 +748,48 @@ class Store:
                 .values(share_id=None)
             )
             return bool(result.rowcount)
+
+    @translated
+    def prune(self, owners: Collection[str], keep: int) -> int:
+        """HISTORY_MAX_ANSWERS: past its newest `keep` answers, each owner's oldest go
+        (PRUNE_BATCH at most), but none still running; then their conversations, once
+        empty. A conversation thus loses its oldest versions first, as with
+        HISTORY_DAYS. Returns how many answers went."""
+        gone = 0
+        with self._session() as session, session.begin():
+            for who in owners:
+                first_out = session.execute(
+                    select(AnswerRow.created_at, AnswerRow.id)
+                    .where(AnswerRow.owner == who)
+                    .order_by(*_NEWEST_FIRST)
+                    .offset(keep)
+                    .limit(1)
+                ).first()
+                if first_out is None:
+                    continue
+                doomed = session.execute(
+                    select(AnswerRow.id, AnswerRow.conversation_id)
+                    .where(
+                        AnswerRow.owner == who,
+                        _listing_place <= tuple(first_out),
+                        AnswerRow.outcome.not_in(RUNNING),
+                    )
+                    .order_by(AnswerRow.created_at, AnswerRow.id)
+                    .limit(PRUNE_BATCH)
+                ).all()
+                if not doomed:
+                    continue
+                session.execute(delete(AnswerRow).where(AnswerRow.id.in_([d.id for d in doomed])))
+                session.execute(
+                    delete(Conversation).where(
+                        Conversation.id.in_({d.conversation_id for d in doomed}),
+                        ~select(AnswerRow.id)
+                        .where(AnswerRow.conversation_id == Conversation.id)
+                        .exists(),
+                    )
+                )
+                gone += len(doomed)
+        return gone
 
     @translated
     def purge(self, days: int, batch: int = 500) -> int:

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, render_template
 from pydantic import BaseModel, ConfigDict, Field
 
 from webapp.config import Config
+from webapp.history import FILTER_SCAN
 from webapp.schema import GenerateCodeRequest
 
 bp = Blueprint("docs", __name__)
@@ -122,7 +123,12 @@ class AnswerSummary(BaseModel):
 
 class AnswerList(BaseModel):
     answers: list[AnswerSummary] = Field(description="Newest first.")
-    next: str | None = Field(description="Pass as `before` for the next page; null on the last.")
+    next: str | None = Field(
+        description="Pass as `before` for the next page; null on the last. It holds the "
+        "place of the page's end, so it still works once that answer is gone. With `q`, a "
+        f"request reads the next {FILTER_SCAN} answers at most: a page may hold fewer than "
+        "`limit` matches, even none, while `next` is not null."
+    )
 
 
 class ShareLink(BaseModel):
@@ -327,13 +333,24 @@ def history_paths(error: dict[str, Any], request_id: dict[str, Any]) -> dict[str
                 "operationId": "listAnswers",
                 "summary": "Your answers, newest first",
                 "parameters": [
-                    {"name": "q", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "q",
+                        "in": "query",
+                        "description": "Only answers with this text in the prompt or the "
+                        "answer (case aside).",
+                        "schema": {"type": "string"},
+                    },
                     {
                         "name": "limit",
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": 100},
                     },
-                    {"name": "before", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "description": "The `next` of the page before (or an answer's id).",
+                        "schema": {"type": "string"},
+                    },
                 ],
                 "responses": {**ok("AnswerList", "A page"), **failures("400", "401", "404")},
             }

@@ -19,6 +19,8 @@ A `Recorder` keeps one writer greenlet per worker:
   that started or ended meanwhile. Reads in this worker flush the queue first;
   another worker sees a new answer or an end 50 ms later, or up to QUIET_WAIT
   more when this worker is busy. An end is never written before its row.
+- with HISTORY_MAX_ANSWERS, each owner with new answers in a write loses its oldest
+  past the bound, in a transaction of its own (a failed prune loses no new row).
 
 The relay never knows: it appends to a list, and the writer reads that list's
 length to see growth. A failed write is logged and counted, and never reaches
@@ -82,6 +84,7 @@ class Recorder:
         store: Store,
         *,
         history_days: int = 0,
+        max_answers: int = 0,
         on_failure: Callable[[str], None] = lambda operation: None,
         on_cancel: Callable[[str], object] = lambda answer_id: None,
         cancellable: Callable[[], Collection[str]] = list,
@@ -89,6 +92,7 @@ class Recorder:
     ) -> None:
         self.store = store
         self.history_days = history_days
+        self.max_answers = max_answers
         self._on_failure = on_failure
         self._on_cancel = on_cancel
         self._cancellable = cancellable
@@ -194,6 +198,18 @@ class Recorder:
             return
         for _, recording in queued:
             recording.written = True
+        if self.max_answers and queued:
+            self._prune({new.owner for new, _ in queued})
+
+    def _prune(self, owners: set[str]) -> None:
+        """HISTORY_MAX_ANSWERS: only owners who just added answers can be past it."""
+        try:
+            gone = self.store.prune(owners, self.max_answers)
+        except HistoryUnavailable:
+            self._failed("prune")
+            return
+        if gone:
+            log.info("history prune", extra={"fields": {"deleted": gone}})
 
     def close(self) -> None:
         """Write what is queued, stop the writer, close the database's connections

@@ -208,21 +208,23 @@ def _signin_page(form: SignInForm, error: str | None) -> str:
 HISTORY_LIST = 20
 
 
-def recent_answers() -> tuple[list[Any] | None, str]:
-    """The owner's latest answers for the list beside the form (None: HISTORY=off),
-    filtered by `?q=`."""
+def recent_answers() -> dict[str, Any]:
+    """The list beside the form, as the templates take it: the owner's answers
+    (`history`, None: HISTORY=off), newest first after `?before=`, filtered by `?q=`
+    (`query`), and the cursor of the older ones (`older`, None on the last page)."""
     history = recorder()
     query = request.args.get("q", "")[:200]
     if history is None:
-        return None, query
-    found, _ = history.store.page(owner(), query=query, limit=HISTORY_LIST)
-    return found, query
+        return {"history": None, "query": query, "older": None}
+    found, older = history.store.page(
+        owner(), query=query, limit=HISTORY_LIST, before=request.args.get("before") or None
+    )
+    return {"history": found, "query": query, "older": older}
 
 
 @bp.get("/")
 def index() -> str:
-    answers, query = recent_answers()
-    return page("index.html", form=prompt_form(), history=answers, query=query)
+    return page("index.html", form=prompt_form(), **recent_answers())
 
 
 @bp.post("/")
@@ -239,8 +241,7 @@ def submit() -> Response | tuple[str, int]:
         relay.start(commit_after=None)
     except AppError as exc:
         return page("index.html", form=form, form_error=exc.message), exc.status
-    answers, query = recent_answers()
-    head, tail = page("index.html", form=form, streaming=True, history=answers, query=query).split(
+    head, tail = page("index.html", form=form, streaming=True, **recent_answers()).split(
         "<!--answer-->", 1
     )
     return Response(
