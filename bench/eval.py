@@ -3,7 +3,6 @@
     python -m bench.eval [--url http://localhost:8000] [--subset even|odd|all] [--limit N]
     python -m bench.eval --direct            # the same GGUF through llama-cpp-python, bare
     python -m bench.eval --compare A.json B.json   # two runs, problem by problem
-                                                   # (the README's: bench/eval-runs/)
 
 Each problem is asked as a person would ("Complete this Python function", its
 signature and docstring) through `POST /generate-code/`. The first Python code

@@ -96,8 +96,7 @@ def tree_counters(pid: int) -> dict[str, float]:
     """Where a process tree's CPU went, from /proc (all threads of each process):
     user and kernel seconds (clock ticks: read them over seconds of work, not per
     request), minor page faults, and context switches it asked for (waits) and was
-    forced into (preemption). Cachegrind sees none of the kernel's part; these say
-    whether a difference in CPU is there."""
+    forced into (preemption): whether a difference in CPU is in the kernel's part."""
     tick = os.sysconf("SC_CLK_TCK")
     totals = dict.fromkeys(COUNTERS, 0.0)
     for p in tree(pid):
@@ -416,9 +415,9 @@ def main() -> int:
                 ("300 streams at 20 tok/s, all at once", 300, 100, 20.0, 300, False, 0.0),
                 # 100 tokens at 20/s last 5 s: one start every 5/300 s keeps 300 open.
                 ("300 streams at 20 tok/s, steady", 600, 100, 20.0, 300, False, 5.0 / 300),
-                # The length of this app's own answers (median 293 tokens over the
-                # HumanEval runs in bench/eval-runs): what history's per-answer cost
-                # is spread over in use, against the 100 of the rows above.
+                # The length of this app's own answers (median 293 tokens over its
+                # HumanEval answers): what history's per-answer cost is spread over
+                # in use, against the 100 of the rows above.
                 ("300 streams of 300 tok at 20 tok/s", 300, 300, 20.0, 300, False, 0.0),
                 ("1000 streams at 5 tok/s", 1000, 25, 5.0, 1000, True, 0.0),
             ]

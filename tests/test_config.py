@@ -1,4 +1,4 @@
-"""Config: parsing, the errors that name the setting, and the README table."""
+"""Config: parsing, the errors that name the setting, and the table in docs/configuration.md."""
 
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ def test_dotenv_is_read_under_the_environment(
     assert config.max_output_tokens == 88
 
 
-def test_the_readme_table_matches_the_code() -> None:
-    assert settings_table() in (ROOT / "README.md").read_text()
+def test_the_settings_table_in_the_docs_matches_the_code() -> None:
+    assert settings_table() in (ROOT / "docs" / "configuration.md").read_text()
 
 
 def test_gunicorn_refuses_to_start_on_a_bad_setting() -> None:

@@ -1,8 +1,8 @@
 """Every setting, read once from the environment and an optional `.env`.
 
 Only this module reads `os.environ`. Each field's metadata carries its
-environment name and its meaning; `settings_table()` renders the README table
-from the same source, so the docs cannot drift from the code.
+environment name and its meaning; `settings_table()` renders the table in
+docs/configuration.md from the same source, so the docs cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class Config:
     default_temperature: float = _setting(
         0.0,
         "Temperature sent when a request names none (the page's form starts from it). "
-        "0 (greedy) by `make eval`: 72.0% pass@1 against 69.5% at 0.2 (README).",
+        "0 (greedy) by `make eval`: 72.0% pass@1 against 69.5% at 0.2 (docs/quality.md).",
     )
     repeat_penalty: float = _setting(
         1.0, "The embedded model's repetition penalty (1.0: none). Chosen by `make eval`."
@@ -363,7 +363,7 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
 
 
 def settings_table() -> str:
-    """The README's configuration table, rendered from the field metadata."""
+    """The configuration table (docs/configuration.md), rendered from the field metadata."""
     rows = ["| Setting | Default | Meaning |", "| --- | --- | --- |"]
     for f in fields(Config):
         default = f.default
@@ -376,8 +376,8 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
-def update_readme(path: Path) -> None:
-    """Rewrite the table between the README's settings markers."""
+def update_docs(path: Path) -> None:
+    """Rewrite the table between the page's settings markers."""
     text = path.read_text()
     start, end = "<!-- settings -->\n", "<!-- /settings -->"
     head, _, rest = text.partition(start)
@@ -388,7 +388,7 @@ def update_readme(path: Path) -> None:
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] == ["--readme"]:
-        update_readme(Path(__file__).resolve().parent.parent / "README.md")
+    if sys.argv[1:] == ["--docs"]:
+        update_docs(Path(__file__).resolve().parent.parent / "docs" / "configuration.md")
     else:
         print(settings_table())
