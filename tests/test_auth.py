@@ -84,3 +84,41 @@ def test_wrong_keys_are_limited_per_address(serve: Any, fake: FakeUpstream) -> N
     token = csrf_token_of(visitor.get(server.url + "/signin").text)
     page = visitor.post(server.url + "/signin", data={"csrf_token": token, "key": "sk-live-one"})
     assert page.status_code == 429
+
+
+@pytest.mark.parametrize("kept_in", ["database", "redis"])
+def test_a_sign_out_ends_every_copy_of_the_session(
+    serve: Any, fake: FakeUpstream, tmp_path: Any, request: pytest.FixtureRequest, kept_in: str
+) -> None:
+    """A cookie copied before /signout opened the history for 31 days; now the
+    sign-in itself ends, on every worker, and so does one whose key was removed."""
+    settings = {"API_KEYS": "sk-live-one", "WEB_CONCURRENCY": "2", "DATA_DIR": str(tmp_path)}
+    if kept_in == "redis":
+        settings["REDIS_URL"] = request.getfixturevalue("redis_server").url
+    server = serve(**settings)
+    server.wait_workers(2)
+    visitor = requests.Session()
+    token = csrf_token_of(visitor.get(server.url + "/signin").text)
+    visitor.post(server.url + "/signin", data={"csrf_token": token, "key": "sk-live-one"})
+    copied = dict(visitor.cookies)
+    for _ in range(6):  # whichever worker answers
+        assert requests.get(server.url + "/answers", cookies=copied, timeout=5).status_code == 200
+    token = csrf_token_of(visitor.get(server.url + "/").text)
+    assert visitor.post(server.url + "/signout", data={"csrf_token": token}).status_code == 200
+    for _ in range(6):
+        stale = requests.get(server.url + "/answers", cookies=copied, timeout=5)
+        assert stale.status_code == 401
+        assert stale.json()["error"]["code"] == "sign_in_required"
+        page = requests.get(server.url + "/", cookies=copied, timeout=5, allow_redirects=False)
+        assert page.status_code == 302 and page.headers["Location"].endswith("/signin")
+
+    # A key removed from API_KEYS: its sign-ins end with it (same secret, same store).
+    again = requests.Session()
+    token = csrf_token_of(again.get(server.url + "/signin").text)
+    again.post(server.url + "/signin", data={"csrf_token": token, "key": "sk-live-one"})
+    assert again.get(server.url + "/answers", timeout=5).status_code == 200
+    rotated = serve(**{**settings, "API_KEYS": "sk-live-two"})
+    assert (
+        requests.get(rotated.url + "/answers", cookies=dict(again.cookies), timeout=5).status_code
+        == 401
+    )

@@ -13,15 +13,17 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
-from flask import Flask, Response, current_app, g, request, session
+from flask import Flask, Response, current_app, g, request
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webapp.config import Config
 from webapp.errors import (
     ClientReadTimeout,
+    Forbidden,
     HistoryUnavailable,
     PayloadTooLarge,
     RequestTimeout,
@@ -42,6 +44,7 @@ from webapp.providers import build_provider
 from webapp.recording import Recorder
 from webapp.responses import register_error_handlers
 from webapp.sessions import CookieSessions
+from webapp.signins import SignIns, session_key
 from webapp.tokens import count_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,14 +118,43 @@ def assign_request_id() -> None:
 
 
 def page_key(guard: Guard) -> str | None:
-    """With API keys set, the page needs a sign-in: the key's id, kept in the
-    signed session. A key removed from the config signs its sessions out."""
+    """With API keys set, the page needs a sign-in (webapp/signins.py): the key's id.
+    A sign-out, or a key removed from the config, ends it."""
     if not guard.key_digests:
         return None
-    key_id = session.get("key_id")
-    if isinstance(key_id, str) and guard.knows(key_id):
+    key_id = session_key(guard)
+    if key_id is not None:
         return key_id
     raise Unauthorized("Sign in with an API key first.", code="sign_in_required")
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def presents_key(headers: Any) -> bool:
+    """Whether the request carries an API key (X-API-Key or a bearer token)."""
+    return bool(headers.get("X-API-Key")) or headers.get("Authorization", "")[:7].lower() == (
+        "bearer "
+    )
+
+
+def require_same_origin() -> None:
+    """Refuse a cookie-authenticated change sent from another site (CSRF): browsers say
+    where a request comes from (Sec-Fetch-Site, Origin); scripts send neither and
+    hold their own cookie, so they are let through."""
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    if site is not None:
+        allowed = site in ("same-origin", "none")
+    elif origin is not None:
+        allowed = origin != "null" and urlsplit(origin).netloc == request.host
+    else:
+        return
+    if not allowed:
+        raise Forbidden(
+            "A change to the history from another site is refused (cross-site request).",
+            code="cross_site_request",
+        )
 
 
 def _body_too_large(limit: int) -> PayloadTooLarge:
@@ -167,16 +199,21 @@ def identify_and_limit() -> None:
         if request.endpoint in HISTORY_PAGE_ENDPOINTS or filtering:
             guard.check_history_rate(g.client_id)
         return
-    key_id = (
-        guard.authenticate(request.headers, request.remote_addr or "")
-        if request.blueprint in ("api", "answers")
-        else page_key(guard)
-    )
+    if request.blueprint == "api" or presents_key(request.headers):
+        key_id = guard.authenticate(request.headers, request.remote_addr or "")
+    else:
+        # The page's cookie (the answers API without a key): a change needs a request
+        # from this origin, as the page's own fetches are; under API_KEYS, its sign-in.
+        if request.blueprint == "answers" and request.method not in _SAFE_METHODS:
+            require_same_origin()
+        key_id = page_key(guard)
     if key_id is not None:
         g.client_id = f"key:{key_id}"
     if generating:
         guard.check_rate(g.client_id)
-    elif request.endpoint not in HISTORY_UNLIMITED_ENDPOINTS:
+    elif request.endpoint in HISTORY_UNLIMITED_ENDPOINTS:
+        guard.check_stop_rate(g.client_id)
+    else:
         guard.check_history_rate(g.client_id)
 
 
@@ -235,7 +272,7 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     app.extensions["jobs"] = jobs
     if config.history:
         recorder = Recorder(
-            Store.open(config.database),
+            Store.open(config.database, lease=config.answer_lease),
             history_days=config.history_days,
             max_answers=config.history_max_answers,
             on_failure=record_history_failure,
@@ -244,6 +281,15 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         )
         recorder.purge_now()
         app.extensions["history"] = recorder
+    if guard.key_digests:  # the page signs in: kept where every instance sees a sign-out
+        history: Recorder | None = app.extensions.get("history")
+        app.extensions["sign_ins"] = SignIns(
+            lifetime=app.permanent_session_lifetime.total_seconds(),
+            redis_url=config.redis_url,
+            store=None
+            if config.redis_url
+            else (history.store if history else Store.open(config.database)),
+        )
     if config.trust_forwarded_for:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=config.trust_forwarded_for, x_proto=config.trust_forwarded_for

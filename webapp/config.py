@@ -163,6 +163,25 @@ class Config:
         "links, the page's filter (`/?q=`; not the page itself). Apart from `RATE_LIMIT`; "
         "`off` disables it.",
     )
+    answer_lease: float = _setting(
+        15.0,
+        "Seconds after which a running answer whose instance stopped renewing it (a "
+        "crash, a restart, the OOM killer) counts as interrupted: readers anywhere hear "
+        "so with the text so far, its row says `interrupted`, and Continue carries it "
+        "on. Renewed every 2 s; keep it at 6 or more.",
+    )
+    stop_rate_limit: str = _setting(
+        "300/minute",
+        "Stops (`POST /answers/<id>/cancel`) per client per window, apart from the other "
+        "limits: far above what stopping real answers needs (each was started under "
+        "`RATE_LIMIT`), so it only refuses a flood. `off` disables it.",
+    )
+    metrics_token: str = _setting(
+        "",
+        "Bearer token for the scraper of `/metrics`. With it or `API_KEYS` set, `/metrics` "
+        "needs `Authorization: Bearer <METRICS_TOKEN or an API key>` (it shows routes, "
+        "tokens and spend); with neither, it is open.",
+    )
     auth_failure_limit: str = _setting(
         "10/minute",
         "Wrong API keys (API or page sign-in) allowed per address and window; past it, "
@@ -307,9 +326,11 @@ class Config:
             fail("port", "must be a TCP port")
         if self.retry_max_delay < self.retry_base_delay:
             fail("retry_max_delay", "must be at least RETRY_BASE_DELAY")
+        if self.answer_lease < 6:
+            fail("answer_lease", "must be at least 6 (it is renewed every 2 s)")
         if self.allowed_models and self.model not in self.allowed_models:
             fail("model", "must be one of ALLOWED_MODELS")
-        for name in ("rate_limit", "history_rate_limit", "auth_failure_limit"):
+        for name in ("rate_limit", "history_rate_limit", "stop_rate_limit", "auth_failure_limit"):
             value = getattr(self, name)
             if value.lower() != "off" and not _RATE.fullmatch(value.strip()):
                 fail(name, "must look like 20/minute, or be off")

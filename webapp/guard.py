@@ -51,7 +51,8 @@ HISTORY_PAGE_ENDPOINTS = frozenset(
     }
 )
 # The API's /answers routes all count against it, but a Stop, which only lightens
-# the load: it is never refused for the history's rate.
+# the load: it is never refused for the history's rate, only past STOP_RATE_LIMIT
+# (a window of its own, far above what stopping real answers needs).
 HISTORY_UNLIMITED_ENDPOINTS = frozenset({"answers.cancel_answer"})
 
 
@@ -108,6 +109,9 @@ class Guard:
         self.rate = None if config.rate_limit.lower() == "off" else parse(config.rate_limit)
         self.history_rate = (
             None if config.history_rate_limit.lower() == "off" else parse(config.history_rate_limit)
+        )
+        self.stop_rate = (
+            None if config.stop_rate_limit.lower() == "off" else parse(config.stop_rate_limit)
         )
         self.auth_rate = (
             None if config.auth_failure_limit.lower() == "off" else parse(config.auth_failure_limit)
@@ -219,6 +223,16 @@ class Guard:
                 ("history", client),
                 "history",
                 f"the history's limit is {self.config.history_rate_limit}",
+            )
+
+    def check_stop_rate(self, client: str) -> None:
+        """Count a Stop of `client`: 429 past STOP_RATE_LIMIT (its own window)."""
+        if self.stop_rate is not None:
+            self._hit(
+                self.stop_rate,
+                ("stop", client),
+                "stop",
+                f"the limit on Stops is {self.config.stop_rate_limit}",
             )
 
     def _hit(self, item: Any, keys: tuple[str, ...], kind: str, limit: str) -> None:

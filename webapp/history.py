@@ -15,6 +15,7 @@ writes are small transactions in WAL mode.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import secrets
@@ -40,6 +41,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    insert,
     or_,
     select,
     text,
@@ -61,6 +63,13 @@ _MIGRATION_LOCK = 7_310_442_001
 CANCELLING = "cancelling"
 # A literal, not a bound value: only then may SQLite use the partial index on it.
 _IS_CANCELLING = text(f"outcome = '{CANCELLING}'")
+# The outcome of an answer whose instance died mid-answer (a crash, a restart, the
+# OOM killer): the worker running an answer renews its row's `updated_at` every
+# few seconds (webapp/recording.py), so a running row untouched for its lease has
+# no one running it. A read marks it so; Continue carries it on.
+INTERRUPTED = "interrupted"
+ANSWER_LEASE = 15.0
+_RUNNING = ("pending", CANCELLING)
 PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 # Versions of one conversation read at once (a page, a follow-up's turns).
@@ -180,6 +189,16 @@ class AnswerRow(Base):
         # cost at 20 answers or 200,000, where it sorted all of them.
         Index("ix_answers_owner_listing", "owner", "created_at", "id"),
     )
+
+
+class SignInRow(Base):
+    """A page sign-in (webapp/signins.py), when there is no Redis to keep it."""
+
+    __tablename__ = "sign_ins"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
 # The answers table itself, for the statements that need no ORM.
@@ -371,8 +390,10 @@ class StoredAnswer:
 
     @property
     def continuable(self) -> bool:
-        """It stopped at its token limit, so Continue may carry it on."""
-        return self.finish_reason == "length" and self.outcome == "ok"
+        """It stopped at its token limit, or its instance died: Continue may carry it on."""
+        return (self.finish_reason == "length" and self.outcome == "ok") or (
+            self.outcome == INTERRUPTED
+        )
 
     def to_json(self) -> dict[str, Any]:
         body = {name: getattr(self, name) for name in self.__slots__}
@@ -484,19 +505,20 @@ class Store:
     cannot see, so a view cannot forget the check. Writes commit at once.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, lease: float = ANSWER_LEASE) -> None:
         self.engine = engine
+        self.lease = lease
         self._session = sessionmaker(engine, expire_on_commit=False)
         self._sql = BulkSQL(engine.dialect.paramstyle)
 
     @classmethod
-    def open(cls, url: str, *, migrate: bool = True) -> Store:
+    def open(cls, url: str, *, migrate: bool = True, lease: float = ANSWER_LEASE) -> Store:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = make_engine(url)
         if migrate:
             upgrade(engine)
-        return cls(engine)
+        return cls(engine, lease=lease)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -607,7 +629,46 @@ class Store:
                 .values(outcome="pending", updated_at=now())
             )
 
+    # Page sign-ins (webapp/signins.py) -----------------------------------------------
+
+    @translated
+    def add_sign_in(self, sign_in: str, key_id: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                insert(SignInRow).values(id=sign_in, key_id=key_id, created_at=now())
+            )
+            # The expired go as new ones come: the table holds the live ones.
+            connection.execute(
+                delete(SignInRow).where(SignInRow.created_at < now() - timedelta(days=31))
+            )
+
+    @translated
+    def sign_in_key(self, sign_in: str, lifetime: float) -> str | None:
+        with self.engine.connect() as connection:
+            return connection.scalar(
+                select(SignInRow.key_id).where(
+                    SignInRow.id == sign_in,
+                    SignInRow.created_at >= now() - timedelta(seconds=lifetime),
+                )
+            )
+
+    @translated
+    def drop_sign_in(self, sign_in: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(delete(SignInRow).where(SignInRow.id == sign_in))
+
     # Reading -----------------------------------------------------------------------
+
+    @translated
+    def renew(self, answer_ids: Collection[str]) -> None:
+        """The lease of answers running in this worker: their rows are touched, so a
+        reader anywhere can tell them from those of an instance that died."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                ANSWERS.update()
+                .where(ANSWERS.c.id.in_(list(answer_ids)), ANSWERS.c.outcome.in_(_RUNNING))
+                .values(updated_at=now())
+            )
 
     @translated
     def get(self, owner: str, answer_id: str) -> StoredAnswer | None:
@@ -615,7 +676,46 @@ class Store:
             row = session.scalar(
                 select(AnswerRow).where(AnswerRow.id == answer_id, AnswerRow.owner == owner)
             )
-            return StoredAnswer.of(row) if row is not None else None
+            if row is None:
+                return None
+            found = StoredAnswer.of(row)
+        return self._interrupted_if_abandoned(found)
+
+    @translated
+    def keep_interrupted_text(self, answer_id: str, text: str) -> None:
+        """An interrupted answer's text as its readers had it (Redis holds more than
+        its row's last save): kept when longer than the row's."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                ANSWERS.update()
+                .where(
+                    ANSWERS.c.id == answer_id,
+                    ANSWERS.c.outcome == INTERRUPTED,
+                    func.length(ANSWERS.c.text) < len(text),
+                )
+                .values(text=storable(text))
+            )
+
+    def _interrupted_if_abandoned(self, answer: StoredAnswer) -> StoredAnswer:
+        """A running answer whose lease ran out is marked interrupted (once, whoever
+        reads it first: the update holds only while the row is still stale)."""
+        if answer.outcome not in _RUNNING:
+            return answer
+        stale = now() - timedelta(seconds=self.lease)
+        if answer.updated_at >= stale:
+            return answer
+        with self.engine.begin() as connection:
+            connection.execute(
+                ANSWERS.update()
+                .where(
+                    ANSWERS.c.id == answer.id,
+                    ANSWERS.c.outcome.in_(_RUNNING),
+                    ANSWERS.c.updated_at < stale,
+                )
+                .values(outcome=INTERRUPTED)
+            )
+            outcome = connection.scalar(select(ANSWERS.c.outcome).where(ANSWERS.c.id == answer.id))
+        return dataclasses.replace(answer, outcome=outcome or INTERRUPTED)
 
     @translated
     def page(

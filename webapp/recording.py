@@ -13,6 +13,8 @@ A `Recorder` keeps one writer greenlet per worker:
 - every SAVE_INTERVAL seconds, the writer saves what the answers that grew added
   since, in one transaction, so a crash loses at most that much (and the wait
   for a quiet moment); only while the answer runs, so a save never cuts an end.
+  The others' rows are touched: a running row untouched for ANSWER_LEASE belongs
+  to an instance that died, and its readers hear that it was interrupted.
 - the relay's cleanup (run once when the answer ends, whatever happened)
   queues the final text, code blocks, finish reason, usage and timing, and
   wakes the writer: they are written as new rows are, with every other answer
@@ -317,11 +319,19 @@ class Recorder:
         long answer's saves cost what it grew, not its length times its saves (at
         300 tokens, 7 joins of up to 300 parts were ~15% of history's CPU)."""
         grown: list[tuple[Recording, int, str]] = []
+        idle: list[str] = []
         for recording in self._active.values():
             parts = recording.relay.parts
             count = len(parts)
             if recording.written and count != recording.saved_parts:
                 grown.append((recording, count, "".join(parts[recording.saved_parts : count])))
+            elif recording.written:
+                idle.append(recording.answer_id)
+        if idle:  # a save renews a row's lease; these have nothing to save
+            try:
+                self.store.renew(idle)
+            except HistoryUnavailable:
+                self._failed("save")
         if not grown:
             return
         try:

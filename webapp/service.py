@@ -25,6 +25,7 @@ from webapp.jobs import Job, Jobs
 from webapp.recording import COALESCE, QUIET_WAIT, SAVE_INTERVAL, Recorder
 from webapp.schema import GenerateCodeRequest
 from webapp.sessions import CookieSessions
+from webapp.signins import session_key
 from webapp.sockets import peer_closed
 
 # Streams are never cached, and proxies (nginx) must not buffer them.
@@ -82,8 +83,8 @@ def owner() -> str:
     current: SessionMixin = session._get_current_object()  # type: ignore[attr-defined]
     limits: Guard = app.extensions["guard"]
     if limits.key_digests:
-        key_id = current.get("key_id")
-        if isinstance(key_id, str) and limits.knows(key_id):
+        key_id = session_key(limits)
+        if key_id is not None:
             return f"key:{key_id}"
         raise Unauthorized("Sign in with an API key first.", code="sign_in_required")
     anonymous = current.get("owner")

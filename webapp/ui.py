@@ -36,7 +36,7 @@ from wtforms import (
 from wtforms.validators import DataRequired, Length, Optional
 
 from webapp import formats
-from webapp.answers import events_after, follow
+from webapp.answers import events_after, follow_counted
 from webapp.codeblocks import FENCE
 from webapp.config import Config
 from webapp.errors import AppError, BadRequest, ClientTooSlow
@@ -56,6 +56,7 @@ from webapp.service import (
     recorder,
     run_detached,
 )
+from webapp.signins import session_key
 
 bp = Blueprint("ui", __name__)
 
@@ -163,8 +164,7 @@ class SignInForm(FlaskForm):  # type: ignore[misc]
 def signed_in() -> bool:
     """With API_KEYS set, the page is for key holders: has this session signed in?"""
     limits = guard()
-    key_id = session.get("key_id")
-    return not limits.key_digests or (isinstance(key_id, str) and limits.knows(key_id))
+    return not limits.key_digests or session_key(limits) is not None
 
 
 @bp.before_request
@@ -192,12 +192,17 @@ def signin() -> BaseResponse | tuple[str, int]:
         return _signin_page(form, "That key is not valid."), 401
     session.clear()  # a fresh session: nothing from before the sign-in carries over
     session["key_id"] = key_id
+    session["sign_in"] = current_app.extensions["sign_ins"].open(key_id)
     return redirect(url_for("ui.index"), code=303)
 
 
 @bp.post("/signout")
 def signout() -> BaseResponse:
+    """Ends the sign-in itself, not only this copy of the cookie (webapp/signins.py)."""
+    sign_in = session.pop("sign_in", None)
     session.pop("key_id", None)
+    if isinstance(sign_in, str) and "sign_ins" in current_app.extensions:
+        current_app.extensions["sign_ins"].close(sign_in)
     return redirect(url_for("ui.signin"), code=303)
 
 
@@ -320,8 +325,7 @@ def _page_stream(events: Iterator[Numbered], text: Callable[[], str]) -> Respons
 def reattach(answer_id: str) -> Response:
     """The page picks an answer up again (a reload, a dropped connection): the
     events after `?after=` characters, then the live ones, as /ui/stream sends them."""
-    events, text = follow(answer_id, events_after())
-    return _page_stream(events, text)
+    return follow_counted(answer_id, events_after(), _page_stream)
 
 
 def _with_blocks(
