@@ -690,11 +690,27 @@
     e.preventDefault();
     if (!controller) generate(params(), false);
   });
+  // Enter sends and Shift+Enter starts a new line, as in chat boxes; Ctrl+Enter sends from
+  // any field. On a touch screen the keyboard's Enter stays a new line (its send is the
+  // button). Never while an input method composes a word.
+  const touch = window.matchMedia("(pointer: coarse)");
   form.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+    if (e.key !== "Enter" || e.isComposing) return;
+    const send = e.ctrlKey || e.metaKey || (e.target.id === "prompt" && !e.shiftKey && !e.altKey && !touch.matches);
+    if (send) {
       e.preventDefault();
       if (!controller) generate(params(), false);
     }
+  });
+  // An example prompt fills the form (without the script, its link loads it filled).
+  form.addEventListener("click", (e) => {
+    const example = e.target.closest("a.example");
+    if (!example) return;
+    e.preventDefault();
+    const prompt = form.elements.namedItem("prompt");
+    prompt.value = example.textContent.trim();
+    prompt.dispatchEvent(new Event("input"));
+    prompt.focus();
   });
   stopButton.addEventListener("click", () => controller && controller.abort());
   document.addEventListener("keydown", (e) => {

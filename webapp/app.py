@@ -82,6 +82,10 @@ RUNNER_POLICY = (
 # From that opaque origin every load is cross-origin: the files it loads (public
 # static files) allow any origin to read them. The app's routes never do.
 RUNNER_FILES = ("run-worker.js", "pyodide/")
+# Pyodide's files are served from a folder named by its version (`make` copies them to
+# static/pyodide/<version>/): what one URL holds never changes, so browsers keep it for
+# good instead of asking again for 13 MB on each visit.
+PYODIDE_CACHE = "public, max-age=31536000, immutable"
 
 
 class JsonFormatter(logging.Formatter):
@@ -342,6 +346,9 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
                     headers["X-Frame-Options"] = "SAMEORIGIN"
                 elif file.startswith(RUNNER_FILES):
                     headers["Access-Control-Allow-Origin"] = "*"
+                    versioned = file.startswith("pyodide/") and file.count("/") >= 2
+                    if versioned and response.status_code in (200, 304):
+                        headers["Cache-Control"] = PYODIDE_CACHE
             if request.is_secure:
                 headers["Strict-Transport-Security"] = "max-age=31536000"
         return response

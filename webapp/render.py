@@ -23,6 +23,9 @@ from webapp.codeblocks import FENCE
 
 _FORMATTER = HtmlFormatter(nowrap=True, classsuffix="")
 _HEADING = re.compile(r"<(/?)h([1-6])")
+# The answer's top heading level on every page that shows one: the page's title is its h1,
+# and the headings around the answer (Versions, History, the question asked) are h2s.
+ANSWER_TOP_HEADING = 2
 
 
 # Pygments' `guess_lexer` runs every lexer's `analyse_text`, and some of those
@@ -115,24 +118,49 @@ def _markdown() -> MarkdownIt:
 _MD = _markdown()
 
 
-def render_prose(text: str) -> str:
-    """The text between code blocks, as Markdown. Headings move down two levels:
-    the page has its own h1 and h2."""
+class _Outline:
+    """Heading levels for one answer that follow the page's outline (axe's heading-order):
+    its first heading is at ANSWER_TOP_HEADING, and each later one keeps its step from the
+    one before, but never goes more than one level deeper, nor above the top. So `##` after
+    the page's h1 is an h2, and a lone `### Explanation:` an h2 too, never a small h5."""
+
+    def __init__(self) -> None:
+        self.source = 0  # the Markdown level of the last heading (0: none yet)
+        self.shown = ANSWER_TOP_HEADING - 1
+
+    def level(self, source: int) -> int:
+        step = 1 if not self.source else source - self.source
+        self.source = source
+        self.shown = max(ANSWER_TOP_HEADING, min(self.shown + 1, self.shown + step, 6))
+        return self.shown
+
+    def relevel(self, html: str) -> str:
+        # Raw HTML is off and headings never nest: a closing tag is the last opening's.
+        def tag(match: re.Match[str]) -> str:
+            closing, source = match.group(1), int(match.group(2))
+            return f"<{closing}h{self.shown if closing else self.level(source)}"
+
+        return _HEADING.sub(tag, html)
+
+
+def render_prose(text: str, outline: _Outline | None = None) -> str:
+    """The text between code blocks, as Markdown, its headings placed in the page's
+    outline (`outline` carries the levels from one stretch of prose to the next)."""
     if not text.strip():
         return ""
-    html = _MD.render(text)
-    return _HEADING.sub(lambda m: f"<{m.group(1)}h{min(6, int(m.group(2)) + 2)}", html)
+    return (outline or _Outline()).relevel(_MD.render(text))
 
 
 def render_answer(text: str) -> Markup:
     """The whole answer: prose as simple markdown, fenced code highlighted."""
     out: list[str] = []
+    outline = _Outline()
     position = 0
     for match in FENCE.finditer(text):
-        out.append(render_prose(text[position : match.start()]))
+        out.append(render_prose(text[position : match.start()], outline))
         out.append(code_block_html(match.group(2).rstrip("\n"), match.group(1)))
         position = match.end()
-    out.append(render_prose(text[position:]))
+    out.append(render_prose(text[position:], outline))
     return Markup("".join(out))
 
 

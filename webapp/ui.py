@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from flask import (
@@ -108,6 +109,16 @@ def _config() -> Config:
     return config
 
 
+# Prompts to try, offered under an empty form: each is a link (`/?example=N` fills the
+# form without JavaScript; the script fills it in place).
+EXAMPLES = (
+    "A Python function that checks whether a string is a palindrome, with tests",
+    "A Go HTTP server that answers /healthz with JSON",
+    "A SQL query for the 5 customers with the highest total order value",
+    "A Bash script that renames every .jpeg file in a folder to .jpg",
+)
+
+
 def prompt_form() -> PromptForm:
     form = PromptForm()
     form.model.choices = [SelectChoice(m) for m in generation().provider.models]
@@ -115,7 +126,43 @@ def prompt_form() -> PromptForm:
         if form.max_tokens.data is None:
             form.max_tokens.data = min(1024, _config().max_output_tokens)
         form.temperature.data = _config().default_temperature
+        example = request.args.get("example", "")
+        if example in {str(n) for n in range(len(EXAMPLES))} and not form.prompt.data:
+            form.prompt.data = EXAMPLES[int(example)]
     return form
+
+
+def pyodide_url() -> str | None:
+    """Where the Run button's Pyodide is served, by version (so it is cached for good), or
+    None where it is not installed (no npm when `make` ran): the page offers no Run."""
+    folder = Path(current_app.static_folder or "") / "pyodide"
+    versions = sorted(p.parent.name for p in folder.glob("*/pyodide.asm.wasm"))
+    return url_for("static", filename=f"pyodide/{versions[-1]}/") if versions else None
+
+
+# The page's words for an answer's outcome (history.py stores the codes).
+OUTCOME_WORDS = {
+    "client_disconnected": "the page was closed before it ended",
+    "client_too_slow": "the page could not keep up",
+    "cancelled": "stopped",
+    "cancelling": "stopping",
+    "interrupted": "interrupted: the server stopped",
+    "first_token_timeout": "the model did not start in time",
+    "idle_timeout": "the model went silent",
+    "deadline_exceeded": "it took too long",
+    "upstream_disconnected": "the model broke off",
+    "upstream_unreachable": "the model could not be reached",
+    "upstream_unavailable": "the model was unavailable",
+    "upstream_rate_limited": "the model was rate limited",
+    "upstream_auth": "the model's API key was refused",
+    "local_model_busy": "the local model was busy",
+}
+
+
+@bp.app_template_filter("outcome")
+def outcome_words(code: str) -> str:
+    """An answer's outcome in words: a code the page has no words for reads as a failure."""
+    return OUTCOME_WORDS.get(code, "it failed")
 
 
 # Shown when the model stopped at max_tokens, so a cut answer never looks whole.
@@ -124,17 +171,60 @@ CUT_AT_LIMIT = "stopped at the Max tokens limit: raise it and regenerate for the
 CUT_CONTINUE = "stopped at the Max tokens limit: Continue carries it on"
 
 
-_FIELD_NAMED = re.compile(r"^(\w+): ")
+_FIELD_NAMED = re.compile(r"^(\w+): (.*)$", re.DOTALL)
 _FIELDS = ("prompt", "language", "model", "temperature", "max_tokens")
+_SUBJECTS = {
+    "prompt": "The prompt",
+    "language": "Language",
+    "model": "Model",
+    "temperature": "Temperature",
+    "max_tokens": "Max tokens",
+}
+# The API's (pydantic's, WTForms') wording of a field's problem, as the page says it.
+_WORDING = (
+    (re.compile(r"Input should be less than or equal to (\S+?)\.?$"), "must be at most {0}."),
+    (re.compile(r"Input should be greater than or equal to (\S+?)\.?$"), "must be at least {0}."),
+    (
+        re.compile(r"Input should be a valid integer.*|Not a valid integer.*"),
+        "must be a whole number.",
+    ),
+    (re.compile(r"Input should be a valid number.*|Not a valid float.*"), "must be a number."),
+    (
+        re.compile(r"String should have at most (\d+) characters?\.?$"),
+        "must be at most {0} characters.",
+    ),
+    (
+        re.compile(r"(\d+) tokens is over the limit of (\d+)\.?$"),
+        "is {0} tokens, over the limit of {1}: shorten it.",
+    ),
+    (re.compile(r"this field is required\.?$"), "is required."),
+    (re.compile(r"(must .*)$", re.DOTALL), "{0}"),
+)
+
+
+def readable(message: str) -> tuple[str | None, str]:
+    """The form's field that an API message names (`temperature: Input should be ...`), and
+    the message in words a person reads ("Temperature must be at most 2.")."""
+    named = _FIELD_NAMED.match(message)
+    if named is None or named.group(1) not in _FIELDS:
+        return None, message
+    field, problem = named.groups()
+    subject = _SUBJECTS[field]
+    for pattern, words in _WORDING:
+        found = pattern.fullmatch(problem)
+        if found:
+            return field, f"{subject} {words.format(*found.groups())}"
+    return field, f"{subject}: {problem}"
 
 
 def page(template: str, **context: Any) -> str:
     """A page of the site: the header's model and sign-out, and the form's error state."""
     info = generation().provider.info()
     signed = bool(guard().key_digests)
+    config = _config()
     # The field an error names is marked invalid and focused, as the script does.
-    named = _FIELD_NAMED.match(str(context.get("form_error") or ""))
-    invalid = context.pop("invalid_field", None) or (named.group(1) if named else None)
+    named, context["form_error"] = readable(str(context.get("form_error") or ""))
+    invalid = context.pop("invalid_field", None) or named
 
     def field_state(name: str) -> dict[str, Any]:
         if name != invalid or name not in _FIELDS:
@@ -153,6 +243,11 @@ def page(template: str, **context: Any) -> str:
         field_state=field_state,
         invalid_field=invalid if invalid in _FIELDS else None,
         request_id=g.get("request_id", ""),
+        # The form's bounds, which its inputs and the script's size counter show.
+        max_prompt_tokens=config.max_prompt_tokens,
+        max_body_bytes=config.max_body_bytes,
+        max_output_tokens=config.max_output_tokens,
+        pyodide=pyodide_url(),
         **context,
     )
 
@@ -229,7 +324,7 @@ def recent_answers() -> dict[str, Any]:
 
 @bp.get("/")
 def index() -> str:
-    return page("index.html", form=prompt_form(), **recent_answers())
+    return page("index.html", form=prompt_form(), examples=EXAMPLES, **recent_answers())
 
 
 @bp.post("/")
@@ -299,8 +394,15 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
 def stream() -> Response:
     """NDJSON for the page's script, with highlighted HTML for each closed block."""
     # orjson, as the API: deep nesting is a 400, never a RecursionError.
-    params = generation().validate(read_json_body())
-    relay = new_relay(params)
+    try:
+        params = generation().validate(read_json_body())
+        relay = new_relay(params)
+    except BadRequest as exc:
+        # In the page's words, with the field it names, which the script marks.
+        field, message = readable(exc.message)
+        if field is None:
+            raise
+        return error_response(BadRequest(message, code=exc.code), field=field)
     resumable = detach(relay)  # the page's answers survive a reload or a dropped connection
     relay.start(commit_after=_config().heartbeat_interval)
     prefix = g.get("continued_text", "")
@@ -416,5 +518,5 @@ def _form_error(form: PromptForm) -> str:
     for name, errors in form.errors.items():
         if name == "prompt":
             return str(errors[0])
-        return f"{name}: {errors[0]}"
+        return f"{name}: {errors[0]}"  # page() puts it in words
     return "Please check the form."
