@@ -85,8 +85,6 @@ FILTER_SCAN = 500
 # Answers pruned at most per owner and write past HISTORY_MAX_ANSWERS: a bound lowered
 # below what owners hold is reached over their next answers, not in one long write.
 PRUNE_BATCH = 500
-# An answer still being written: its end must find its row, so it is never pruned.
-RUNNING = ("pending", CANCELLING)
 
 
 P = ParamSpec("P")
@@ -230,7 +228,7 @@ _OLDEST_ENDED = (
         ANSWERS.c.owner == bindparam("owner"),
         tuple_(ANSWERS.c.created_at, ANSWERS.c.id)
         <= tuple_(bindparam("created_at", type_=DateTime()), bindparam("id", type_=String())),
-        ANSWERS.c.outcome.not_in(RUNNING),
+        ANSWERS.c.outcome.not_in(_RUNNING),  # a running answer's end must find its row
     )
     .order_by(ANSWERS.c.created_at, ANSWERS.c.id)
     .limit(PRUNE_BATCH)
