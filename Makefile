@@ -37,7 +37,7 @@ install-local: $(STAMP)-core
 install: $(STAMP)-core
 install-dev: $(STAMP)-dev
 
-run: $(STAMP)-core static/pyodide/.stamp
+run: $(STAMP)-core static/pyodide/.stamp-versioned
 	@provider=$$($(BIN)/python -c 'from webapp.config import Config; print(Config.from_env().resolved_provider)') || exit 1; \
 	if [ "$$provider" = local ]; then \
 		echo ">> No OPENAI_API_KEY or OPENAI_BASE_URL: using the embedded local model."; \
@@ -85,14 +85,17 @@ node_modules/.package-lock.json: package.json package-lock.json
 	else echo ">> npm is missing: the accessibility tests will skip, or fail with CI=true"; fi
 
 # Pyodide for the page's Run button, copied from its npm package into static/, where
-# the app serves it (no CDN). Without npm the page works, with no Run button.
+# the app serves it (no CDN), in a folder named by its version: a URL whose content never
+# changes, which browsers may keep for good. Without npm the page works, with no Run button.
 PYODIDE_FILES := pyodide.mjs pyodide.asm.mjs pyodide.asm.wasm python_stdlib.zip pyodide-lock.json
-static/pyodide/.stamp: node_modules/.package-lock.json
+static/pyodide/.stamp-versioned: node_modules/.package-lock.json
 	@if [ -d node_modules/pyodide ]; then \
-		mkdir -p static/pyodide && (cd node_modules/pyodide && cp $(PYODIDE_FILES) ../../static/pyodide/) && touch $@; \
+		version=$$($(PY) -c 'import json; print(json.load(open("node_modules/pyodide/package.json"))["version"])') && \
+		rm -rf static/pyodide && mkdir -p static/pyodide/$$version && \
+		(cd node_modules/pyodide && cp $(PYODIDE_FILES) ../../static/pyodide/$$version/) && touch $@; \
 	else echo ">> Pyodide is not installed (no npm): the page's Run button stays off"; fi
 
-test: $(STAMP)-dev $(STAMP)-eval install-local system-deps node_modules/.package-lock.json static/pyodide/.stamp lint
+test: $(STAMP)-dev $(STAMP)-eval install-local system-deps node_modules/.package-lock.json static/pyodide/.stamp-versioned lint
 	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.models prepare
 	@set +e; $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc

@@ -51,6 +51,7 @@
     csrf_invalid: () => "Your session expired. Please submit again.",
     sign_in_required: () => "Your sign-in has ended. Reload the page to sign in again.",
     request_timeout: () => "The request took too long to reach the server. Please submit again.",
+    body_too_large: () => "The prompt is too long for this server: shorten it.",
   };
 
   function friendly(err) {
@@ -70,9 +71,8 @@
   }
 
   function markInvalid(err) {
-    // "temperature: Input should be ..." names the field: mark it and go there.
-    const match = /^(\w+): /.exec(err.message || "");
-    const field = match && form.elements.namedItem(match[1]);
+    // The server names the field it refused: mark it and go there.
+    const field = err.field && form.elements.namedItem(err.field);
     if (field && field.focus) {
       field.setAttribute("aria-invalid", "true");
       field.setAttribute("aria-describedby", "error");
@@ -157,12 +157,17 @@
   // and this page talk only by postMessage.
   const RUN_LIMIT_S = 10;
   const PYTHON = new Set(["python", "py", "python3"]);
-  let runner = null; // { frame, loaded }: a warm frame, reused until a run must be stopped
+  // Pyodide's versioned folder, where the server has it installed: else no Run at all.
+  const PYODIDE = answer.dataset.pyodide || "";
+  let runner = null; // { frame, loaded, ready }: a warm frame, reused until a run is stopped
   let onRunnerMessage = null; // the current run's
   window.addEventListener("message", (event) => {
-    if (runner && event.source === runner.frame.contentWindow && onRunnerMessage) {
-      onRunnerMessage(event.data);
+    if (!runner || event.source !== runner.frame.contentWindow) return;
+    if (event.data && event.data.type === "ready") {
+      runner.ready = true;
+      runner.frame.dataset.ready = "true";
     }
+    if (onRunnerMessage) onRunnerMessage(event.data);
   });
 
   function startRunner() {
@@ -173,10 +178,13 @@
     frame.src = "/static/runner.html";
     const loaded = new Promise((resolve) => frame.addEventListener("load", resolve, { once: true }));
     document.body.appendChild(frame);
-    return { frame, loaded };
+    // Pyodide starts loading now, before any run asks for it.
+    loaded.then(() => frame.contentWindow.postMessage({ type: "load", pyodide: PYODIDE }, "*"));
+    return { frame, loaded, ready: false };
   }
 
   function addRunButton(fig) {
+    if (!PYODIDE) return;
     const label = fig.querySelector("figcaption span");
     if (!label || !PYTHON.has(label.textContent.trim().toLowerCase())) return;
     if (fig.querySelector("button.run")) return;
@@ -198,24 +206,31 @@
       out.tabIndex = 0;
       fig.appendChild(out);
     }
-    out.textContent = runner ? "Running…\n" : "Starting Python (the first run takes a few seconds)…\n";
-    button.disabled = true;
     if (!runner) runner = startRunner();
+    out.textContent = runner.ready ? "Running…\n" : "Starting Python (the first run takes a few seconds)…\n";
     const current = runner;
     let timer = null;
     let started = false;
+    // While it runs, the button stops it.
+    button.textContent = "Stop";
+    button.classList.add("running");
+    button.title = "Stop this run";
     const finish = (note) => {
       clearTimeout(timer);
       if (onRunnerMessage === listen) onRunnerMessage = null;
+      if (stopRun === stop) stopRun = null;
       if (note) out.appendChild(document.createTextNode(note));
-      button.disabled = false;
+      button.textContent = "Run";
+      button.classList.remove("running");
+      button.title = `Run in your browser (Pyodide), stopped after ${RUN_LIMIT_S} s`;
     };
-    const stop = (why) => {
+    const stop = (why, warm = true) => {
       current.frame.remove(); // and with it the worker and whatever it was running
-      if (runner === current) runner = null;
+      if (runner === current) runner = warm ? startRunner() : null; // the next run starts warm
       finish(why);
     };
-    timer = setTimeout(() => stop("\nPython did not start in time."), 60000);
+    stopRun = stop;
+    timer = setTimeout(() => stop("\nPython did not start in time.", false), 60000);
     const listen = (m) => {
       if (m.type === "start") {
         started = true;
@@ -231,14 +246,15 @@
         err.className = "run-error";
         err.textContent = m.text;
         out.appendChild(err);
-        if (m.type === "failed") stop(""); // a fresh frame tries again on the next Run
+        if (m.type === "failed") stop("", false); // a fresh frame tries again on the next Run
         else finish("");
       }
     };
     onRunnerMessage = listen;
     const code = fig.querySelector("pre:not(.run-output)").textContent;
-    current.loaded.then(() => current.frame.contentWindow.postMessage({ code }, "*"));
+    current.loaded.then(() => current.frame.contentWindow.postMessage({ type: "run", code }, "*"));
   }
+  let stopRun = null; // the run in progress's stop, if one is
 
   function applyServerBlock(index) {
     // The figure stays (and with it a focused or pressed Copy); its code gets the colours.
@@ -249,9 +265,11 @@
     const pre = holder.content.querySelector("pre");
     if (pre) {
       const old = fig.querySelector("pre");
+      const focused = old.contains(document.activeElement);
       pre.scrollLeft = old.scrollLeft;
       old.replaceWith(pre);
       pre.scrollLeft = old.scrollLeft;
+      if (focused) pre.focus({ preventScroll: true }); // a keyboard reader stays where they were
       fig.classList.remove("streaming");
       addRunButton(fig);
     }
@@ -372,8 +390,50 @@
     answer.querySelectorAll("figure.codeblock").forEach(addRunButton);
     tail = null;
     final = true;
-    if (focused && !document.contains(focused)) answer.focus();
+    // A figure moved out and back loses focus: give it back (a Copy, a code block).
+    if (focused && focused !== document.body && document.activeElement !== focused) {
+      if (focused.isConnected) focused.focus({ preventScroll: true });
+      else answer.focus({ preventScroll: true });
+    }
   }
+
+  // --- the prompt's size, shown before it is sent ----------------------------------
+  const promptBox = form.elements.namedItem("prompt");
+  const sizeNote = document.getElementById("prompt-size");
+  const encoder = new TextEncoder();
+  const BODY_MARGIN = 1024; // room for the request's other fields
+  const kb = (bytes) => `${Math.ceil(bytes / 1024)} KB`;
+
+  function promptSize() {
+    const value = promptBox.value;
+    // An estimate of the server's count (cl100k): a token a word or sign, one more per
+    // 8 letters of a long word. The server's count has the last word.
+    let tokens = 0;
+    for (const m of value.matchAll(/[\p{L}\p{N}]+|\S/gu)) tokens += 1 + Math.floor((m[0].length - 1) / 8);
+    const maxTokens = Number(promptBox.dataset.maxTokens) || Infinity;
+    const maxBytes = Number(promptBox.dataset.maxBytes) || Infinity;
+    const bytes = encoder.encode(value).length;
+    let over = "";
+    if (bytes + BODY_MARGIN > maxBytes) over = `The prompt is ${kb(bytes)}, over this server's limit of ${kb(maxBytes - BODY_MARGIN)}: shorten it.`;
+    else if (tokens > maxTokens) over = `About ${tokens} tokens: over the limit of ${maxTokens}. Shorten the prompt.`;
+    return { tokens, maxTokens, over, tooBig: bytes + BODY_MARGIN > maxBytes };
+  }
+
+  let sizeScheduled = false;
+  function showSize() {
+    sizeScheduled = false;
+    if (!sizeNote) return;
+    const size = promptSize();
+    sizeNote.textContent = size.over || (promptBox.value.trim() ? `About ${size.tokens} of ${size.maxTokens} tokens.` : `Up to ${size.maxTokens} tokens.`);
+    sizeNote.classList.toggle("over", Boolean(size.over));
+  }
+  promptBox.addEventListener("input", () => {
+    if (!sizeScheduled) {
+      sizeScheduled = true;
+      requestAnimationFrame(showSize);
+    }
+  });
+  showSize();
 
   // --- streaming ----------------------------------------------------------------
   function params() {
@@ -573,7 +633,12 @@
         if (e.name === "AbortError") throw e;
       }
     }
-    if (!fresh.ended) showError("The connection to the server was lost. What arrived is shown.", fresh.requestId);
+    if (!fresh.ended) {
+      showError("The connection to the server was lost. What arrived is shown.", fresh.requestId);
+      stats.textContent = "Reconnecting failed.";
+      if (fresh.answerId) savedLink(fresh.answerId); // the server may have finished it meanwhile
+      announce("Reconnecting failed.");
+    }
   }
 
   function stopped(fresh) {
@@ -582,6 +647,7 @@
     announce("Stopped.");
     fresh.ended = true;
     if (fresh.answerId) {
+      savedLink(fresh.answerId); // what arrived is kept there
       // The server keeps a dropped answer going for a while: Stop means stop.
       const token = form.querySelector("input[name=csrf_token]").value;
       fetch(`/answers/${encodeURIComponent(fresh.answerId)}/cancel`, { method: "POST", headers: { "X-CSRFToken": token } }).catch(() => {});
@@ -614,6 +680,13 @@
       form.elements.namedItem("prompt").focus();
       return;
     }
+    const size = p.continue_answer ? null : promptSize();
+    if (size && size.tooBig) {
+      // The server would refuse it unread: say so in words, before sending it.
+      showError(size.over);
+      markInvalid({ field: "prompt" });
+      return;
+    }
     errorBox.hidden = true;
     clearInvalid();
     controller = new AbortController();
@@ -628,8 +701,9 @@
     // rendered from; on the live page, what just arrived.
     seed = p.continue_answer ? (source ? source.textContent : text) : "";
     const token = form.querySelector("input[name=csrf_token]").value;
+    let response = null;
     try {
-      const response = await fetch("/ui/stream", {
+      response = await fetch("/ui/stream", {
         method: "POST",
         headers: { "Content-Type": "application/json", "X-CSRFToken": token, Accept: "application/x-ndjson, application/json" },
         body: JSON.stringify(p),
@@ -674,6 +748,11 @@
           if (again.name === "AbortError") stopped(fresh);
           else showError("The connection to the server was lost. What arrived is shown.", fresh.requestId);
         }
+      } else if (!response) {
+        // The request never reached the server: nothing was sent, and the prompt is still here.
+        showError(navigator.onLine
+          ? "The server could not be reached, so nothing was sent. Your prompt is still here: try again in a moment."
+          : "You are offline, so nothing was sent. Your prompt is still here: send it again once you are back online.");
       } else {
         showError("The connection to the server was lost. What arrived is shown.", fresh.requestId);
       }
@@ -681,7 +760,11 @@
       if (fresh.ended || !fresh.answerId) keepInUrl("");
       controller = null;
       if (!final) render();
-      if (fresh.first && stats.textContent === "Waiting for the model…") stats.hidden = true;
+      // No status outlives what it described.
+      if (stats.textContent === "Waiting for the model…") stats.hidden = true;
+      if (/^(Waiting for the model|The answer is arriving|Reconnecting)\.$/.test(status.textContent)) {
+        announce(errorBox.hidden ? "The answer ended." : "The answer ended with an error.");
+      }
       setBusy(false);
     }
   }
@@ -738,18 +821,34 @@
   answer.querySelectorAll("figure.codeblock").forEach(addRunButton);
   answer.addEventListener("click", async (e) => {
     const run = e.target.closest("button.run");
+    if (run && run.classList.contains("running")) {
+      if (stopRun) stopRun("\nStopped.");
+      return;
+    }
     if (run) {
+      if (stopRun) stopRun("\nStopped: another run started."); // one run at a time
       runCode(run.closest("figure"), run);
       return;
     }
     const button = e.target.closest("button.copy");
     if (!button) return;
-    const code = button.closest("figure").querySelector("pre:not(.run-output)").textContent;
-    try {
-      await navigator.clipboard.writeText(code);
-      button.textContent = "Copied";
-    } catch (_) {
-      button.textContent = "Copy failed";
+    if (controller && !final) render(); // what has arrived, not what the last frame showed
+    const pre = button.closest("figure").querySelector("pre:not(.run-output)");
+    const code = pre.textContent;
+    if (!code.trim()) {
+      button.textContent = "Nothing to copy yet"; // a block that just opened: the clipboard is left alone
+    } else {
+      try {
+        await navigator.clipboard.writeText(code);
+        button.textContent = "Copied";
+      } catch (_) {
+        // No clipboard here (a page over plain HTTP, say): the code is selected for Ctrl+C.
+        const range = document.createRange();
+        range.selectNodeContents(pre);
+        getSelection().removeAllRanges();
+        getSelection().addRange(range);
+        button.textContent = "Copy failed: the code is selected";
+      }
     }
     setTimeout(() => { button.textContent = "Copy"; }, 1500);
   });

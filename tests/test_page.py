@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import IN_CI, ROOT, Server
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import ANSWERS, FakeUpstream
 from tests.helpers import csrf_token_of, submit, wait_idle
 
 pytestmark = pytest.mark.browser
@@ -146,7 +146,7 @@ def test_the_finished_answer_is_markdown_with_and_without_javascript(
         page.wait_for_selector(f"{root} table")
         if scripted:
             wait_idle(page)
-        assert page.inner_text(f"{root} h4") == "Overview"
+        assert page.inner_text(f"{root} h2") == "Overview"  # after the page's h1
         assert page.query_selector(f"{root} table td code").inner_text() == "slugify"
         assert "Keep slugs lower-case." in page.inner_text(f"{root} blockquote")
         link = page.query_selector(f'{root} a[href="https://example.com/slug"]')
@@ -200,3 +200,221 @@ def test_a_mistyped_address_is_a_page_for_browsers_and_json_for_scripts(
     assert "Back to the form" in browser.text
     script = requests.get(server.url + "/nope", timeout=5)
     assert script.status_code == 404 and script.json()["error"]["code"] == "not_found"
+
+
+def audit(page: Any, rules: list[str]) -> list[str]:
+    """axe-core's findings of any impact for these rules only."""
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.evaluate(axe_source())
+    found: list[str] = page.evaluate(
+        """async (rules) => {
+            const result = await axe.run(document, {runOnly: rules, resultTypes: ["violations"]});
+            return result.violations.map((v) => v.id + ": " + v.nodes.map((n) => n.target));
+        }""",
+        rules,
+    )
+    return found
+
+
+def test_example_prompts_fill_the_form_with_and_without_javascript(
+    open_page: Any, fake: FakeUpstream
+) -> None:
+    for scripted in (True, False):
+        for viewport in (DESKTOP, PHONE):
+            page = open_page(java_script_enabled=scripted, viewport=viewport)
+            example = page.query_selector("a.example")
+            text = example.inner_text().strip()
+            assert example.is_visible() and len(page.query_selector_all("a.example")) >= 3
+            example.click()
+            if scripted:  # filled in place: nothing typed elsewhere is lost
+                wait_until(page, "document.activeElement.id === 'prompt'")
+                assert "example" not in page.url
+            else:
+                page.wait_for_url("**/?example=0")
+            assert page.input_value("#prompt") == text
+    page = open_page()
+    page.query_selector_all("a.example")[1].click()
+    page.press("#prompt", "Enter")  # and off it goes
+    page.wait_for_selector("#stats:not([hidden]) #saved-link")
+
+
+def test_enter_sends_and_shift_enter_adds_a_line(open_page: Any, fake: FakeUpstream) -> None:
+    page = open_page()
+    page.fill("#prompt", "First line [[fake]]")
+    page.press("#prompt", "Shift+Enter")
+    page.type("#prompt", "second line")
+    assert page.input_value("#prompt") == "First line [[fake]]\nsecond line"
+    assert page.inner_text("#answer") == ""  # nothing was sent
+    page.press("#prompt", "Enter")
+    page.wait_for_selector("#stats:not([hidden]) #saved-link")
+    assert "t0 t1" in page.inner_text("#answer")
+    assert page.input_value("#prompt") == "First line [[fake]]\nsecond line"  # no newline added
+    page.fill("#temperature", "0.3")
+    page.press("#temperature", "Control+Enter")  # Ctrl+Enter still sends, from any field
+    page.wait_for_selector("#generate[disabled]")
+    wait_idle(page)
+    # On a touch screen the keyboard's Enter is a new line: its send is the button.
+    phone = open_page(viewport=PHONE, has_touch=True, is_mobile=True)
+    phone.fill("#prompt", "On a phone [[fake]]")
+    phone.press("#prompt", "Enter")
+    assert phone.input_value("#prompt") == "On a phone [[fake]]\n"
+    assert phone.is_enabled("#generate") and phone.inner_text("#answer") == ""
+
+
+def test_copy_on_a_block_that_just_opened_copies_what_is_there(
+    open_page: Any, fake: FakeUpstream
+) -> None:
+    for stall, expected in ((9, None), (11, "def is_palindrome(text:")):
+        page = open_page(permissions=["clipboard-read", "clipboard-write"])
+        page.evaluate("navigator.clipboard.writeText('before')")
+        submit(page, f"Just opened [[fake answer=code stall_after={stall} delay=0.02]]")
+        figure = page.wait_for_selector("#answer figure.codeblock.streaming")
+        wait_until(page, "document.querySelector('figcaption span').textContent === 'python'")
+        figure.query_selector("button.copy").click()
+        if expected is None:  # nothing arrived in it yet: the clipboard is left alone
+            page.wait_for_selector("button.copy:has-text('Nothing to copy yet')")
+            assert page.evaluate("navigator.clipboard.readText()") == "before"
+        else:
+            page.wait_for_selector("button.copy:has-text('Copied')")
+            assert page.evaluate("navigator.clipboard.readText()") == expected
+        wait_idle(page)
+
+
+def test_focus_stays_when_a_block_is_highlighted_and_when_the_answer_ends(
+    open_page: Any, fake: FakeUpstream
+) -> None:
+    for viewport in (DESKTOP, PHONE):
+        page = open_page(viewport=viewport)
+        submit(page, "Keyboard reader [[fake answer=code delay=0.08]]")
+        page.wait_for_selector("#answer figure.codeblock.streaming")
+        page.focus("#answer figure.codeblock pre")
+        page.wait_for_selector("#answer figure.codeblock:not(.streaming) pre.highlight")
+        focused = "document.activeElement.matches('#answer figure.codeblock pre.highlight')"
+        assert page.evaluate(focused), page.evaluate("document.activeElement.outerHTML")
+        page.keyboard.press("Shift+Tab")  # to the block's Copy, while the prose streams on
+        assert page.evaluate("document.activeElement.matches('#answer button.copy')")
+        wait_idle(page)
+        page.wait_for_selector("#stats:not([hidden]) #saved-link")
+        assert page.evaluate("document.activeElement.matches('#answer button.copy')"), (
+            page.evaluate("document.activeElement.outerHTML")
+        )
+        page.keyboard.press("Enter")  # and it still works from the keyboard
+        page.wait_for_selector(
+            "button.copy:has-text('Copied'), button.copy:has-text('Copy failed')"
+        )
+
+
+def test_answer_headings_never_skip_a_level_nor_shrink_below_the_text(
+    open_page: Any, fake: FakeUpstream, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(
+        ANSWERS, "qwen", "```python\nprint(1)\n```\n\n### Explanation:\n\nIt prints one.\n"
+    )
+    for answer in ("markdown", "qwen"):
+        for scripted in (True, False):
+            page = open_page()
+            root = "#answer" if scripted else ".rendered"
+            if scripted:
+                submit(page, f"Headings [[fake answer={answer}]]")
+                wait_idle(page)
+            else:  # the no-script result page, as the server sends it after a form post
+                session = requests.Session()
+                token = csrf_token_of(session.get(server.url + "/", timeout=5).text)
+                form = {"csrf_token": token, "prompt": f"Headings [[fake answer={answer}]]"}
+                page.set_content(session.post(server.url + "/", data=form, timeout=30).text)
+            page.wait_for_selector(f"{root} h2")
+            assert audit(page, ["heading-order"]) == [], (answer, scripted)
+            sizes = page.evaluate(
+                f"""() => [...document.querySelectorAll("{root} h2, {root} h3, {root} p")]
+                    .map((e) => [e.tagName, parseFloat(getComputedStyle(e).fontSize)])"""
+            )
+            body = max(size for tag, size in sizes if tag == "P")
+            assert all(size > body for tag, size in sizes if tag != "P"), sizes
+        # The answer's own page, under its "Version 1" heading.
+        page = open_page()
+        submit(page, f"Headings again [[fake answer={answer}]]")
+        wait_idle(page)
+        page.click("#saved-link")
+        page.wait_for_selector("#answer h2")
+        assert audit(page, ["heading-order"]) == [], answer
+
+
+def test_the_prompt_size_shows_before_sending_and_errors_are_in_words(
+    open_page: Any, fake: FakeUpstream
+) -> None:
+    page = open_page()
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if "/ui/stream" in r.url else None)
+    assert page.inner_text("#prompt-size") == "Up to 200 tokens."
+    page.fill("#prompt", "A function that adds two numbers")
+    wait_until(page, "document.getElementById('prompt-size').textContent.startsWith('About')")
+    assert page.inner_text("#prompt-size") == "About 6 of 200 tokens."
+    page.fill("#prompt", "word " * 400)
+    wait_until(page, "document.getElementById('prompt-size').className.includes('over')")
+    assert "over the limit of 200" in page.inner_text("#prompt-size")
+    page.fill("#prompt", "long " * 14_000)  # 70 KB: over the server's body limit
+    page.press("#prompt", "Enter")
+    page.wait_for_selector("#error:not([hidden])")
+    message = page.inner_text("#error")
+    assert "over this server's limit of 63 KB: shorten it" in message, message
+    assert "request body" not in message and "bytes" not in message
+    assert streams == []  # refused before sending
+    assert page.get_attribute("#prompt", "aria-invalid") == "true"
+    page.fill("#prompt", "Fine [[fake]]")
+    page.fill("#temperature", "5")
+    page.press("#prompt", "Enter")
+    page.wait_for_selector("#temperature[aria-invalid=true]")
+    assert page.inner_text("#error").startswith("Temperature must be at most 2.")
+    assert page.evaluate("document.activeElement.id") == "temperature"
+
+
+def test_offline_says_nothing_was_sent_and_no_status_goes_stale(
+    open_page: Any, fake: FakeUpstream
+) -> None:
+    page = open_page()
+    page.context.set_offline(True)
+    page.fill("#prompt", "Sent while offline [[fake]]")
+    page.press("#prompt", "Enter")
+    page.wait_for_selector("#error:not([hidden])")
+    wait_idle(page)
+    message = page.inner_text("#error")
+    assert "offline, so nothing was sent" in message and "What arrived" not in message
+    assert page.input_value("#prompt") == "Sent while offline [[fake]]"
+    assert not page.is_visible("#stats")
+    assert "Waiting" not in page.inner_text("#status")
+    page.context.set_offline(False)
+    page.press("#prompt", "Enter")
+    page.wait_for_selector("#stats:not([hidden]) #saved-link")
+
+
+def test_reconnecting_that_fails_says_so(open_page: Any, fake: FakeUpstream) -> None:
+    page = open_page()
+    # The stream breaks off after a word, and the answer cannot be picked up again.
+    page.route(
+        "**/ui/stream",
+        lambda route: route.fulfill(
+            status=200,
+            headers={"Content-Type": "application/x-ndjson", "X-Answer-ID": "gone"},
+            body='{"type":"delta","text":"Half an ","seq":8}\n',
+        ),
+    )
+    submit(page, "Breaks off [[fake]]")
+    page.wait_for_selector("#error:not([hidden])", timeout=20_000)
+    wait_idle(page)
+    assert "Reconnecting…" not in page.inner_text("#stats")
+    assert page.inner_text("#stats").startswith("Reconnecting failed.")
+    assert page.inner_text("#status") == "Reconnecting failed."
+    assert "Half an" in page.inner_text("#answer")
+
+
+def test_after_stop_the_saved_answer_is_a_link_away(open_page: Any, fake: FakeUpstream) -> None:
+    page = open_page()
+    submit(page, "Endless [[fake forever=1 delay=0.05]]")
+    wait_until(page, "document.getElementById('answer').innerText.length > 20")
+    page.click("#stop")
+    wait_idle(page)
+    link = page.wait_for_selector("#stats a#saved-link")
+    assert page.inner_text("#stats").startswith("Stopped.")
+    link.click()
+    page.wait_for_selector("#answer .rendered")
+    assert "/a/" in page.url and "t0 t1" in page.inner_text("#answer")

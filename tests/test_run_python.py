@@ -5,6 +5,7 @@ sandboxed frame with an opaque origin, so the code cannot act as the reader."""
 from __future__ import annotations
 
 import http.client
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture()
 def page(chromium: Any, server: Server) -> Iterator[Any]:
-    if not (ROOT / "static" / "pyodide" / "pyodide.asm.wasm").exists():
+    if not list((ROOT / "static" / "pyodide").glob("*/pyodide.asm.wasm")):
         message = "Pyodide is not installed in static/ (make test copies it from npm)"
         if IN_CI:
             pytest.fail(message)
@@ -221,3 +222,83 @@ def test_only_the_runner_may_compile_webassembly(server: Server) -> None:
     assert "allow-same-origin" not in policy
     assert "frame-ancestors 'self'" in runner["Content-Security-Policy"]
     assert runner["X-Frame-Options"] == "SAMEORIGIN"
+
+
+def test_a_run_can_be_stopped_and_the_next_one_starts_warm(page: Any, fake: FakeUpstream) -> None:
+    run_answer(page, "looping")
+    output_when(page, "Starting", 5)
+    page.wait_for_selector("figure.codeblock button.run.running:has-text('Stop')")
+    while "Starting" in page.inner_text("pre.run-output"):  # until the loop runs
+        time.sleep(0.1)
+    time.sleep(0.5)
+    started = time.monotonic()
+    page.click("figure.codeblock button.run")
+    assert "Stopped." in output_when(page, "Stopped.", 3)
+    assert time.monotonic() - started < 3  # not the 10 s limit
+    assert page.inner_text("figure.codeblock button.run") == "Run"
+    # A fresh runner loads at once: the next run finds Python ready.
+    page.wait_for_selector("iframe[data-ready=true]", state="attached", timeout=60_000)
+    submit(page, "Again [[fake answer=runnable]]")
+    wait_idle(page)
+    page.click("figure.codeblock button.run")
+    assert "Starting Python" not in page.inner_text("pre.run-output")
+    assert "45\ndone" in output_when(page, "done", 10)
+
+
+def test_a_missing_package_says_only_the_standard_library_is_there(
+    page: Any, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(ANSWERS, "numpy", "```python\nimport json\nimport numpy as np\n```\n")
+    run_answer(page, "numpy")
+    out = output_when(page, "standard library", 60)
+    assert "ModuleNotFoundError: No module named 'numpy'" in out
+    assert "Only Python's standard library is available here" in out
+    assert "micropip" not in out and "loadPackage" not in out
+    assert "_pyodide" not in out  # the loader's own frames are not the reader's business
+    assert 'File "<exec>", line 2' in out  # the reader's line is
+
+
+def test_input_says_plainly_there_is_no_keyboard(
+    page: Any, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(ANSWERS, "asking", "```python\nname = input('Name? ')\nprint(name)\n```\n")
+    run_answer(page, "asking")
+    out = output_when(page, "no keyboard", 60)
+    assert "input() cannot read anything here: this runner has no keyboard" in out, out
+    assert "_pyodide" not in out and "OSError" not in out and "I/O error" not in out
+
+
+def pyodide_version() -> str:
+    package = ROOT / "node_modules" / "pyodide" / "package.json"
+    version: str = json.loads(package.read_text())["version"]
+    return version
+
+
+def test_pyodide_is_served_by_version_and_cached_for_good(page: Any, server: Server) -> None:
+    folder = f"/static/pyodide/{pyodide_version()}/"
+    assert page.get_attribute("#answer", "data-pyodide") == folder
+    for name in ("pyodide.mjs", "pyodide.asm.wasm", "python_stdlib.zip"):
+        response = raw_get(server, folder + name)
+        assert response.status == 200, name
+        cache = response.headers["Cache-Control"]
+        assert "max-age=31536000" in cache and "immutable" in cache, (name, cache)
+    # Nothing else is kept for good: the page's own files, the runner, a missing file.
+    for path in ("/static/app.js", "/static/run-worker.js", "/", folder + "nope.js"):
+        cache = raw_get(server, path).headers["Cache-Control"] or ""
+        assert "immutable" not in cache and "31536000" not in cache, path
+
+
+def test_without_pyodide_no_run_button_is_offered(page: Any, fake: FakeUpstream) -> None:
+    # The page as a server without Pyodide installed sends it (no data-pyodide).
+    def without_pyodide(route: Any) -> None:
+        response = route.fetch()
+        html = response.text().replace(' data-pyodide="', ' data-none="')
+        route.fulfill(response=response, body=html)
+
+    page.route("**/", without_pyodide)
+    page.reload()
+    submit(page, "Python please [[fake answer=runnable]]")
+    wait_idle(page)
+    page.wait_for_selector("figure.codeblock pre.highlight")
+    assert page.query_selector("button.run") is None
+    assert page.query_selector("iframe") is None
