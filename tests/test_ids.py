@@ -39,9 +39,12 @@ def test_a_forked_worker_does_not_hand_out_its_parents_bytes() -> None:
         os.write(write, random_id(12).encode())
         os._exit(0)
     os.close(write)
-    os.waitpid(child, 0)
+    _, status = os.waitpid(child, 0)
     from_child = os.read(read, 64).decode()
     os.close(read)
+    # A child that failed wrote nothing, and "" differs from any id: check it made one.
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert re.fullmatch(r"[A-Za-z0-9_-]{16}", from_child), from_child
     assert from_child != random_id(12)
 
 
