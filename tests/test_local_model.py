@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -97,7 +99,8 @@ def test_the_local_model_streams_tokens_through_the_api(local_server: Server) ->
 def test_the_page_and_the_api_offer_the_local_model(local_server: Server) -> None:
     session = requests.Session()
     page = session.get(local_server.url + "/").text
-    assert '<option selected value="smollm2-135m">' in page or 'value="smollm2-135m"' in page
+    select = page.split('<select id="model" name="model">')[1].split("</select>")[0]
+    assert re.findall(r'<option[^>]* value="([^"]*)"', select) == ["smollm2-135m"]
     token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
     streamed = session.post(
         local_server.url + "/ui/stream",
@@ -168,13 +171,16 @@ def test_health_answers_promptly_while_the_model_generates(local_server: Server)
     while not health(local_server)["generating"] and time.monotonic() < deadline:
         time.sleep(0.02)
     latencies = []
+    generating = []
     while not finished.is_set() and len(latencies) < 20:
         started = time.monotonic()
-        assert health(local_server)["generating"] in (True, False)
+        generating.append(health(local_server)["generating"])
         latencies.append(time.monotonic() - started)
         time.sleep(0.05)
     worker.join()
-    assert len(latencies) >= 5, "the generation ended before the health checks could run"
+    assert generating.count(True) >= 5, "the generation ended before the health checks could run"
+    # True while it generates, then False once it ended (the response may still be on its way).
+    assert generating == sorted(generating, reverse=True), generating
     # Responsiveness, not speed: a frozen event loop would take a whole generation.
     assert max(latencies) < 0.1, latencies
 
@@ -198,6 +204,200 @@ def test_a_cancelled_request_stops_generation(local_server: Server) -> None:
     assert stopped["generating"] is False
     time.sleep(0.3)
     assert health(local_server)["tokens_generated"] == stopped["tokens_generated"]
+
+
+# -- one model shared fairly (webapp/providers/local.py: FairQueue) --------------
+
+
+@pytest.fixture(scope="module")
+def shared_server(serve: Any) -> Server:
+    """Clients told apart by X-Forwarded-For (as behind a proxy), and room for long prompts."""
+    server: Server = serve(
+        **local_env(
+            TRUST_FORWARDED_FOR="1",
+            MAX_PROMPT_TOKENS="2000",
+            FIRST_TOKEN_TIMEOUT="60",  # a busy CPU takes its time over long prompts
+            INSTANCE="shared",
+        )
+    )
+    wait_for(lambda: health(server)["model_state"] == "loaded", 120, "the model to load")
+    return server
+
+
+def long_prompt(tag: str, lines: int) -> str:
+    """About 15 of SmolLM2's tokens a line, different from the first line on (no
+    cached prefix shortens its evaluation)."""
+    rows = (f"job {tag}-{i}: finished in {i * 37 % 1000} ms" for i in range(lines))
+    return f"Review this log ({tag}) and say which job failed.\n" + "\n".join(rows)
+
+
+def wait_for(check: Any, timeout: float, what: str) -> float:
+    """Poll `check` until it holds; returns the seconds it took."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, f"waited {timeout:g} s for {what}"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+class Asker:
+    """One streamed API request from the client at `address`, on a socket of its
+    own: a thread reads the answer and notes when its first text came; `leave()`
+    closes the connection, as a client that goes away does."""
+
+    def __init__(self, server: Server, address: str, prompt: str, max_tokens: int) -> None:
+        body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
+        head = (
+            "POST /generate-code/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: application/json\r\nAccept: application/x-ndjson\r\n"
+            f"X-Forwarded-For: {address}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        self.sock = socket.create_connection(("127.0.0.1", server.port))
+        self.sock.sendall(head.encode() + body.encode())
+        self.received = b""
+        self.first_text_at: float | None = None
+        self.ended = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while chunk := self.sock.recv(65536):
+                self.received += chunk
+                if self.first_text_at is None and b'"type":"delta"' in self.received:
+                    self.first_text_at = time.monotonic()
+        except OSError:
+            pass
+        finally:
+            self.ended.set()
+
+    @property
+    def status(self) -> int | None:
+        line = self.received.partition(b"\r\n")[0].split()
+        return int(line[1]) if len(line) > 1 else None
+
+    def leave(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+def queued(server: Server, count: int) -> None:
+    wait_for(lambda: health(server)["queue"] == count, 10, f"{count} requests in the queue")
+
+
+def idle(server: Server) -> None:
+    """Until the model is free: what an earlier test left has stopped."""
+
+    def free() -> bool:
+        info = health(server)
+        return info["queue"] == 0 and not info["generating"]
+
+    wait_for(free, 60, "the model to be free")
+
+
+@pytest.mark.local_model
+def test_a_client_with_long_prompts_in_flight_does_not_hold_up_another(
+    shared_server: Server,
+) -> None:
+    """Client A has three long prompts in flight; B's short one is served as soon as
+    A's first is done, before A's other two. First in, first out served A's others
+    first: B's first token waited for all of them, past its bound with a few more."""
+    idle(shared_server)
+    first = Asker(shared_server, "10.0.1.1", long_prompt("a1", 100), 1)
+    askers = [first]
+    try:
+        wait_for(lambda: health(shared_server)["generating"], 30, "A's first prompt to start")
+        others = [Asker(shared_server, "10.0.1.1", long_prompt(f"a{i}", 100), 1) for i in (2, 3)]
+        askers += others
+        queued(shared_server, 2)
+        short = Asker(shared_server, "10.0.1.2", "Say hi.", 5)
+        askers.append(short)
+        queued(shared_server, 3)
+        first.leave()  # A's first ends here (a busy CPU would take long over the rest)
+        assert short.ended.wait(120), "B was not served"
+        assert short.status == 200 and b'"type":"done"' in short.received, short.received
+        assert short.first_text_at is not None
+        assert all(
+            other.first_text_at is None or other.first_text_at > short.first_text_at
+            for other in others
+        ), "one of A's queued prompts was served before B's"
+    finally:
+        for asker in askers:
+            asker.leave()
+    queued(shared_server, 0)
+
+
+@pytest.mark.local_model
+def test_a_client_over_its_share_of_the_queue_is_refused_while_another_gets_in(
+    shared_server: Server,
+) -> None:
+    """LOCAL_QUEUE_SIZE is 8: one client may have 4 waiting, and one more is refused
+    at once with local_model_busy; another client's request still gets in, and is
+    served before them."""
+    idle(shared_server)
+    first = Asker(shared_server, "10.0.2.1", long_prompt("b0", 100), 1)
+    askers = [first]
+    try:
+        wait_for(lambda: health(shared_server)["generating"], 30, "A's first prompt to start")
+        askers += [
+            Asker(shared_server, "10.0.2.1", long_prompt(f"b{i}", 100), 1) for i in (1, 2, 3, 4)
+        ]
+        queued(shared_server, 4)
+        over = Asker(shared_server, "10.0.2.1", "Say hi.", 5)
+        askers.append(over)
+        assert over.ended.wait(10), "A's request over its share was not refused"
+        assert over.status == 503, over.received
+        error = json.loads(over.received.partition(b"\r\n\r\n")[2])["error"]
+        assert error["code"] == "local_model_busy"
+        assert "4 requests waiting" in error["message"] and "share" in error["message"]
+        other = Asker(shared_server, "10.0.2.2", "Say hi.", 5)
+        askers.append(other)
+        queued(shared_server, 5)  # admitted: A's four and B's one wait
+        first.leave()
+        assert other.ended.wait(120), "B was not served"
+        assert other.status == 200 and b'"type":"done"' in other.received, other.received
+        assert health(shared_server)["queue"] == 3  # B went before A's four
+    finally:
+        for asker in askers:
+            asker.leave()
+    queued(shared_server, 0)
+
+
+@pytest.mark.local_model
+def test_requests_whose_client_left_leave_the_queue_and_stop_their_prompt(
+    shared_server: Server,
+) -> None:
+    """A queued request whose client left is dropped at once, and a long prompt's
+    evaluation stops within a step of the client leaving (it ran to the end of the
+    prompt before: the model stayed busy for seconds after nobody wanted it)."""
+    idle(shared_server)
+    prompt = long_prompt("c1", 100)  # about 1,500 tokens: 5 s or more on 2 cores
+    before = health(shared_server)["tokens_evaluated"]
+    evaluating = Asker(shared_server, "10.0.3.1", prompt, 5)
+    wait_for(lambda: health(shared_server)["tokens_evaluated"] > before, 30, "the prompt to start")
+    waiting = Asker(shared_server, "10.0.3.2", "Say hi.", 5)
+    queued(shared_server, 1)
+    waiting.leave()
+    assert wait_for(lambda: health(shared_server)["queue"] == 0, 10, "the queue to empty") < 2
+    evaluating.leave()
+    assert wait_for(lambda: not health(shared_server)["generating"], 60, "the model to free") < 15
+    stopped = health(shared_server)["tokens_evaluated"]
+    assert stopped - before < 1200  # not the whole prompt
+    time.sleep(0.5)
+    assert health(shared_server)["tokens_evaluated"] == stopped
+    assert evaluating.first_text_at is None and waiting.first_text_at is None
+    # The model is free for the next client at once.
+    started = time.monotonic()
+    response = requests.post(
+        shared_server.url + "/generate-code/",
+        json={"prompt": "Say hi.", "max_tokens": 5, "stream": False},
+        headers={"X-Forwarded-For": "10.0.3.3"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert time.monotonic() - started < 30
+    assert "Traceback" not in shared_server.logs()  # a stopped prompt is no error
 
 
 @pytest.mark.local_model

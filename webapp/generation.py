@@ -645,6 +645,7 @@ class GenerationService:
             model or self.provider.models[0],
             max_tokens or cfg.max_output_tokens,
             cfg.default_temperature if temperature is None else temperature,
+            client=client,
         )
         if partial is not None:
             request = continuation(request, partial, 0)

@@ -116,7 +116,12 @@ def continuation(request: GenerationRequest, partial: str, spent: int) -> Genera
         {"role": "user", "content": CONTINUE_PROMPT},
     ]
     return GenerationRequest(
-        messages, request.model, max(1, request.max_tokens - spent), request.temperature, partial
+        messages,
+        request.model,
+        max(1, request.max_tokens - spent),
+        request.temperature,
+        partial,
+        request.client,
     )
 
 

@@ -38,6 +38,8 @@ class GenerationRequest:
     # A continuation: the assistant text it carries on. Its messages also ask for
     # that in words (for providers that cannot continue a message themselves).
     partial: str | None = None
+    # Who asked (the request's client id): the local model's queue serves clients in turn.
+    client: str = ""
 
 
 @dataclass(slots=True)

@@ -6,20 +6,28 @@ gevent's native threadpool: the event loop keeps serving other requests
 `Llama` object serves one generation at a time; others wait in a bounded
 queue, and that wait counts against their time-to-first-token bound because
 the relay's clock starts before it.
+
+The queue is fair across clients (`FairQueue`): the model goes to clients in
+turn, and one client holds at most half of the places. A prompt is evaluated
+in steps of `PROMPT_STEP` tokens, so one whose client left stops between two
+steps instead of holding the model for the whole prompt.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import gevent
 from gevent import get_hub
+from gevent.event import Event
 from gevent.lock import Semaphore
 
 from webapp.config import Config
@@ -38,6 +46,90 @@ from webapp.seam import SeamStream
 
 log = logging.getLogger("webapp.local")
 
+# Tokens of a prompt evaluated in one native call: between two, an answer whose
+# client left stops. llama.cpp's own batch (512) takes seconds on a small CPU;
+# 128 costs about a tenth more than 512 on a long prompt, 64 a third.
+PROMPT_STEP = 128
+
+
+class Abandoned(Exception):
+    """Raised in the evaluating thread: the answer it works for was stopped."""
+
+
+class FairQueue:
+    """Turns at the one model, for clients in turn.
+
+    A first-in first-out queue (Ollama's) lets one client with many long prompts
+    hold the model: everyone else's first token waits for all of them. Here each
+    client waits in a line of its own, the model goes next to the client that
+    waited longest for a turn (not to the one that just had it, while others
+    wait), and one client may hold at most half of the `size` places (at least
+    one), so it never fills the queue alone.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.share = max(1, size // 2)
+        self.waiting = 0
+        # Each client's waiters; the dict's order is the order of turns (a client
+        # served goes to the back).
+        self._lines: dict[str, deque[Event]] = {}
+        self._busy = False
+        self._holder: str | None = None
+
+    def acquire(self, client: str) -> None:
+        """Wait for the model; raise `local_model_busy` if `client` has its share
+        waiting already, or the queue is full. A greenlet killed while it waits
+        leaves the queue at once."""
+        if not self._busy:
+            self._busy, self._holder = True, client
+            return
+        line = self._lines.get(client)
+        if line is not None and len(line) >= self.share:
+            raise UpstreamUnavailable(
+                f"The local model is busy: you already have {len(line)} requests waiting "
+                f"for it, your share of the queue. Try again once one has finished.",
+                code="local_model_busy",
+            )
+        if self.waiting >= self.size:
+            raise UpstreamUnavailable(
+                "The local model is busy; try again shortly.", code="local_model_busy"
+            )
+        turn = Event()
+        self._lines.setdefault(client, deque()).append(turn)
+        self.waiting += 1
+        try:
+            turn.wait()
+        except BaseException:
+            if turn.is_set():  # handed the model as it was stopped: pass it on
+                self.release()
+            else:
+                self._leave(client, turn)
+            raise
+
+    def release(self) -> None:
+        """Hand the model to the next client in turn, or free it."""
+        client = next((c for c in self._lines if c != self._holder), None)
+        if client is None and self._holder in self._lines:
+            client = self._holder  # nobody else waits
+        if client is None:
+            self._busy, self._holder = False, None
+            return
+        line = self._lines.pop(client)
+        turn = line.popleft()
+        if line:
+            self._lines[client] = line  # to the back: the others go first
+        self.waiting -= 1
+        self._holder = client
+        turn.set()
+
+    def _leave(self, client: str, turn: Event) -> None:
+        line = self._lines[client]
+        line.remove(turn)
+        if not line:
+            del self._lines[client]
+        self.waiting -= 1
+
 
 class LocalProvider(Provider):
     name = "local"
@@ -53,11 +145,15 @@ class LocalProvider(Provider):
         self.models = (self.model_name,)
         self._llama: Any = None
         self._load_error: str | None = None
-        self._turn = Semaphore(1)
+        self._queue = FairQueue(config.local_queue_size)
         self._loading = Semaphore(1)
-        self._waiting = 0
         self._generating = False
-        self.tokens_generated = 0  # for /healthz: shows that a cancelled answer stopped
+        # Set when the answer holding the model is stopped: its prompt's evaluation
+        # ends at the next step (read in the evaluating thread).
+        self._abandoned = False
+        # For /healthz: they show that a cancelled answer, or its prompt, stopped.
+        self.tokens_generated = 0
+        self.tokens_evaluated = 0  # what the model read: prompts, then each new token
 
     def info(self) -> ProviderInfo:
         if self._llama is not None:
@@ -70,8 +166,9 @@ class LocalProvider(Provider):
             "models": list(self.models),
             "model_state": state,
             "generating": self._generating,
-            "queue": self._waiting,
+            "queue": self._queue.waiting,
             "tokens_generated": self.tokens_generated,
+            "tokens_evaluated": self.tokens_evaluated,
         }
         if self._load_error:
             detail["model_error"] = self._load_error
@@ -87,6 +184,9 @@ class LocalProvider(Provider):
             n_threads=self.config.local_threads or os.cpu_count() or 1,
             verbose=False,
         )
+        # Every evaluation, the prompt's included, in steps a stopped answer ends at.
+        stepwise = functools.partial(self._evaluate_in_steps, llama.eval)
+        llama.eval = stepwise  # type: ignore[method-assign]
         log.info(
             "local model loaded",
             extra={
@@ -98,6 +198,16 @@ class LocalProvider(Provider):
             },
         )
         return llama
+
+    def _evaluate_in_steps(
+        self, evaluate: Callable[[Sequence[int]], None], tokens: Sequence[int]
+    ) -> None:
+        for start in range(0, len(tokens), PROMPT_STEP):
+            if self._abandoned:
+                raise Abandoned
+            step = tokens[start : start + PROMPT_STEP]
+            evaluate(step)
+            self.tokens_evaluated += len(step)
 
     def model(self) -> Any:
         """Load once per process, in a native thread so the loop keeps running.
@@ -159,15 +269,8 @@ class LocalProvider(Provider):
         return found
 
     def stream(self, request: GenerationRequest) -> Iterator[str | Final]:
-        if self._waiting >= self.config.local_queue_size:
-            raise UpstreamUnavailable(
-                "The local model is busy; try again shortly.", code="local_model_busy"
-            )
-        self._waiting += 1
-        try:
-            self._turn.acquire()
-        finally:
-            self._waiting -= 1
+        self._queue.acquire(request.client)
+        self._abandoned = False
         pool = get_hub().threadpool
         pending = None
         chunks = None
@@ -184,7 +287,7 @@ class LocalProvider(Provider):
             finish_reason = None
             produced = 0
             while True:
-                pending = pool.spawn(next, chunks, None)
+                pending = pool.spawn(self._next, chunks)
                 chunk = pending.get()
                 pending = None
                 if chunk is None:
@@ -209,18 +312,29 @@ class LocalProvider(Provider):
                 },
             )
         finally:
-            # A kill (Stop, a bound) lands while a token is being computed:
-            # let that one step finish, then close the generator so llama.cpp
-            # stops, and only then hand the model to the next request. A step
-            # still running after the wait (a huge prompt) does that itself when
+            # A kill (Stop, a bound, the client gone) lands while a token is being
+            # computed or the prompt evaluated: let that one step finish (a
+            # prompt's evaluation ends at its next step), then close the generator
+            # so llama.cpp stops, and only then hand the model to the next
+            # request. A step still running after the wait does that itself when
             # it ends, so the model is never left locked.
             if pending is not None and not pending.ready():
+                self._abandoned = True
                 with contextlib.suppress(BaseException):
                     pending.get(timeout=30)
             if pending is not None and not pending.ready():
                 pending.rawlink(lambda _: self._release(chunks))
             else:
                 self._release(chunks)
+
+    @staticmethod
+    def _next(chunks: Iterator[Any]) -> Any:
+        """In the threadpool: the next chunk, or None at the end or once the answer
+        was stopped mid-prompt (its pump is gone: nobody needs a traceback)."""
+        try:
+            return next(chunks, None)
+        except Abandoned:
+            return None
 
     @staticmethod
     def _continuing(llama: Any, request: GenerationRequest, kwargs: dict[str, Any]) -> Any:
@@ -257,4 +371,4 @@ class LocalProvider(Provider):
             log.warning("local generation could not be closed cleanly")
         finally:
             self._generating = False
-            self._turn.release()
+            self._queue.release()
