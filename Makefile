@@ -28,11 +28,11 @@ $(STAMP)-eval: requirements-eval.txt $(STAMP)-dev
 	$(PIP) install -q --no-deps --require-hashes -r requirements-eval.txt
 	touch $@
 
-# The embedded model's runtime. Not a stamp: `webapp.runtime install` checks which
+# The embedded model's runtime. Not a stamp: `webapp.providers.runtime install` checks which
 # llama.cpp build the venv holds against the one this CPU gets (portable unless
 # LLAMA_NATIVE=1) and installs it from a cache keyed by its flags, compiling once.
 install-local: $(STAMP)-core
-	$(BIN)/python -m webapp.runtime install
+	$(BIN)/python -m webapp.providers.runtime install
 
 install: $(STAMP)-core
 install-dev: $(STAMP)-dev
@@ -42,7 +42,7 @@ run: $(STAMP)-core static/pyodide/.stamp-versioned
 	if [ "$$provider" = local ]; then \
 		echo ">> No OPENAI_API_KEY or OPENAI_BASE_URL: using the embedded local model."; \
 		$(MAKE) --no-print-directory install-local || exit 1; \
-		$(BIN)/python -m webapp.models prepare; rc=$$?; \
+		$(BIN)/python -m webapp.providers.models prepare; rc=$$?; \
 		if [ $$rc = 3 ]; then \
 			echo ">> Serving anyway: the page and the API answer 503 local_model_invalid until this is fixed."; \
 		elif [ $$rc != 0 ]; then exit $$rc; fi; \
@@ -96,7 +96,7 @@ static/pyodide/.stamp-versioned: node_modules/.package-lock.json
 	else echo ">> Pyodide is not installed (no npm): the page's Run button stays off"; fi
 
 test: $(STAMP)-dev $(STAMP)-eval install-local system-deps node_modules/.package-lock.json static/pyodide/.stamp-versioned lint
-	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.models prepare
+	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.providers.models prepare
 	@set +e; $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
@@ -114,7 +114,7 @@ bench: $(STAMP)-dev
 eval: $(STAMP)-eval
 	@provider=$$($(BIN)/python -c 'from webapp.config import Config; print(Config.from_env().resolved_provider)') || exit 1; \
 	if [ "$$provider" = local ]; then \
-		$(MAKE) --no-print-directory install-local && $(BIN)/python -m webapp.models prepare || exit 1; \
+		$(MAKE) --no-print-directory install-local && $(BIN)/python -m webapp.providers.models prepare || exit 1; \
 	fi; \
 	$(BIN)/python -m bench.eval $(EVAL_ARGS)
 
@@ -122,7 +122,7 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/artifacts node_modules static/pyodide
 
 bench-local: $(STAMP)-dev install-local
-	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.models prepare
+	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.providers.models prepare
 	$(BIN)/python -m bench.local --model $(TEST_MODEL)
 
 # A longer fuzzing run than make test's bounded one.

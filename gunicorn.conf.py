@@ -72,7 +72,7 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
     # After gevent patched this process: the relay's writes skip a system call.
-    from webapp import fastio
+    from webapp.web import fastio
 
     fastio.install(read_timeout=_config.client_read_timeout)
 

@@ -2,7 +2,7 @@
 
     python -m bench.builds avx2=DIR avx512=DIR native=DIR [--model qwen2.5-coder-1.5b]
 
-Each DIR holds a llama_cpp_python wheel (e.g. from `python -m webapp.runtime install`,
+Each DIR holds a llama_cpp_python wheel (e.g. from `python -m webapp.providers.runtime install`,
 which keeps them under MODEL_CACHE_DIR/wheels/). Each build is installed into a
 scratch venv of its own and measured in a child process: the same model file,
 prompt, greedy sampling, threads and token count; rounds alternate between the
@@ -22,7 +22,7 @@ import venv
 from pathlib import Path
 
 from webapp.config import Config
-from webapp.models import model_file
+from webapp.providers.models import model_file
 
 CHILD = r"""
 import json, sys, time

@@ -38,7 +38,7 @@ from typing import Any
 import requests
 
 from bench.sandbox import Outcome, run_program
-from webapp.codeblocks import FENCE
+from webapp.relay.codeblocks import FENCE
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = "Complete this Python function:\n\n```python\n{prompt}```"
@@ -127,7 +127,7 @@ class Direct:
         from llama_cpp import Llama
 
         from webapp.config import Config
-        from webapp.models import model_file
+        from webapp.providers.models import model_file
 
         config = Config.from_env()
         self.llama = Llama(

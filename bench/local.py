@@ -27,8 +27,8 @@ import requests  # noqa: E402
 
 from bench.relay import APP, ROOT, free_port, start, wait_port  # noqa: E402
 from webapp.config import Config  # noqa: E402
-from webapp.generation import build_messages  # noqa: E402
-from webapp.models import model_file  # noqa: E402
+from webapp.providers.models import model_file  # noqa: E402
+from webapp.relay.generation import build_messages  # noqa: E402
 
 PROMPT = "Write a Python function that checks whether a string is a palindrome, then explain it."
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from webapp.deadlines import FIRST_TOKEN, IDLE, PING, TOTAL, Deadlines
+from webapp.relay.deadlines import FIRST_TOKEN, IDLE, PING, TOTAL, Deadlines
 
 
 def deadlines(started: float = 100.0) -> Deadlines:

@@ -1,4 +1,4 @@
-"""webapp/fastio.py: the bytes it puts on the wire, pinned, and its version guard."""
+"""webapp/web/fastio.py: the bytes it puts on the wire, pinned, and its version guard."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from gunicorn.config import Config as GunicornConfig
 
-from webapp import fastio
+from webapp.web import fastio
 
 
 class Capture:

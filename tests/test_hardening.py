@@ -19,11 +19,11 @@ from flask import Flask
 from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import memory, prompt, worker_pid
-from webapp.events import Done
-from webapp.formats import numbered
-from webapp.generation import CHARS_PER_TOKEN_BOUND
-from webapp.guard import Guard
-from webapp.ui import _with_blocks
+from webapp.relay.events import Done
+from webapp.relay.formats import numbered
+from webapp.relay.generation import CHARS_PER_TOKEN_BOUND
+from webapp.web.guard import Guard
+from webapp.web.ui import _with_blocks
 
 # -- a flooding upstream ---------------------------------------------------------------
 
@@ -410,7 +410,7 @@ def test_compare_is_bounded_in_lines_and_time_and_runs_in_a_child() -> None:
     """difflib took 9 s of the event loop on two 12,000-line versions (the same lines,
     evens then odds); GNU diff in a child takes a fraction of that, is waited on
     cooperatively under gevent, and is killed at its time bound."""
-    from webapp import exports
+    from webapp.answers import exports
 
     lines = [f"line {i}" for i in range(12_000)]
     shuffled = lines[::2] + lines[1::2]

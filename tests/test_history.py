@@ -29,8 +29,8 @@ from tests.conftest import ROOT, TEST_SETTINGS, Server
 from tests.fake_upstream import ANSWERS, FakeUpstream
 from tests.helpers import csrf_token_of, metrics, prompt, value
 from webapp import create_app
-from webapp.history import AnswerRow, Base, FinishedAnswer, Store, make_engine, now, upgrade
-from webapp.recording import Recording
+from webapp.answers.recording import Recording
+from webapp.answers.store import AnswerRow, Base, FinishedAnswer, Store, make_engine, now, upgrade
 
 KEYS = {"Authorization": "Bearer key-one"}, {"Authorization": "Bearer key-two"}
 
@@ -339,7 +339,7 @@ def test_several_processes_migrating_at_once_all_succeed(database_url: str) -> N
     env = {"DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}
     runs = [
         subprocess.Popen(
-            [sys.executable, "-m", "webapp.history", "upgrade"],
+            [sys.executable, "-m", "webapp.answers.store", "upgrade"],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -780,7 +780,7 @@ def test_a_filter_reads_a_bounded_number_of_answers_per_request(
 ) -> None:
     """Past FILTER_SCAN answers read, a filtered page ends short (even empty) with a
     cursor that carries on from there; following it finds every match once."""
-    monkeypatch.setattr("webapp.history.FILTER_SCAN", 3)
+    monkeypatch.setattr("webapp.answers.store.FILTER_SCAN", 3)
     alpha = answers_made(client, 1, "alpha")
     betas = answers_made(client, 5, "beta")[::-1]
     first = client.get("/answers?q=alpha").get_json()

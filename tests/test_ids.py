@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from webapp.history import ID_FRESH, may_be_new
+from webapp.answers.store import ID_FRESH, may_be_new
 from webapp.ids import b64url, made_at, random_id, sortable_id
 
 

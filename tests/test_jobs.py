@@ -14,13 +14,13 @@ import pytest
 from gevent.event import Event
 
 from tests.test_relay import relay_for
+from webapp.answers.jobs import Job, Numbered, writes_bounded
 from webapp.errors import ClientTooSlow
-from webapp.events import Done, Failed
-from webapp.formats import numbered
-from webapp.generation import WRITE_STALL, Relay
-from webapp.jobs import Job, Numbered, writes_bounded
 from webapp.providers.base import Final
-from webapp.ui import _with_blocks
+from webapp.relay.events import Done, Failed
+from webapp.relay.formats import numbered
+from webapp.relay.generation import WRITE_STALL, Relay
+from webapp.web.ui import _with_blocks
 
 
 def steady(tokens: int, every: float) -> Iterator[str | Final]:
@@ -280,7 +280,7 @@ def test_the_page_stream_after_the_end_has_a_write_bound_of_its_own(
     """The relay is closed before the page hears the end (above), and its watchdog with
     it: a client that stops reading then (the end, the blocks, the page's HTML) is
     let go by the page stream's own bound, so the stream still ends."""
-    monkeypatch.setattr("webapp.ui.FOLLOWER_WRITE_STALL", 0.2)
+    monkeypatch.setattr("webapp.web.ui.FOLLOWER_WRITE_STALL", 0.2)
     _, job, _ = started(tokens=5, every=0.01)
     began = 0.0
     with pytest.raises(ClientTooSlow):

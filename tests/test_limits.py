@@ -147,7 +147,7 @@ def test_redis_going_away_can_fail_closed(
 
 def test_stream_slots_in_redis_never_go_below_zero(redis_server: Redis) -> None:
     from webapp.config import Config
-    from webapp.guard import Guard
+    from webapp.web.guard import Guard
 
     guard = Guard(
         Config.from_env({"REDIS_URL": redis_server.url, "MAX_CONCURRENT_STREAMS_PER_CLIENT": "2"})

@@ -21,9 +21,9 @@ import pytest
 import requests
 
 from tests.conftest import IN_CI, Server, require_binary
-from webapp import runtime
 from webapp.config import Config
-from webapp.models import SPECS, ModelFileError, join_parts, model_file
+from webapp.providers import runtime
+from webapp.providers.models import SPECS, ModelFileError, join_parts, model_file
 
 PROMPT = "Write a Python function that adds two numbers."
 
@@ -470,7 +470,7 @@ def test_the_model_loads_once_at_start_up(serve: Any) -> None:
     assert server.logs().count("local model loaded") == 1  # warm-up and request share one load
 
 
-# -- the runtime's build and its probe (webapp/runtime.py) ----------------------
+# -- the runtime's build and its probe (webapp/providers/runtime.py) ----------------------
 
 # A Sapphire Rapids Xeon, as a fresh cloud VM reports it: AMX and AVX-512.
 XEON_AMX = (
@@ -606,7 +606,7 @@ def test_make_run_says_so_before_serving_when_the_runtime_crashes() -> None:
     }
     env.update(LOCAL_MODEL="smollm2-135m", LOCAL_RUNTIME_FAULT="crash")
     result = subprocess.run(
-        [sys.executable, "-m", "webapp.models", "prepare"],
+        [sys.executable, "-m", "webapp.providers.models", "prepare"],
         capture_output=True,
         text=True,
         env=env,

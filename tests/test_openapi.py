@@ -18,7 +18,7 @@ from schemathesis import GenerationMode
 from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import prompt, sse_events
-from webapp.openapi import Answer, Delta, Done, ErrorResponse, Health, Ping, StreamError
+from webapp.web.openapi import Answer, Delta, Done, ErrorResponse, Health, Ping, StreamError
 
 # The operations that take input that can be invalid (a body, or typed query parameters).
 NEGATIVE_PATHS = ("/generate-code/", "/answers")

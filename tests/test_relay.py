@@ -12,7 +12,6 @@ import gevent
 import pytest
 
 from tests.conftest import ScriptedProvider
-from webapp import generation
 from webapp.config import Config
 from webapp.errors import (
     BadRequest,
@@ -22,9 +21,10 @@ from webapp.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from webapp.events import Done, Failed, Ping
-from webapp.generation import Relay
 from webapp.providers.base import Final, GenerationRequest, IteratorStream, UpstreamStream
+from webapp.relay import generation
+from webapp.relay.events import Done, Failed, Ping
+from webapp.relay.generation import Relay
 from webapp.sockets import readable_now
 
 
@@ -238,7 +238,7 @@ def test_keep_alives_flow_while_the_model_is_silent(scripted: ScriptedProvider) 
 def test_a_request_without_temperature_gets_the_configured_default(
     scripted: ScriptedProvider,
 ) -> None:
-    from webapp.generation import GenerationService
+    from webapp.relay.generation import GenerationService
 
     config = Config.from_env({"OPENAI_API_KEY": "x", "DEFAULT_TEMPERATURE": "0"})
     service = GenerationService(config, scripted, len)

@@ -1,4 +1,4 @@
-"""webapp/render.py: code blocks are highlighted, escaped, and never take long.
+"""webapp/web/render.py: code blocks are highlighted, escaped, and never take long.
 
 Pygments' `guess_lexer` is quadratic on some inputs (an untagged block of
 20,000 newlines took 14 s on the event loop), so the guess must only ever see
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from webapp import render
-from webapp.render import code_block_html, highlight_code, render_answer
+from webapp.web import render
+from webapp.web.render import code_block_html, highlight_code, render_answer
 
 MAX_GUESS_CHARS = 2_000
 MAX_GUESS_LINES = 50

@@ -21,7 +21,7 @@ from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import MARGIN, leave_mid_stream, prompt, sse, text_of
 from webapp.errors import RateLimited, UpstreamError
-from webapp.opener import RetryPolicy, backoff, should_retry
+from webapp.relay.opener import RetryPolicy, backoff, should_retry
 
 
 def sent_by(fake: FakeUpstream, marker: str) -> str:

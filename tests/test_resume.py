@@ -25,7 +25,7 @@ from sqlalchemy import text
 from tests.conftest import TEST_SETTINGS, Redis, Server
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import prompt, wait_idle, worker_pid
-from webapp.history import CANCELLING, Store
+from webapp.answers.store import CANCELLING, Store
 
 GRACE = "2"
 

@@ -1,4 +1,4 @@
-"""What a continuation repeats at the seam is dropped (webapp/seam.py), and nothing else."""
+"""What a continuation repeats at the seam is dropped (providers/seam.py), and nothing else."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from webapp.providers.base import Final, UpstreamStream
-from webapp.seam import SeamStream, overlap
+from webapp.providers.seam import SeamStream, overlap
 
 CODE = "Here you go:\n```python\ndef add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    ret"
 

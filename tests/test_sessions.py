@@ -1,4 +1,4 @@
-"""The session cookie (webapp/sessions.py): signed, expiring, and readable from the
+"""The session cookie (webapp/web/sessions.py): signed, expiring, and readable from the
 format of earlier versions, so an anonymous owner keeps their history."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask.testing import FlaskClient
 from itsdangerous import BadSignature
 
-from webapp.sessions import PREFIX, FastSerializer
+from webapp.web.sessions import PREFIX, FastSerializer
 
 
 def serializer(app: Flask) -> FastSerializer:

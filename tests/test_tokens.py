@@ -7,7 +7,7 @@ import threading
 import pytest
 import tiktoken
 
-from webapp.tokens import _OFFLOAD_CHARS, count_tokens
+from webapp.relay.tokens import _OFFLOAD_CHARS, count_tokens
 
 
 def test_counts_match_tiktoken() -> None:

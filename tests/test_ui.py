@@ -11,8 +11,8 @@ from flask.testing import FlaskClient
 
 from tests.conftest import Server
 from tests.fake_upstream import FakeUpstream
-from webapp.render import render_answer
-from webapp.ui import EXAMPLES
+from webapp.web.render import render_answer
+from webapp.web.ui import EXAMPLES
 
 
 def token_of(html: str) -> str:

@@ -20,6 +20,10 @@ from flask import Flask, Response, current_app, g, request
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from webapp.answers.eventlog import EventLog, RedisUnavailable
+from webapp.answers.jobs import FOLLOWED_WITHIN, Jobs
+from webapp.answers.recording import Recorder
+from webapp.answers.store import Store
 from webapp.config import Config
 from webapp.errors import (
     ClientReadTimeout,
@@ -29,23 +33,19 @@ from webapp.errors import (
     RequestTimeout,
     Unauthorized,
 )
-from webapp.eventlog import EventLog, RedisUnavailable
-from webapp.generation import GenerationService
-from webapp.guard import (
+from webapp.providers import build_provider
+from webapp.relay.generation import GenerationService
+from webapp.relay.tokens import count_tokens
+from webapp.web.guard import (
     HISTORY_PAGE_ENDPOINTS,
     HISTORY_UNLIMITED_ENDPOINTS,
     LIMITED_ENDPOINTS,
     Guard,
 )
-from webapp.history import Store
-from webapp.jobs import FOLLOWED_WITHIN, Jobs
-from webapp.observability import Observer, record_history_failure, record_rejection
-from webapp.providers import build_provider
-from webapp.recording import Recorder
-from webapp.responses import register_error_handlers
-from webapp.sessions import CookieSessions
-from webapp.signins import SignIns, session_key
-from webapp.tokens import count_tokens
+from webapp.web.observability import Observer, record_history_failure, record_rejection
+from webapp.web.responses import register_error_handlers
+from webapp.web.sessions import CookieSessions
+from webapp.web.signins import SignIns, session_key
 
 ROOT = Path(__file__).resolve().parent.parent
 csrf = CSRFProtect()
@@ -122,7 +122,7 @@ def assign_request_id() -> None:
 
 
 def page_key(guard: Guard) -> str | None:
-    """With API keys set, the page needs a sign-in (webapp/signins.py): the key's id.
+    """With API keys set, the page needs a sign-in (webapp/web/signins.py): the key's id.
     A sign-out, or a key removed from the config, ends it."""
     if not guard.key_digests:
         return None
@@ -304,9 +304,9 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         app.before_request(hook)
     csrf.init_app(app)  # after the request id, so CSRF errors carry one
 
-    from webapp import (
-        answers,
+    from webapp.web import (
         api,
+        history_api,
         history_pages,  # noqa: F401 - its routes join ui.bp before it registers
         observability,
         openapi,
@@ -315,8 +315,8 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
 
     app.register_blueprint(api.bp)
     csrf.exempt(api.bp)
-    app.register_blueprint(answers.bp)
-    csrf.exempt(answers.bp)
+    app.register_blueprint(history_api.bp)
+    csrf.exempt(history_api.bp)
     app.register_blueprint(ui.bp)
     app.register_blueprint(openapi.bp)
     register_error_handlers(app)

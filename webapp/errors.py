@@ -26,7 +26,7 @@
         └── UpstreamTimeout        504     first_token_timeout, idle_timeout, deadline_exceeded
 
 This module imports nothing of the app's, nor Flask: every layer may raise
-these. `webapp/responses.py` turns them into responses.
+these. `webapp/web/responses.py` turns them into responses.
 
 Before a stream starts, an AppError becomes a status and a JSON body
 `{"error": {"code", "message", "request_id"}}`; after it started, the same
@@ -59,7 +59,7 @@ class ClientTooSlow(TruncatedStream):
 class ClientReadTimeout(ConnectionResetError):
     """The client did not send its request head and body within CLIENT_READ_TIMEOUT.
 
-    Raised by the server's request reader (webapp.fastio); a ConnectionResetError,
+    Raised by the server's request reader (webapp.web.fastio); a ConnectionResetError,
     so gunicorn drops the connection quietly if the app does not answer first.
     """
 
@@ -163,7 +163,7 @@ class InternalError(AppError):
 
 
 class HistoryUnavailable(AppError):
-    """The history database failed (webapp/history.py translates its errors to this)."""
+    """The history database failed (webapp/answers/store.py translates its errors to this)."""
 
     status = 503
     code = "history_unavailable"

@@ -1,6 +1,6 @@
 """Page sign-ins, so that a sign-out ends every copy of the session cookie.
 
-Kept here when the app has no Redis (webapp/signins.py).
+Kept here when the app has no Redis (webapp/web/signins.py).
 
 Revision ID: 0005
 Revises: 0004

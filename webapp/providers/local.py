@@ -32,7 +32,6 @@ from gevent.lock import Semaphore
 
 from webapp.config import Config
 from webapp.errors import UpstreamUnavailable
-from webapp.models import ModelFileError, model_file
 from webapp.providers.base import (
     Final,
     GenerationRequest,
@@ -41,8 +40,9 @@ from webapp.providers.base import (
     ProviderInfo,
     UpstreamStream,
 )
-from webapp.runtime import RuntimeBroken, probe
-from webapp.seam import SeamStream
+from webapp.providers.models import ModelFileError, model_file
+from webapp.providers.runtime import RuntimeBroken, probe
+from webapp.providers.seam import SeamStream
 
 log = logging.getLogger("webapp.local")
 

@@ -22,10 +22,10 @@ from tenacity import RetryCallState, Retrying, retry_if_exception
 from webapp.config import Config
 from webapp.errors import AppError, ClientClosed, InternalError, UpstreamError, UpstreamTimeout
 from webapp.providers import Final, GenerationRequest, Provider, UpstreamStream
-from webapp.seam import SeamStream
-from webapp.watchdog import DISCONNECT_CHECK
+from webapp.providers.seam import SeamStream
+from webapp.relay.watchdog import DISCONNECT_CHECK
 
-log = logging.getLogger("webapp.generation")
+log = logging.getLogger("webapp.relay.generation")
 
 CONTINUE_PROMPT = (
     "Your previous answer was cut off. Continue exactly where it stops, "

@@ -37,7 +37,7 @@ from gunicorn.http import parser, unreader, wsgi
 
 from webapp.errors import ClientReadTimeout
 
-log = logging.getLogger("webapp.fastio")
+log = logging.getLogger("webapp.web.fastio")
 _plain = _socket3.socket
 _original_sendall = _plain.sendall
 

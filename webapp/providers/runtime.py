@@ -17,8 +17,8 @@ says which build is installed, and `install` replaces any other.
 there (a signal, an illegal instruction) becomes a clear error, not a worker
 crash loop.
 
-    python -m webapp.runtime install   # make run / make test: the right build, once
-    python -m webapp.runtime flags     # the CMake flags this machine gets
+    python -m webapp.providers.runtime install   # make run / make test: the right build, once
+    python -m webapp.providers.runtime flags     # the CMake flags this machine gets
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from webapp.config import Config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = ROOT / "requirements-local.txt"
 LLAMA_VERSION = "0.3.36"
 # Where the venv says which build it holds.
@@ -260,7 +260,7 @@ def probe(config: Config, model: Path) -> None:
     marker = None if fault else _probe_marker(config, model)
     if marker is not None and marker.exists():
         return
-    command = [sys.executable, "-m", "webapp.runtime", "probe", str(model)]
+    command = [sys.executable, "-m", "webapp.providers.runtime", "probe", str(model)]
     env = {**os.environ, "LOCAL_RUNTIME_FAULT": fault}
     try:
         result = subprocess.run(
@@ -327,4 +327,4 @@ if __name__ == "__main__":
         raise SystemExit(0)
     if len(args) == 2 and args[0] == "probe":
         raise SystemExit(_probe_main(args[1]))
-    raise SystemExit("usage: python -m webapp.runtime install | flags | probe MODEL")
+    raise SystemExit("usage: python -m webapp.providers.runtime install | flags | probe MODEL")

@@ -9,7 +9,7 @@
     GET    /answers/<id>/events      re-attach: the events after Last-Event-ID / ?after=
     POST   /answers/<id>/cancel      Stop a resumable answer, whichever worker runs it
 
-Owners are found as for generation (webapp/service.py: `owner`): with API_KEYS
+Owners are found as for generation (webapp/web/service.py: `owner`): with API_KEYS
 the key authenticates every call here; without, the session cookie that
 `POST /generate-code/` set. Another owner's answer is a 404, like a missing one.
 """
@@ -24,12 +24,9 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, request, url_for
 
-from webapp import formats
-from webapp.config import Config
-from webapp.errors import BadRequest, HistoryUnavailable, NotFound
-from webapp.eventlog import EventLog, RedisUnavailable
-from webapp.events import PING, close_source
-from webapp.history import (
+from webapp.answers.eventlog import EventLog, RedisUnavailable
+from webapp.answers.jobs import FOLLOWER_WRITE_STALL, Numbered, follow_stored, writes_bounded
+from webapp.answers.store import (
     CANCELLING,
     INTERRUPTED,
     MAX_PAGE_SIZE,
@@ -37,8 +34,11 @@ from webapp.history import (
     Store,
     StoredAnswer,
 )
-from webapp.jobs import FOLLOWER_WRITE_STALL, Numbered, follow_stored, writes_bounded
-from webapp.service import (
+from webapp.config import Config
+from webapp.errors import BadRequest, HistoryUnavailable, NotFound
+from webapp.relay import formats
+from webapp.relay.events import PING, close_source
+from webapp.web.service import (
     STREAM_HEADERS,
     answer_of,
     client_gone,

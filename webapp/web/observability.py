@@ -26,11 +26,11 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 from webapp.errors import Unauthorized
-from webapp.generation import RelayHooks
-from webapp.guard import LIMITED_ENDPOINTS, Guard
+from webapp.relay.generation import RelayHooks
+from webapp.web.guard import LIMITED_ENDPOINTS, Guard
 
 if TYPE_CHECKING:
-    from webapp.generation import Answer
+    from webapp.relay.generation import Answer
 
 log = logging.getLogger("webapp")
 bp = Blueprint("metrics", __name__)

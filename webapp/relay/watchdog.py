@@ -13,9 +13,9 @@ from typing import Any
 
 from gevent import get_hub
 
-from webapp.deadlines import Deadlines
 from webapp.errors import ClientTooSlow
 from webapp.providers.base import Final, UpstreamStream
+from webapp.relay.deadlines import Deadlines
 
 # While no token flows, the relay looks at the client's socket this often, so a
 # closed tab stops the upstream within a second even in a silent stretch.

@@ -36,17 +36,17 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, Length, Optional
 
-from webapp import formats
-from webapp.answers import events_after, follow_counted
-from webapp.codeblocks import FENCE
+from webapp.answers.jobs import FOLLOWER_WRITE_STALL, Numbered
 from webapp.config import Config
 from webapp.errors import AppError, BadRequest, ClientTooSlow
-from webapp.events import Done, Failed, Ping, RelayEvent, close_source
-from webapp.generation import Relay
-from webapp.jobs import FOLLOWER_WRITE_STALL, Numbered
-from webapp.render import code_block_html, render_answer
-from webapp.responses import error_response, wants_json_response
-from webapp.service import (
+from webapp.relay import formats
+from webapp.relay.codeblocks import FENCE
+from webapp.relay.events import Done, Failed, Ping, RelayEvent, close_source
+from webapp.relay.generation import Relay
+from webapp.web.history_api import events_after, follow_counted
+from webapp.web.render import code_block_html, render_answer
+from webapp.web.responses import error_response, wants_json_response
+from webapp.web.service import (
     STREAM_HEADERS,
     detach,
     generation,
@@ -57,7 +57,7 @@ from webapp.service import (
     recorder,
     run_detached,
 )
-from webapp.signins import session_key
+from webapp.web.signins import session_key
 
 bp = Blueprint("ui", __name__)
 
@@ -293,7 +293,7 @@ def signin() -> BaseResponse | tuple[str, int]:
 
 @bp.post("/signout")
 def signout() -> BaseResponse:
-    """Ends the sign-in itself, not only this copy of the cookie (webapp/signins.py)."""
+    """Ends the sign-in itself, not only this copy of the cookie (webapp/web/signins.py)."""
     sign_in = session.pop("sign_in", None)
     session.pop("key_id", None)
     if isinstance(sign_in, str) and "sign_ins" in current_app.extensions:

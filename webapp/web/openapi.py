@@ -13,9 +13,9 @@ from typing import Any, Literal
 from flask import Blueprint, Response, current_app, render_template
 from pydantic import BaseModel, ConfigDict, Field
 
+from webapp.answers.store import FILTER_SCAN
 from webapp.config import Config
-from webapp.history import FILTER_SCAN
-from webapp.schema import GenerateCodeRequest
+from webapp.relay.schema import GenerateCodeRequest
 
 bp = Blueprint("docs", __name__)
 
@@ -85,7 +85,7 @@ class ErrorResponse(BaseModel):
 
 
 class StoredAnswer(BaseModel):
-    """One stored answer (GET /answers/{id}); the fields of webapp.history.StoredAnswer."""
+    """One stored answer (GET /answers/{id}); the fields of webapp.answers.store.StoredAnswer."""
 
     id: str
     conversation_id: str
@@ -295,7 +295,7 @@ def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any
 
 
 def history_paths(error: dict[str, Any], request_id: dict[str, Any]) -> dict[str, Any]:
-    """/answers and friends (webapp/answers.py)."""
+    """/answers and friends (webapp/web/history_api.py)."""
 
     def failures(*statuses: str) -> dict[str, Any]:
         described = {

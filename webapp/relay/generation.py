@@ -2,15 +2,15 @@
 
 A `Relay` is one answer, in two phases:
 
-- Opening: an `Opener` (webapp/opener.py) connects, retries (only before any
+- Opening: an `Opener` (webapp/relay/opener.py) connects, retries (only before any
   text) and reads up to the first text in a greenlet of its own, while the
   response side waits with a timeout, so it can keep its bounds and send
   keep-alives.
 - Streaming: the response greenlet reads the provider's stream itself and
   yields each read (everything that arrived, never waiting for more): one
   wake-up per upstream read. No timer is set per read; a `Watchdog`
-  (webapp/watchdog.py) interrupts the read only when something is due, as
-  `Deadlines` (webapp/deadlines.py) says.
+  (webapp/relay/watchdog.py) interrupts the read only when something is due, as
+  `Deadlines` (webapp/relay/deadlines.py) says.
 
 When a bound fires, the answer passes its size bound, or the client goes away,
 the upstream response is closed, so generation and billing stop. With
@@ -28,25 +28,25 @@ from typing import Any, Protocol
 
 import gevent
 
-from webapp import accounting
-from webapp.codeblocks import extract_code_blocks
 from webapp.config import Config
-from webapp.deadlines import FIRST_TOKEN, TOTAL, Deadlines
-from webapp.deadlines import PING as PING_DUE
 from webapp.errors import AppError, BadRequest, UpstreamError, UpstreamTimeout
-from webapp.events import PING, Done, Failed, RelayEvent
-from webapp.opener import Opener, continuation, may_resume
 from webapp.providers import Final, GenerationRequest, Provider, UpstreamStream
-from webapp.schema import GenerateCodeRequest, parse_generate
+from webapp.relay import accounting
+from webapp.relay.codeblocks import extract_code_blocks
+from webapp.relay.deadlines import FIRST_TOKEN, TOTAL, Deadlines
+from webapp.relay.deadlines import PING as PING_DUE
+from webapp.relay.events import PING, Done, Failed, RelayEvent
+from webapp.relay.opener import Opener, continuation, may_resume
+from webapp.relay.schema import GenerateCodeRequest, parse_generate
+from webapp.relay.watchdog import DISCONNECT_CHECK, Watchdog
 from webapp.sockets import peer_closed
-from webapp.watchdog import DISCONNECT_CHECK, Watchdog
 
-log = logging.getLogger("webapp.generation")
+log = logging.getLogger("webapp.relay.generation")
 
 # Characters allowed per requested token before an answer counts as a flood.
 CHARS_PER_TOKEN_BOUND = 32
 # A resumable answer's starting client that takes none of a write for this long is
-# let go: the answer is handed on, not held back for the others (webapp/jobs.py).
+# let go: the answer is handed on, not held back for the others (webapp/answers/jobs.py).
 WRITE_STALL = 2.0
 # Seconds a client gets to take the last event (done or error), past the
 # total deadline if need be; a client that takes none is dropped then.
@@ -59,7 +59,7 @@ def cancelled() -> AppError:
 
 
 class Keeper(Protocol):
-    """A resumable answer's job (webapp/jobs.py), as its starting response's relay
+    """A resumable answer's job (webapp/answers/jobs.py), as its starting response's relay
     tells it: once each, never per chunk."""
 
     def reading(self) -> None:
@@ -114,7 +114,7 @@ def first_token_timeout(config: Config) -> UpstreamTimeout:
 
 
 def bound_passed(due: str, config: Config) -> UpstreamTimeout:
-    """The error for a bound that came due (see webapp/deadlines.py)."""
+    """The error for a bound that came due (see webapp/relay/deadlines.py)."""
     if due == TOTAL:
         return UpstreamTimeout(
             f"The answer passed the {config.total_timeout:g} s deadline.",
@@ -169,7 +169,7 @@ class Answer:
     cost_usd: float | None = field(init=False, default=None)
     # Earlier turns of the conversation left out to fit MAX_PROMPT_TOKENS.
     trimmed_turns: int = field(init=False, default=0)
-    # Stop asked (webapp/jobs.py): the relay ends at its next look, within a second.
+    # Stop asked (webapp/answers/jobs.py): the relay ends at its next look, within a second.
     stop_requested: bool = field(init=False, default=False)
     # The last event, once yielded (or decided): Done or Failed.
     end: Done | Failed | None = field(init=False, default=None)
@@ -305,7 +305,7 @@ class Relay(Answer):
     answer before that, so the caller can still pick the status. `events()`
     yields text, keep-alives, then one Done or Failed, and always closes the
     upstream. Every text is yielded exactly once, and the answer ends within
-    its bounds (webapp/deadlines.py) and its size bound (`answer_bound`).
+    its bounds (webapp/relay/deadlines.py) and its size bound (`answer_bound`).
     """
 
     def __post_init__(self) -> None:
@@ -501,7 +501,7 @@ class Relay(Answer):
                 watchdog.writing = 0.0
                 deadlines.last_sent = now
             else:
-                # A continuation's restatement, held back (webapp/seam.py): the
+                # A continuation's restatement, held back (webapp/providers/seam.py): the
                 # upstream has answered, so the idle bound applies from here.
                 deadlines.got_text = True
             if room < 0:

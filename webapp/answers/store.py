@@ -4,7 +4,7 @@ Every query is scoped to an owner (an API key's id, or an anonymous id kept in
 the signed session): another owner's answer is simply not found. A share link
 is the one way around that, made on purpose and revocable.
 
-The store is never on the per-token path. A recording (webapp/recording.py)
+The store is never on the per-token path. A recording (webapp/answers/recording.py)
 creates the row when an answer starts, saves its text as it grows (at most
 every few seconds) and once at the end. SQLite is the default (a file in
 DATA_DIR, nothing to set up); PostgreSQL (`DATABASE_URL`) serves several
@@ -57,7 +57,7 @@ from webapp.errors import HistoryUnavailable
 from webapp.ids import made_at, sortable_id
 from webapp.quiet import Stock
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 # Any constant works: it names the lock that serialises migrations on PostgreSQL.
 _MIGRATION_LOCK = 7_310_442_001
 # The outcome of a running answer whose Stop reached another worker.
@@ -66,7 +66,7 @@ CANCELLING = "cancelling"
 _IS_CANCELLING = text(f"outcome = '{CANCELLING}'")
 # The outcome of an answer whose instance died mid-answer (a crash, a restart, the
 # OOM killer): the worker running an answer renews its row's `updated_at` every
-# few seconds (webapp/recording.py), so a running row untouched for its lease has
+# few seconds (webapp/answers/recording.py), so a running row untouched for its lease has
 # no one running it. A read marks it so; Continue carries it on.
 INTERRUPTED = "interrupted"
 ANSWER_LEASE = 15.0
@@ -171,7 +171,7 @@ class AnswerRow(Base):
     share_id: Mapped[str | None] = mapped_column(String(40), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
-    # A reader on another worker follows it through this row (webapp/jobs.py).
+    # A reader on another worker follows it through this row (webapp/answers/jobs.py).
     followed_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     # The rows a worker polls for a Stop sent to another worker: almost always none,
@@ -191,7 +191,7 @@ class AnswerRow(Base):
 
 
 class SignInRow(Base):
-    """A page sign-in (webapp/signins.py), when there is no Redis to keep it."""
+    """A page sign-in (webapp/web/signins.py), when there is no Redis to keep it."""
 
     __tablename__ = "sign_ins"
 
@@ -613,7 +613,7 @@ class Store:
 
     @translated
     def request_cancel(self, owner: str, answer_id: str) -> bool:
-        """Mark a running answer for its worker to stop (webapp/recording.py)."""
+        """Mark a running answer for its worker to stop (webapp/answers/recording.py)."""
         with self.engine.begin() as connection:
             result = connection.execute(
                 ANSWERS.update()
@@ -660,7 +660,7 @@ class Store:
                 .values(outcome="pending", updated_at=now())
             )
 
-    # Page sign-ins (webapp/signins.py) -----------------------------------------------
+    # Page sign-ins (webapp/web/signins.py) -----------------------------------------------
 
     @translated
     def add_sign_in(self, sign_in: str, key_id: str) -> None:
@@ -934,7 +934,7 @@ class Store:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m webapp.history upgrade`: migrate now (Heroku's release phase)."""
+    """`python -m webapp.answers.store upgrade`: migrate now (Heroku's release phase)."""
     import argparse
 
     from webapp.config import Config

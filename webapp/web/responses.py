@@ -2,7 +2,7 @@
 
 JSON with a stable code for the API and the page's script, an HTML page for
 the browser's own requests. The page's CSRF failure has its own handler, in
-webapp/ui.py, since it re-renders the form.
+webapp/web/ui.py, since it re-renders the form.
 """
 
 from __future__ import annotations

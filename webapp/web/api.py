@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import orjson
 from flask import Blueprint, Response, current_app, request
 
-from webapp import formats
-from webapp.codeblocks import explanation_of
-from webapp.service import (
+from webapp.relay import formats
+from webapp.relay.codeblocks import explanation_of
+from webapp.web.service import (
     STREAM_HEADERS,
     detach,
     generation,

@@ -16,10 +16,10 @@ from typing import Any
 import redis
 from flask import current_app, g, session
 
+from webapp.answers.store import Store
 from webapp.errors import HistoryUnavailable
-from webapp.guard import Guard
-from webapp.history import Store
 from webapp.ids import random_id
+from webapp.web.guard import Guard
 
 
 class SignIns:

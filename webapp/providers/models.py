@@ -5,7 +5,7 @@ into the cache directory (written to a temporary file, then renamed, so a
 half-written file is never taken for a whole one) and their sha256 is checked
 against the officially published value before the first load.
 
-`python -m webapp.models prepare` does the install-time part for `make run`.
+`python -m webapp.providers.models prepare` does the install-time part for `make run`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from webapp.config import Config
-from webapp.runtime import RuntimeBroken, probe
+from webapp.providers.runtime import RuntimeBroken, probe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # prepare's exit status when the weights are fine but the runtime cannot generate.
 RUNTIME_BROKEN = 3
 
@@ -196,5 +196,5 @@ def prepare(config: Config) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["prepare"]:
-        raise SystemExit("usage: python -m webapp.models prepare")
+        raise SystemExit("usage: python -m webapp.providers.models prepare")
     raise SystemExit(prepare(Config.from_env()))

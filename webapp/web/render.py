@@ -19,7 +19,7 @@ from pygments.lexers import get_lexer_by_name, guess_lexer
 from pygments.lexers.special import TextLexer
 from pygments.util import ClassNotFound
 
-from webapp.codeblocks import FENCE
+from webapp.relay.codeblocks import FENCE
 
 _FORMATTER = HtmlFormatter(nowrap=True, classsuffix="")
 _HEADING = re.compile(r"<(/?)h([1-6])")
@@ -177,7 +177,7 @@ def pygments_css() -> str:
     """The highlighting styles served as static/pygments.css (light, and dark by media query).
 
     Regenerate after a Pygments upgrade:
-    python -c "from webapp.render import pygments_css; print(pygments_css(), end='')" \
+    python -c "from webapp.web.render import pygments_css; print(pygments_css(), end='')" \
         > static/pygments.css
     """
     light = HtmlFormatter(style="default").get_style_defs(".highlight")

@@ -26,7 +26,7 @@ from limits.strategies import FixedWindowRateLimiter
 from webapp.config import Config
 from webapp.errors import TooManyRequests, Unauthorized, UpstreamUnavailable
 
-log = logging.getLogger("webapp.guard")
+log = logging.getLogger("webapp.web.guard")
 
 
 # The routes that start an answer: authenticated, rate limited, logged when refused.

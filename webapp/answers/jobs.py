@@ -44,14 +44,14 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
+from webapp.answers.eventlog import PUBLISH_INTERVAL, EventLog, RedisUnavailable, encode_end
+from webapp.answers.store import CANCELLING, INTERRUPTED, StoredAnswer
 from webapp.errors import AppError, ClientTooSlow
-from webapp.eventlog import PUBLISH_INTERVAL, EventLog, RedisUnavailable, encode_end
-from webapp.events import PING, Done, Failed, Ping, RelayEvent, close_source
-from webapp.generation import Relay, cancelled
-from webapp.history import CANCELLING, INTERRUPTED, StoredAnswer
-from webapp.watchdog import DISCONNECT_CHECK
+from webapp.relay.events import PING, Done, Failed, Ping, RelayEvent, close_source
+from webapp.relay.generation import Relay, cancelled
+from webapp.relay.watchdog import DISCONNECT_CHECK
 
-log = logging.getLogger("webapp.jobs")
+log = logging.getLogger("webapp.answers.jobs")
 
 # A finished job answers re-attachments from memory this long (the page's first
 # reconnects come within 2 s); after it, the stored row replays the answer, in full

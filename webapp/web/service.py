@@ -16,22 +16,22 @@ import orjson
 from flask import Flask, current_app, g, request, session
 from flask.sessions import SessionMixin
 
+from webapp.answers.jobs import Job, Jobs
+from webapp.answers.recording import COALESCE, QUIET_WAIT, SAVE_INTERVAL, Recorder
+from webapp.answers.store import CANCELLING, MAX_TURNS, Store, StoredAnswer, may_be_new, now
 from webapp.errors import BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMediaType
-from webapp.generation import GenerationService, Relay, Turn
-from webapp.guard import Guard
-from webapp.history import CANCELLING, MAX_TURNS, Store, StoredAnswer, may_be_new, now
 from webapp.ids import random_id
-from webapp.jobs import Job, Jobs
-from webapp.recording import COALESCE, QUIET_WAIT, SAVE_INTERVAL, Recorder
-from webapp.schema import GenerateCodeRequest
-from webapp.sessions import CookieSessions
-from webapp.signins import session_key
+from webapp.relay.generation import GenerationService, Relay, Turn
+from webapp.relay.schema import GenerateCodeRequest
 from webapp.sockets import peer_closed
+from webapp.web.guard import Guard
+from webapp.web.sessions import CookieSessions
+from webapp.web.signins import session_key
 
 # Streams are never cached, and proxies (nginx) must not buffer them.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # The worker running an answer writes its row COALESCE after the start and its end
-# COALESCE after the end, up to QUIET_WAIT later when busy (webapp/recording.py), and
+# COALESCE after the end, up to QUIET_WAIT later when busy (webapp/answers/recording.py), and
 # its client can hear of both sooner. A request that another worker gets in that
 # moment (a Stop, a re-attachment, a follow-up, a Continue) reads again every
 # FRESH_POLL until it sees them, for FRESH_WAIT at most.

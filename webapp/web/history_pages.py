@@ -1,8 +1,8 @@
 """The page's history: an answer and its versions, Compare, Share, Delete, Download.
 
-Routes of the page's blueprint (webapp/ui.py), server-rendered, and all of
+Routes of the page's blueprint (webapp/web/ui.py), server-rendered, and all of
 them work without JavaScript: actions are POST forms with the CSRF token,
-answered with a redirect. The owner is the session's (webapp/service.py:
+answered with a redirect. The owner is the session's (webapp/web/service.py:
 `owner`); another owner's answer is a 404. A share link (`/s/<id>`) is the one
 page anyone may open: read-only, `noindex`, `no-store`, and gone once revoked.
 """
@@ -14,12 +14,12 @@ from gevent import get_hub
 from markupsafe import Markup
 from werkzeug.wrappers import Response as BaseResponse
 
-from webapp import exports
+from webapp.answers import exports
+from webapp.answers.store import StoredAnswer
 from webapp.errors import NotFound
-from webapp.history import StoredAnswer
-from webapp.render import render_answer
-from webapp.service import answer_of, owner, store
-from webapp.ui import bp, page, prompt_form, recent_answers
+from webapp.web.render import render_answer
+from webapp.web.service import answer_of, owner, store
+from webapp.web.ui import bp, page, prompt_form, recent_answers
 
 
 def _rendered(answer: StoredAnswer) -> Markup:

@@ -29,9 +29,9 @@ import orjson
 import redis
 
 from webapp.errors import AppError
-from webapp.events import PING, Done, Failed, Ping, RelayEvent
+from webapp.relay.events import PING, Done, Failed, Ping, RelayEvent
 
-log = logging.getLogger("webapp.eventlog")
+log = logging.getLogger("webapp.answers.eventlog")
 
 PUBLISH_INTERVAL = 0.05
 MAXLEN = 20_000
@@ -134,7 +134,7 @@ class EventLog:
         silent_since = time.monotonic()
         while time.monotonic() < until:
             try:
-                # Keeps the answer going past its grace (webapp/jobs.py): outlives the
+                # Keeps the answer going past its grace (webapp/answers/jobs.py): outlives the
                 # longest wait below, and ends soon after this reader leaves.
                 self.mark_followed(answer_id, int(heartbeat) + FOLLOWED_SLACK)
                 found = self._call(

@@ -40,14 +40,14 @@ import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from webapp.codeblocks import extract_code_blocks
+from webapp.answers.store import FinishedAnswer, NewAnswer, Store, StoredAnswer
 from webapp.errors import HistoryUnavailable
-from webapp.events import Done
-from webapp.generation import Relay
-from webapp.history import FinishedAnswer, NewAnswer, Store, StoredAnswer
 from webapp.quiet import until_quiet
+from webapp.relay.codeblocks import extract_code_blocks
+from webapp.relay.events import Done
+from webapp.relay.generation import Relay
 
-log = logging.getLogger("webapp.history")
+log = logging.getLogger("webapp.answers.store")
 
 SAVE_INTERVAL = 2.0
 # How often the writer looks for a Stop sent to another worker (through the row).

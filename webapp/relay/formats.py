@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from webapp.errors import TruncatedStream
-from webapp.events import Done, Failed, Ping, RelayEvent, close_source
+from webapp.relay.events import Done, Failed, Ping, RelayEvent, close_source
 
 TEXT = "text/plain"
 SSE = "text/event-stream"
@@ -120,7 +120,7 @@ def text_numbered(events: Iterator[tuple[int, RelayEvent]]) -> Iterator[bytes]:
 
 
 # The same for the response that starts a resumable answer: it reads the relay's own
-# events (no layer between them, webapp/jobs.py) and counts the ids itself, from
+# events (no layer between them, webapp/answers/jobs.py) and counts the ids itself, from
 # `start` (a Continue's stored text).
 
 
