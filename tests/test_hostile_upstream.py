@@ -25,7 +25,7 @@ import requests
 
 from tests.conftest import TEST_SETTINGS, Server
 from tests.fake_upstream import BAD_EVENTS, BAD_USAGE, FLOOD_TOKEN, FakeUpstream
-from tests.helpers import memory, prompt, sse_events, worker_pid
+from tests.helpers import memory, metrics, prompt, sse_events, value, worker_pid
 from webapp.errors import BadRequest, RateLimited, UpstreamError, UpstreamMalformed
 from webapp.providers.base import Final
 from webapp.providers.openai import (
@@ -493,17 +493,36 @@ def test_wrong_types_are_a_502_for_a_whole_answer(
 def test_implausible_usage_never_reaches_the_answer_or_the_metrics(
     watched: Watched, fake: FakeUpstream, kind: str
 ) -> None:
+    before = metrics(watched.server)
     response, _, probe = watched.post(f"usage={kind} id=usage")
     name, done = final_error(response)
     assert response.status_code == 200 and name == "done"
-    for value in done["usage"].values():
-        assert type(value) is int and 0 <= value < 2**53
-    metrics = requests.get(watched.server.url + "/metrics", timeout=10)
-    assert metrics.ok
-    for line in metrics.text.splitlines():
-        if line.startswith("codegen_tokens") and not line.startswith("#"):
-            value = float(line.rsplit(" ", 1)[1])
-            assert math.isfinite(value) and value >= 0, line
+    # The upstream's counts were dropped: the app's own count of the answer stands in.
+    usage = done["usage"]
+    assert set(usage) == {"prompt_tokens", "completion_tokens", "total_tokens"}, usage
+    for count in usage.values():
+        assert type(count) is int and 0 < count < 2**53
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    # The counters moved by those counts (2**60 is finite and not negative: the check
+    # on every sample below alone would let it in).
+    after = metrics(watched.server)
+    for counted_as in ("prompt", "completion"):
+        labels = {"model": "gpt-4o-mini", "kind": counted_as}
+        moved = value(after, "codegen_tokens_total", **labels) - value(
+            before, "codegen_tokens_total", **labels
+        )
+        assert moved == usage[f"{counted_as}_tokens"], (counted_as, moved, usage)
+    exposed = requests.get(watched.server.url + "/metrics", timeout=10)
+    assert exposed.ok
+    counted = [
+        line
+        for line in exposed.text.splitlines()
+        if line.startswith("codegen_tokens_total{") and not line.startswith("#")
+    ]
+    assert counted, "no codegen_tokens_total samples: the check below would pass on nothing"
+    for line in counted:
+        sample = float(line.rsplit(" ", 1)[1])
+        assert math.isfinite(sample) and sample >= 0, line
     assert "Traceback" not in watched.server.logs()
     probe.check()
 
@@ -588,6 +607,7 @@ def test_an_upstream_that_echoes_our_key_never_shows_it(
     code: str,
     message: str,
 ) -> None:
+    logged_before = len(watched.server.logs())  # the module's server: earlier tests logged too
     response, _, probe = watched.post(directive + " id=echo")
     assert response.status_code == status
     _, error = final_error(response)
@@ -596,10 +616,10 @@ def test_an_upstream_that_echoes_our_key_never_shows_it(
     assert fake.records_for("id=echo")[0].headers["authorization"] == f"Bearer {KEY}"
     # The log keeps the upstream's words for the operator, with the key redacted.
     deadline = time.monotonic() + 5
-    while "[redacted]" not in watched.server.logs() and time.monotonic() < deadline:
+    while "[redacted]" not in watched.server.logs()[logged_before:]:
+        assert time.monotonic() < deadline, watched.server.logs()[logged_before:][-2000:]
         time.sleep(0.05)
-    logs = watched.server.logs()
-    assert "[redacted]" in logs and KEY not in logs
+    assert KEY not in watched.server.logs()
     probe.check()
 
 
@@ -611,8 +631,10 @@ def test_a_fast_flood_of_valid_deltas_keeps_the_worker_responsive(
     # event) with what was sent, in order, and /healthz stays quick meanwhile.
     response, _, probe = watched.post("flood=4 tokens=2 id=flood")
     assert response.status_code == 200
-    name, _ = final_error(response)
+    name, end = final_error(response)
     assert name in ("done", "error")
+    if name == "error":  # the answer's size bound, and no other failure
+        assert end["code"] == "answer_too_large", end
     sent = fake.records_for("id=flood")[0].flood_bytes
     whole = FLOOD_TOKEN * (sent // len(FLOOD_TOKEN)) + "t0 t1 "
     received = text_of(response)
@@ -661,6 +683,10 @@ def test_without_the_sdks_private_builder_the_request_is_the_same(
     by_hand_url, by_hand = request_template(client)
     assert by_hand_url == url == "http://127.0.0.1:9/v1/chat/completions"
     lower = {k.lower(): v for k, v in headers.items()}
-    for name, value in by_hand.items():
+    # What a streamed request needs is there (an empty set would pass the loop below).
+    needed = {"authorization", "content-type", "accept", "accept-encoding"}
+    assert needed <= {k.lower() for k in by_hand}, by_hand
+    assert lower["authorization"] == "Bearer sk-test"
+    for name, sent in by_hand.items():
         if name.lower() != "user-agent":
-            assert lower[name.lower()] == value, name
+            assert lower[name.lower()] == sent, name
