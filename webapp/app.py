@@ -22,6 +22,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webapp.answers.eventlog import EventLog, RedisUnavailable
 from webapp.answers.jobs import FOLLOWED_WITHIN, Jobs
+from webapp.answers.life import Answers
 from webapp.answers.recording import Recorder
 from webapp.answers.store import Store
 from webapp.config import Config
@@ -294,6 +295,9 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
             if config.redis_url
             else (history.store if history else Store.open(config.database)),
         )
+    app.extensions["answers"] = Answers(
+        jobs=jobs, recorder=app.extensions.get("history"), config=config
+    )
     if config.trust_forwarded_for:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=config.trust_forwarded_for, x_proto=config.trust_forwarded_for

@@ -16,35 +16,23 @@ the key authenticates every call here; without, the session cookie that
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, g, request, url_for
+from flask import Blueprint, Response, g, request, url_for
 
-from webapp.answers.eventlog import EventLog, RedisUnavailable
-from webapp.answers.jobs import FOLLOWER_WRITE_STALL, Numbered, follow_stored, writes_bounded
-from webapp.answers.store import (
-    CANCELLING,
-    INTERRUPTED,
-    MAX_PAGE_SIZE,
-    PAGE_SIZE,
-    Store,
-    StoredAnswer,
-)
-from webapp.config import Config
-from webapp.errors import BadRequest, HistoryUnavailable, NotFound
+from webapp.answers.life import Followed
+from webapp.answers.store import MAX_PAGE_SIZE, PAGE_SIZE
+from webapp.errors import BadRequest, NotFound
 from webapp.relay import formats
-from webapp.relay.events import PING, close_source
+from webapp.relay.events import close_source
 from webapp.web.service import (
     STREAM_HEADERS,
     answer_of,
+    answers,
     client_gone,
-    fresh,
     guard,
-    jobs,
     owner,
     store,
 )
@@ -127,25 +115,20 @@ def events_after() -> int:
     return int(raw)
 
 
-def follow_counted(
-    answer_id: str,
-    after: int,
-    respond: Callable[[Iterator[Numbered], Callable[[], str]], Response],
-) -> Response:
-    """`respond(events, text)` for a reader of the answer, who holds one of its
-    client's stream slots (MAX_CONCURRENT_STREAMS_PER_CLIENT) while it reads, as the
-    answers it starts do: following is no way around the bound."""
+def follow_counted(answer_id: str, after: int, respond: Callable[[Followed], Response]) -> Response:
+    """`respond(followed)` for a reader of the answer (webapp/answers/life.py), who
+    holds one of its client's stream slots (MAX_CONCURRENT_STREAMS_PER_CLIENT) while
+    it reads, as the answers it starts do: following is no way around the bound."""
     limits = guard()
     slot = limits.acquire_stream(g.client_id)
     try:
-        response = respond(*follow(answer_id, after))
+        response = respond(answers().follow(answer_id, owner(), after, client_gone()))
     except BaseException:
         limits.release_stream(slot)
         raise
     # The body is passed straight to the server (direct_passthrough), which calls
     # its close() however the stream ends: Response.call_on_close would never run.
-    body = _Releasing(response.response, lambda: limits.release_stream(slot))
-    response.response = body
+    response.response = _Releasing(response.response, lambda: limits.release_stream(slot))
     return response
 
 
@@ -170,153 +153,18 @@ class _Releasing:
                 self._release()
 
 
-def follow(answer_id: str, after: int) -> tuple[Iterator[Numbered], Callable[[], str]]:
-    """An answer's events after `after`: live from its job when it runs in this worker,
-    else from Redis (any worker, any machine), else through its stored row; a reader
-    that stops taking them is let go after FOLLOWER_WRITE_STALL s."""
-    events, text = _follow(answer_id, after)
-    return writes_bounded(events, FOLLOWER_WRITE_STALL), text
-
-
-def _follow(answer_id: str, after: int) -> tuple[Iterator[Numbered], Callable[[], str]]:
-    running = jobs()
-    config: Config = current_app.config["APP_CONFIG"]
-    until = time.monotonic() + config.total_timeout + config.resume_grace
-    answer = _located(answer_id)
-    if answer is None:
-        # Another machine's answer, not in this one's database: Redis knows its owner.
-        assert running.eventlog is not None
-        g.followed_through = "redis"
-        events = running.eventlog.follow(
-            answer_id, after, heartbeat=config.heartbeat_interval, until=until
-        )
-        text = _Collected()
-        return text.wrap(events), text.text
-    job = running.get(answer_id)
-    if job is not None:
-        g.followed_through = "job"
-        return job.follow(after, client_gone()), job.text
-    # Read while streaming, outside the request's context: bound now.
-    who, latest, history = owner(), [answer], store()
-
-    def read() -> StoredAnswer | None:
-        found = history.get(who, answer_id)
-        if found is not None:
-            latest[0] = found
-        return found
-
-    def following() -> None:
-        with contextlib.suppress(HistoryUnavailable):  # then it may end at its grace
-            history.mark_followed(answer_id)
-
-    def stored_from(sent: int) -> Iterator[Numbered]:
-        return follow_stored(
-            read, sent, heartbeat=config.heartbeat_interval, until=until, following=following
-        )
-
-    eventlog = running.eventlog
-    if eventlog is not None and answer.outcome in ("pending", CANCELLING):
-        g.followed_through = "redis"
-
-        def abandoned() -> bool:
-            """Its instance died: the row's lease ran out (a read marks it interrupted);
-            what it published past its last save is kept in the row."""
-            with contextlib.suppress(HistoryUnavailable, RedisUnavailable):
-                found = read()
-                if found is not None and found.outcome == INTERRUPTED:
-                    history.keep_interrupted_text(answer_id, eventlog.text(answer_id))
-                return found is None or found.outcome not in ("pending", CANCELLING)
-            return False
-
-        events = eventlog.follow(
-            answer_id, after, heartbeat=config.heartbeat_interval, until=until, abandoned=abandoned
-        )
-        text = _Collected(answer.text[:after])
-        return text.wrap(_then(events, after, stored_from)), text.text
-    g.followed_through = "store"
-    return stored_from(after), lambda: latest[0].text
-
-
-def _then(
-    events: Iterator[Numbered], after: int, rest: Callable[[int], Iterator[Numbered]]
-) -> Iterator[Numbered]:
-    """`events` (from `after` characters on) to their end; if they stop short of one
-    (Redis saw the answer's instance die), `rest(characters sent)`: the row's text
-    past them, and its end."""
-    sent = after
-    for end, event in events:
-        yield end, event
-        if type(event) is not str and event is not PING:
-            return  # Done or Failed
-        if end >= 0:
-            sent = end
-    yield from rest(sent)
-
-
-def _redis_owner_is(eventlog: EventLog, answer_id: str) -> bool:
-    try:
-        return eventlog.owner_of(answer_id) == owner()
-    except RedisUnavailable:
-        return False
-
-
-def _located(answer_id: str) -> StoredAnswer | None:
-    """One of the owner's answers, from the database; None when only Redis knows it
-    (another machine's, with its own database). A new answer's row may not be
-    written yet: read again for FRESH_WAIT s before the 404 (only when the id's time
-    says it may be new, so a made-up id is a 404 at once)."""
-    eventlog, who = jobs().eventlog, owner()
-    history_off: NotFound | None = None
-    try:
-        stored: Store | None = store()
-    except NotFound as exc:  # HISTORY=off here: another instance's answer, through Redis only
-        stored, history_off = None, exc
-
-    def read() -> tuple[StoredAnswer | None, bool]:
-        found = stored.get(who, answer_id) if stored is not None else None
-        elsewhere = found is None and eventlog is not None and _redis_owner_is(eventlog, answer_id)
-        return found, elsewhere
-
-    def known(got: tuple[StoredAnswer | None, bool]) -> bool:
-        return got[0] is not None or got[1]
-
-    got = fresh(read, known, read(), row_id=answer_id, missing=True)
-    found, elsewhere = got
-    if found is None and not elsewhere:
-        if history_off is not None:
-            raise history_off  # its 404 says so
-        raise NotFound("There is no answer of yours with that id.")
-    return found
-
-
-class _Collected:
-    """The text a Redis follower has seen, for the page's code blocks."""
-
-    def __init__(self, known: str = "") -> None:
-        self.parts = [known]
-
-    def wrap(self, events: Iterator[Numbered]) -> Iterator[Numbered]:
-        for end, event in events:
-            if type(event) is str:
-                self.parts.append(event)
-            yield end, event
-
-    def text(self) -> str:
-        return "".join(self.parts)
-
-
 @bp.get("/answers/<answer_id>/events")
 def answer_events(answer_id: str) -> Response:
     after = events_after()
     accept = request.accept_mimetypes
     mimetype = formats.NDJSON if accept[formats.NDJSON] > accept[formats.SSE] else formats.SSE
 
-    def respond(events: Iterator[Numbered], _: Callable[[], str]) -> Response:
+    def respond(followed: Followed) -> Response:
         return Response(
-            formats.NUMBERED[mimetype](events),
+            formats.NUMBERED[mimetype](followed.events),
             mimetype=mimetype,
-            # Which way it is followed: live in this worker, or through the stored row.
-            headers={**STREAM_HEADERS, "X-Followed-Through": g.followed_through},
+            # Which way it is followed: live in this worker, Redis, or the stored row.
+            headers={**STREAM_HEADERS, "X-Followed-Through": followed.way},
             direct_passthrough=True,
         )
 
@@ -325,24 +173,8 @@ def answer_events(answer_id: str) -> Response:
 
 @bp.post("/answers/<answer_id>/cancel")
 def cancel_answer(answer_id: str) -> Response:
-    """Stop: the upstream closes within a second, whoever is attached, on any worker.
-    `X-Stopped-Through` says how: `job` (it ran here), `row` (a mark in its row, for
-    the worker running it), `redis` (another machine's), `ended` (it had ended)."""
-    running = jobs()
-    answer = _located(answer_id)
-    if answer is None:
-        assert running.eventlog is not None
-        running.eventlog.request_cancel(answer_id)  # another machine's: its job looks
-        return _stopped("redis")
-    if running.cancel(answer_id):
-        return _stopped("job")
-    if answer.outcome not in ("pending", CANCELLING):
-        return _stopped("ended")
-    store().request_cancel(owner(), answer_id)  # its worker looks every 0.4 s
-    if running.eventlog is not None:
-        with contextlib.suppress(RedisUnavailable):
-            running.eventlog.request_cancel(answer_id)
-    return _stopped("row")
+    """Stop, wherever it runs; `X-Stopped-Through` says how (webapp/answers/life.py)."""
+    return _stopped(answers().cancel(answer_id, owner()))
 
 
 def _stopped(way: str) -> Response:

@@ -7,18 +7,16 @@ stream slots are the same, and live here once.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import TypeVar
 
-import gevent
 import orjson
 from flask import Flask, current_app, g, request, session
 from flask.sessions import SessionMixin
 
 from webapp.answers.jobs import Job, Jobs
-from webapp.answers.recording import COALESCE, QUIET_WAIT, SAVE_INTERVAL, Recorder
-from webapp.answers.store import CANCELLING, MAX_TURNS, Store, StoredAnswer, may_be_new, now
+from webapp.answers.life import Answers
+from webapp.answers.recording import Recorder
+from webapp.answers.store import MAX_TURNS, Store, StoredAnswer
 from webapp.errors import BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMediaType
 from webapp.ids import random_id
 from webapp.relay.generation import GenerationService, Relay, Turn
@@ -30,21 +28,6 @@ from webapp.web.signins import session_key
 
 # Streams are never cached, and proxies (nginx) must not buffer them.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# The worker running an answer writes its row COALESCE after the start and its end
-# COALESCE after the end, up to QUIET_WAIT later when busy (webapp/answers/recording.py), and
-# its client can hear of both sooner. A request that another worker gets in that
-# moment (a Stop, a re-attachment, a follow-up, a Continue) reads again every
-# FRESH_POLL until it sees them, for FRESH_WAIT at most.
-# The writer may be in its wait for a quiet moment when the write is queued, then
-# wait again: FRESH_WAIT covers both.
-FRESH_WAIT = COALESCE + 2 * QUIET_WAIT + 0.25
-FRESH_POLL = 0.1
-# Each waiting request holds a greenlet and reads every FRESH_POLL: a flood of
-# made-up recent ids (the /answers routes have no rate limit) gets no more than this.
-MOST_WAITING = 32
-_waiting = 0
-
-T = TypeVar("T")
 
 
 def generation() -> GenerationService:
@@ -63,13 +46,15 @@ def recorder() -> Recorder | None:
     return found
 
 
+def answers() -> Answers:
+    """The answers layer (webapp/answers/life.py): find, follow and stop answers."""
+    found: Answers = current_app.extensions["answers"]
+    return found
+
+
 def store() -> Store:
     """The history store; a 404 `history_off` when the server keeps no history."""
-    found = recorder()
-    if found is None:
-        raise NotFound("This server keeps no history (HISTORY=off).", code="history_off")
-    found.flush()  # this worker's answers that just started are in what is read
-    return found.store
+    return answers().store()
 
 
 def owner() -> str:
@@ -99,65 +84,8 @@ def owner() -> str:
 
 
 def answer_of(answer_id: str, *, ended: bool = False) -> StoredAnswer:
-    """One of the owner's answers, or a 404 (another owner's is not found either).
-    One that another worker just started (or, with `ended`, just ended) may not be
-    written yet: read again for FRESH_WAIT. A made-up id is a 404 at once."""
-    stored, who = store(), owner()
-
-    def read() -> StoredAnswer | None:
-        return stored.get(who, answer_id)
-
-    def seen(answer: StoredAnswer | None) -> bool:
-        return answer is not None and (not ended or settled(answer))
-
-    found = read()
-    found = fresh(read, seen, found, row_id=answer_id, missing=found is None)
-    if found is None:
-        raise NotFound("There is no answer of yours with that id.")
-    return found
-
-
-def fresh(
-    read: Callable[[], T], seen: Callable[[T], bool], found: T, *, row_id: str, missing: bool
-) -> T:
-    """`found` (a first `read()`), or `read()` again every FRESH_POLL until `seen` says
-    it holds what another worker may not have written yet, for FRESH_WAIT at most.
-    When `found` holds nothing (`missing`), only if `row_id`'s time says its row may
-    be new: a made-up id is not waited for. Past MOST_WAITING requests waiting in
-    this worker, `found` at once."""
-    global _waiting
-    if seen(found) or _waiting >= MOST_WAITING:
-        return found
-    if missing and not may_be_new(row_id, within=FRESH_WAIT):
-        return found
-    _waiting += 1
-    try:
-        until = time.monotonic() + FRESH_WAIT
-        while not seen(found) and time.monotonic() < until:
-            gevent.sleep(FRESH_POLL)
-            history = recorder()
-            if history is not None:
-                history.flush()  # what this worker just queued, as every read here
-            found = read()
-        return found
-    finally:
-        _waiting -= 1
-
-
-def settled(answer: StoredAnswer) -> bool:
-    """Whether an answer's stored state is whole: it ended; or it runs here, short
-    of its end (this worker's reads flush its writes first); or nobody will end it
-    (unchanged for longer than an answer can run without a save: its worker is
-    gone). Not: it runs, or is being stopped, elsewhere, or ended there with its end
-    on the way."""
-    if answer.outcome not in ("pending", CANCELLING):
-        return True
-    history = recorder()
-    if history is not None and history.running(answer.id):
-        return True
-    config = generation().config
-    longest = config.total_timeout + config.resume_grace + 2 * SAVE_INTERVAL
-    return (now() - answer.updated_at).total_seconds() > longest
+    """One of the asking owner's answers, or a 404 (webapp/answers/life.py)."""
+    return answers().answer_of(answer_id, owner(), ended=ended)
 
 
 def jobs() -> Jobs:
@@ -223,9 +151,10 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
             return stored.versions(who, conversation_id, newest=MAX_TURNS)
 
         versions = read()
-        versions = fresh(
+        layer = answers()
+        versions = layer.fresh(
             read,
-            lambda found: bool(found) and all(map(settled, found)),
+            lambda found: bool(found) and all(map(layer.settled, found)),
             versions,
             row_id=conversation_id,
             missing=not versions,

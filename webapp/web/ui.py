@@ -427,7 +427,7 @@ def _page_stream(events: Iterator[Numbered], text: Callable[[], str]) -> Respons
 def reattach(answer_id: str) -> Response:
     """The page picks an answer up again (a reload, a dropped connection): the
     events after `?after=` characters, then the live ones, as /ui/stream sends them."""
-    return follow_counted(answer_id, events_after(), _page_stream)
+    return follow_counted(answer_id, events_after(), lambda f: _page_stream(f.events, f.text))
 
 
 def _with_blocks(
