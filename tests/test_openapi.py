@@ -53,6 +53,8 @@ def test_real_responses_match_the_described_schemas(server: Server, fake: FakeUp
             url, json={"prompt": prompt("answer=code")}, headers={"Accept": "text/event-stream"}
         ).text
     )
+    # Each event is checked below: there must be some (and an end), or nothing is.
+    assert events and "delta" in {name for name, _ in events} and events[-1][0] == "done"
     for name, data in events:
         {"delta": Delta, "done": Done}[name].model_validate({"type": name, **data})
     broken = sse_events(
@@ -62,10 +64,12 @@ def test_real_responses_match_the_described_schemas(server: Server, fake: FakeUp
             headers={"Accept": "text/event-stream"},
         ).text
     )
+    assert broken[-1][0] == "error"
     StreamError.model_validate({"type": "error", **broken[-1][1]})
     lines = requests.post(
         url, json={"prompt": prompt()}, headers={"Accept": "application/x-ndjson"}
     ).text.splitlines()
+    assert lines and json.loads(lines[-1])["type"] == "done"
     for line in lines:
         item = json.loads(line)
         {"delta": Delta, "done": Done, "ping": Ping, "error": StreamError}[
