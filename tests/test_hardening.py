@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from flask import Flask
 
@@ -211,11 +212,17 @@ def test_a_bare_opening_fence_is_not_a_block_until_it_closes(app: Flask) -> None
 
 def test_the_stream_counter_forgets_clients_at_zero(app: Flask) -> None:
     from webapp.config import Config
+    from webapp.errors import TooManyRequests
 
     guard = Guard(Config.from_env({"MAX_CONCURRENT_STREAMS_PER_CLIENT": "2"}))
     for client in range(100):
-        slot = guard.acquire_stream(f"ip:10.0.0.{client}")
-        guard.release_stream(slot)
+        held = [guard.acquire_stream(f"ip:10.0.0.{client}") for _ in range(2)]
+        # Counted while held (a counter that counted nothing would forget nothing):
+        with pytest.raises(TooManyRequests):
+            guard.acquire_stream(f"ip:10.0.0.{client}")
+        assert len(guard._local_streams) == 1
+        for slot in held:
+            guard.release_stream(slot)
     assert len(guard._local_streams) == 0
 
 
