@@ -334,8 +334,8 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         recorded = values.get("recorded")
         if recorded:
             # `add`, not `[...] =`: nothing set them before, so no scan to replace.
-            headers.add("X-Answer-ID", recorded[0])
-            headers.add("X-Conversation-ID", recorded[1])
+            headers.add("X-Answer-ID", recorded.answer_id)
+            headers.add("X-Conversation-ID", recorded.conversation_id)
             if values.history_trimmed:
                 headers["X-History-Trimmed"] = str(values.history_trimmed)
         # No view sets its own, so one look decides for all.

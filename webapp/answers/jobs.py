@@ -45,6 +45,7 @@ import gevent
 from gevent.event import Event
 
 from webapp.answers.eventlog import PUBLISH_INTERVAL, EventLog, RedisUnavailable, encode_end
+from webapp.answers.recording import CANCEL_CHECK
 from webapp.answers.store import CANCELLING, INTERRUPTED, StoredAnswer
 from webapp.errors import AppError, ClientTooSlow
 from webapp.relay.events import PING, Done, Failed, Ping, RelayEvent, close_source
@@ -60,8 +61,6 @@ log = logging.getLogger("webapp.answers.jobs")
 KEEP_FINISHED = 5.0
 # How long a job waits for the response that started it to begin reading it.
 UNDRIVEN = 10.0
-# How often a running job looks for a Stop sent to another instance (Redis).
-CANCEL_CHECK = 0.4
 # A re-attached reader that takes none of a write this long is let go (it holds
 # nobody back, only its connection): generous enough for the whole text of a
 # capped answer in one write to a slow phone.
@@ -139,7 +138,7 @@ class Job:
         self._on_finished = on_finished
         self._followed_elsewhere = followed_elsewhere
         self.forget_timer: Any = None  # Jobs': when a finished job leaves memory
-        relay.keeper, relay.client_socket = self, client_socket
+        relay.keep_with(self, client_socket)
         relay.cleanups.append(self._end)
         # Until the response that started it drives it, nobody does: if it never
         # does (the server dropped the response unread), it is ended as abandoned.
@@ -181,7 +180,7 @@ class Job:
         """One watcher more (1) or fewer (-1); the relay tells of each text while any."""
         self.watchers += change
         if self.relay is not None:
-            self.relay.on_grew = self._grew if self.watchers else None
+            self.relay.report_growth(self._grew if self.watchers else None)
 
     def _tick(self) -> None:
         """Wake the watchers every DISCONNECT_CHECK while the answer runs, so they can
@@ -246,7 +245,8 @@ class Job:
         self._text = self.text()
         length = len(self._text)
         self.ends.append(length)
-        relay.keeper = relay.on_grew = None
+        relay.keep_with(None)
+        relay.report_growth(None)
         self.relay = None
         # From now on the log is its text in one delta, then its end. Whoever reads
         # the old lists (a follower, the publisher) keeps them, end included.
@@ -297,7 +297,7 @@ class Job:
                 self.cancel()
             if finished and published == len(events):
                 return
-            self._changed.wait(CANCEL_CHECK)
+            self._changed.wait(CANCEL_CHECK)  # a Stop sent to another instance (Redis)
             gevent.sleep(PUBLISH_INTERVAL)  # let a batch gather
 
     # Following -----------------------------------------------------------------
@@ -390,7 +390,7 @@ class Job:
         if relay is None or relay.closed or relay.end is not None:
             return  # ending already, as it ended
         log.info("resumable answer abandoned", extra={"fields": {"answer": self.answer_id}})
-        relay.outcome = "client_disconnected"  # as a plain answer whose client left
+        relay.end_as("client_disconnected")  # as a plain answer whose client left
         self._stop()
 
     def _stop(self) -> None:
@@ -417,7 +417,7 @@ class Job:
         relay = self.relay
         if relay is None or relay.end is not None or relay.closed:
             return  # finished, or its end is on the way
-        relay.outcome = outcome
+        relay.end_as(outcome)
         self._stop()
 
 

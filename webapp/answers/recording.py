@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import gevent
 from gevent.event import Event
@@ -50,7 +51,8 @@ from webapp.relay.generation import Relay
 log = logging.getLogger("webapp.answers.store")
 
 SAVE_INTERVAL = 2.0
-# How often the writer looks for a Stop sent to another worker (through the row).
+# How often a Stop sent to another worker or instance is looked for: by the writer
+# (through the row) and by a running job (through Redis).
 CANCEL_CHECK = 0.4
 COALESCE = 0.05
 # Writes wait this long at most for a quiet moment, and take this many answers a
@@ -59,6 +61,13 @@ COALESCE = 0.05
 QUIET_WAIT = 0.5
 BATCH = 100
 PURGE_INTERVAL = 3600.0
+
+
+class Recorded(NamedTuple):
+    """The ids a recorded answer got when it began (its X-Answer-ID, X-Conversation-ID)."""
+
+    answer_id: str
+    conversation_id: str
 
 
 @dataclass(slots=True)
@@ -120,7 +129,7 @@ class Recorder:
         conversation_id: str | None = None,
         parent_id: str | None = None,
         continues: StoredAnswer | None = None,
-    ) -> tuple[str, str] | None:
+    ) -> Recorded | None:
         """Queue the answer's row (or reopen the answer it continues) and arrange for
         its end to be saved. Returns the answer's and its conversation's ids, or
         None if the store failed (the answer goes ahead, unrecorded)."""
@@ -138,7 +147,7 @@ class Recorder:
                 saved_chars=len(continues.text),
                 written=True,
             )
-            ids = continues.id, continues.conversation_id
+            ids = Recorded(continues.id, continues.conversation_id)
         else:
             new = Store.new_answer(
                 owner,
@@ -152,7 +161,7 @@ class Recorder:
             )
             recording = Recording(new.id, owner, relay)
             self._queued.append((new, recording))
-            ids = new.id, new.conversation_id
+            ids = Recorded(new.id, new.conversation_id)
         self._active[recording.answer_id] = recording
         relay.cleanups.append(lambda: self._end(recording, continues))
         if self._writer is None or self._writer.dead:

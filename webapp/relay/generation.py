@@ -148,15 +148,15 @@ class Answer:
     client: str = ""
     # The client's socket, where the server exposes it (gunicorn does): lets a
     # silent wait notice the client going away, not only the next write.
-    client_socket: Any = None
+    _client_socket: Any = None
     # Run once when the answer ends, whatever the outcome (e.g. free a stream slot).
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     # A resumable answer's job: when its starting client goes away, the relay stops
     # yielding but stays open, for the keeper to read on (`move_to`).
-    keeper: Keeper | None = None
+    _keeper: Keeper | None = None
     # Called with each new text in `parts` while others than the reader wait for it
     # (a resumable answer's followers); None, the hot path's case, costs one test.
-    on_grew: Callable[[], None] | None = None
+    _on_grew: Callable[[], None] | None = None
 
     started: float = field(init=False, default=0.0)
     first_token_at: float | None = field(init=False, default=None)
@@ -177,6 +177,27 @@ class Answer:
     _final: Final | None = field(init=False, default=None, repr=False)
     _ended: bool = field(init=False, default=False, repr=False)
     _closed: bool = field(init=False, default=False, repr=False)
+
+    def watch_client(self, client_socket: object) -> None:
+        """Look at this client's socket in silent waits (None: there is none to look
+        at, as for an answer whose end is not its client's to decide)."""
+        self._client_socket = client_socket
+
+    def keep_with(self, keeper: Keeper | None, client_socket: object = None) -> None:
+        """A resumable answer's job keeps it (None: no longer): when its starting
+        client goes away the relay stays open for the keeper to read on."""
+        self._keeper = keeper
+        self._client_socket = client_socket
+
+    def report_growth(self, on_grew: Callable[[], None] | None) -> None:
+        """Call `on_grew` with each new text while others than the reader wait for it
+        (None, the hot path's case, costs one test per text)."""
+        self._on_grew = on_grew
+
+    def end_as(self, outcome: str) -> None:
+        """Why it ends when stopped from outside (a Stop, an abandoned grace): the
+        outcome it is recorded with."""
+        self.outcome = outcome
 
     @property
     def attempts(self) -> int:
@@ -219,7 +240,7 @@ class Answer:
         self.outcome = "client_too_slow"
 
     def _client_gone(self) -> bool:
-        return self.client_socket is not None and peer_closed(self.client_socket)
+        return self._client_socket is not None and peer_closed(self._client_socket)
 
     def _leaving(self) -> bool:
         """At a look at the client: True to stop reading now (a Stop, or the client
@@ -369,8 +390,8 @@ class Relay(Answer):
         """`greenlet` reads on from here (`events()` again), with no client to look at
         and no keeper to hand it to: the one that read it so far stopped reading,
         its client gone, and `left()` the relay open."""
-        self.client_socket = None
-        self.keeper = None
+        self._client_socket = None
+        self._keeper = None
         if self._watchdog is not None:
             self._watchdog.greenlet = greenlet
             self._watchdog.writing = 0.0  # the write it covered is no more
@@ -387,7 +408,7 @@ class Relay(Answer):
         if self._closed:  # stopped before anyone read it: its end only
             yield self.end or Failed(cancelled())
             return
-        keeper = self.keeper
+        keeper = self._keeper
         if keeper is not None:
             keeper.reading()
         watchdog = self._watchdog
@@ -490,8 +511,8 @@ class Relay(Answer):
                 item = item[: len(item) + room]  # past the size bound: send what fits
             if item:
                 parts.append(item)
-                if self.on_grew is not None:
-                    self.on_grew()
+                if self._on_grew is not None:
+                    self._on_grew()
                 if self.first_token_at is None:
                     self.first_token_at = now
                     deadlines.got_text = True

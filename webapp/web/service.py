@@ -98,7 +98,7 @@ def detach(relay: Relay) -> bool:
     (RESUME_GRACE), not this response's. False when it cannot be (history off)."""
     if not g.get("recorded"):
         return False
-    relay.client_socket = None
+    relay.watch_client(None)
     return True
 
 
@@ -106,7 +106,7 @@ def run_detached(relay: Relay) -> Job:
     """The started answer as a job: this response reads it (`job.driven()`), later
     ones follow it."""
     prefix = g.get("continued_text", "")
-    return jobs().start(relay, g.recorded[0], owner(), prefix, client_socket())
+    return jobs().start(relay, g.recorded.answer_id, owner(), prefix, client_socket())
 
 
 def client_socket() -> object:
@@ -177,7 +177,7 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
         turns=turns,
         partial=continued.text if continued else None,
     )
-    relay.client_socket = client_socket()
+    relay.watch_client(client_socket())
     limits = guard()
     slot = limits.acquire_stream(g.client_id)
     relay.cleanups.append(lambda: limits.release_stream(slot))

@@ -382,7 +382,7 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
             error=failure,
             cut_at_limit=(CUT_CONTINUE if recorded else CUT_AT_LIMIT) if cut else None,
             timing=relay.timing(),
-            answer_id=recorded[0] if recorded else None,
+            answer_id=recorded.answer_id if recorded else None,
             max_tokens=relay.request.max_tokens,
             trimmed=g.get("history_trimmed", 0),
         )
