@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -228,6 +229,24 @@ def test_an_upstream_proxy_carries_the_requests(serve: Any, fake: FakeUpstream) 
 
 
 def test_the_api_key_never_reaches_the_log(server: Server, fake: FakeUpstream) -> None:
-    post(server, {"prompt": prompt("status=401 id=keylog")})
-    post(server, {"prompt": prompt()})
+    def ask(directive: str, request_id: str) -> requests.Response:
+        return requests.post(
+            server.url + "/generate-code/",
+            json={"prompt": prompt(directive)},
+            headers={"X-Request-ID": request_id},
+            timeout=30,
+        )
+
+    logged_before = len(server.logs())  # a shared server: other tests logged too
+    refused = ask("status=401 id=keylog", "keylog-refused")
+    assert (refused.status_code, refused.json()["error"]["code"]) == (502, "upstream_auth")
+    assert ask("id=keylog-ok", "keylog-ok").status_code == 200
+    # The key went upstream, and both requests were logged with the upstream's words:
+    # a log that held nothing would hold no key either.
+    assert fake.records_for("id=keylog")[0].headers["authorization"] == "Bearer sk-test-secret-key"
+    deadline = time.monotonic() + 5
+    while not all(f'"request_id":"{r}"' in server.logs() for r in ("keylog-refused", "keylog-ok")):
+        assert time.monotonic() < deadline, server.logs()[-2000:]
+        time.sleep(0.05)
+    assert "scripted 401" in server.logs()[logged_before:]
     assert "sk-test-secret-key" not in server.logs()
