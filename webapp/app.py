@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from flask import Flask, Response, current_app, g, request
@@ -28,25 +27,19 @@ from webapp.answers.store import Store
 from webapp.config import Config
 from webapp.errors import (
     ClientReadTimeout,
-    Forbidden,
     HistoryUnavailable,
     PayloadTooLarge,
     RequestTimeout,
-    Unauthorized,
 )
 from webapp.providers import build_provider
 from webapp.relay.generation import GenerationService
 from webapp.relay.tokens import count_tokens
-from webapp.web.guard import (
-    HISTORY_PAGE_ENDPOINTS,
-    HISTORY_UNLIMITED_ENDPOINTS,
-    LIMITED_ENDPOINTS,
-    Guard,
-)
+from webapp.web import access
+from webapp.web.guard import Guard
 from webapp.web.observability import Observer, record_history_failure, record_rejection
 from webapp.web.responses import register_error_handlers
 from webapp.web.sessions import CookieSessions
-from webapp.web.signins import SignIns, session_key
+from webapp.web.signins import SignIns
 
 ROOT = Path(__file__).resolve().parent.parent
 csrf = CSRFProtect()
@@ -122,46 +115,6 @@ def assign_request_id() -> None:
     g.started = time.monotonic()
 
 
-def page_key(guard: Guard) -> str | None:
-    """With API keys set, the page needs a sign-in (webapp/web/signins.py): the key's id.
-    A sign-out, or a key removed from the config, ends it."""
-    if not guard.key_digests:
-        return None
-    key_id = session_key(guard)
-    if key_id is not None:
-        return key_id
-    raise Unauthorized("Sign in with an API key first.", code="sign_in_required")
-
-
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def presents_key(headers: Any) -> bool:
-    """Whether the request carries an API key (X-API-Key or a bearer token)."""
-    return bool(headers.get("X-API-Key")) or headers.get("Authorization", "")[:7].lower() == (
-        "bearer "
-    )
-
-
-def require_same_origin() -> None:
-    """Refuse a cookie-authenticated change sent from another site (CSRF): browsers say
-    where a request comes from (Sec-Fetch-Site, Origin); scripts send neither and
-    hold their own cookie, so they are let through."""
-    site = request.headers.get("Sec-Fetch-Site")
-    origin = request.headers.get("Origin")
-    if site is not None:
-        allowed = site in ("same-origin", "none")
-    elif origin is not None:
-        allowed = origin != "null" and urlsplit(origin).netloc == request.host
-    else:
-        return
-    if not allowed:
-        raise Forbidden(
-            "A change to the history from another site is refused (cross-site request).",
-            code="cross_site_request",
-        )
-
-
 def _body_too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
 
@@ -187,39 +140,6 @@ def read_body_within_limit() -> None:
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))
     environ["wsgi.input_terminated"] = True  # a chunked body has no length to go by
-
-
-def identify_and_limit() -> None:
-    """Auth for every way to generate and to the API's history, then the rate limit
-    (RATE_LIMIT for answers started, HISTORY_RATE_LIMIT for the history), before any
-    work is done."""
-    guard: Guard = current_app.extensions["guard"]
-    g.client_id = f"ip:{request.remote_addr}"
-    generating = request.method == "POST" and request.endpoint in LIMITED_ENDPOINTS
-    if not generating and request.blueprint != "answers":
-        # The page's own routes find their owner in the session; those that read
-        # the history are counted by address (a share link needs no sign-in), and so
-        # is the page's filter (`/?q=`), a scan of the owner's answers.
-        filtering = request.endpoint == "ui.index" and request.args.get("q", "").strip()
-        if request.endpoint in HISTORY_PAGE_ENDPOINTS or filtering:
-            guard.check_history_rate(g.client_id)
-        return
-    if request.blueprint == "api" or presents_key(request.headers):
-        key_id = guard.authenticate(request.headers, request.remote_addr or "")
-    else:
-        # The page's cookie (the answers API without a key): a change needs a request
-        # from this origin, as the page's own fetches are; under API_KEYS, its sign-in.
-        if request.blueprint == "answers" and request.method not in _SAFE_METHODS:
-            require_same_origin()
-        key_id = page_key(guard)
-    if key_id is not None:
-        g.client_id = f"key:{key_id}"
-    if generating:
-        guard.check_rate(g.client_id)
-    elif request.endpoint in HISTORY_UNLIMITED_ENDPOINTS:
-        guard.check_stop_rate(g.client_id)
-    else:
-        guard.check_history_rate(g.client_id)
 
 
 def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
@@ -304,7 +224,7 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         )
 
     # In this order: the request id first, so every later error carries one.
-    for hook in (assign_request_id, read_body_within_limit, identify_and_limit):
+    for hook in (assign_request_id, read_body_within_limit, access.identify_and_limit):
         app.before_request(hook)
     csrf.init_app(app)  # after the request id, so CSRF errors carry one
 

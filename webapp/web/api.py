@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, request
 
 from webapp.relay import formats
 from webapp.relay.codeblocks import explanation_of
+from webapp.web.access import GENERATE, needs
 from webapp.web.service import (
     STREAM_HEADERS,
     detach,
@@ -38,6 +39,7 @@ def stream_response(body: Iterator[bytes], mimetype: str) -> Response:
 
 @bp.post("/generate-code/")
 @bp.post("/generate-code", endpoint="generate_code_no_slash")
+@needs(GENERATE)
 def generate_code() -> Response:
     params = generation().validate(read_json_body())
     relay = new_relay(params)

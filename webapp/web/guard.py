@@ -29,33 +29,6 @@ from webapp.errors import TooManyRequests, Unauthorized, UpstreamUnavailable
 log = logging.getLogger("webapp.web.guard")
 
 
-# The routes that start an answer: authenticated, rate limited, logged when refused.
-LIMITED_ENDPOINTS = frozenset(
-    {"api.generate_code", "api.generate_code_no_slash", "ui.submit", "ui.stream"}
-)
-# The page's routes that read or change the history (each is a database read, and
-# a share link is open to anyone), limited by HISTORY_RATE_LIMIT as the API's
-# /answers routes are. Not the page itself, which must not wait on Redis (its
-# filter, `/?q=`, counts: webapp/app.py).
-HISTORY_PAGE_ENDPOINTS = frozenset(
-    {
-        "ui.reattach",
-        "ui.answer_page",
-        "ui.compare",
-        "ui.download",
-        "ui.share",
-        "ui.unshare",
-        "ui.delete",
-        "ui.delete_conversation",
-        "ui.shared",
-    }
-)
-# The API's /answers routes all count against it, but a Stop, which only lightens
-# the load: it is never refused for the history's rate, only past STOP_RATE_LIMIT
-# (a window of its own, far above what stopping real answers needs).
-HISTORY_UNLIMITED_ENDPOINTS = frozenset({"answers.cancel_answer"})
-
-
 _ACQUIRE = """
 local n = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1])

@@ -27,6 +27,7 @@ from webapp.answers.store import MAX_PAGE_SIZE, PAGE_SIZE
 from webapp.errors import BadRequest, NotFound
 from webapp.relay import formats
 from webapp.relay.events import close_source
+from webapp.web.access import HISTORY, STOP, needs, needs_for_blueprint
 from webapp.web.service import (
     STREAM_HEADERS,
     answer_of,
@@ -38,6 +39,7 @@ from webapp.web.service import (
 )
 
 bp = Blueprint("answers", __name__)
+needs_for_blueprint(bp.name, HISTORY)
 
 # What a listing shows of each answer: enough to choose one, not its whole text.
 SUMMARY = ("id", "conversation_id", "parent_id", "prompt", "language", "model", "finish_reason")
@@ -172,6 +174,7 @@ def answer_events(answer_id: str) -> Response:
 
 
 @bp.post("/answers/<answer_id>/cancel")
+@needs(STOP)
 def cancel_answer(answer_id: str) -> Response:
     """Stop, wherever it runs; `X-Stopped-Through` says how (webapp/answers/life.py)."""
     return _stopped(answers().cancel(answer_id, owner()))

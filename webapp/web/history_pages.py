@@ -17,6 +17,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from webapp.answers import exports
 from webapp.answers.store import StoredAnswer
 from webapp.errors import NotFound
+from webapp.web.access import HISTORY_PAGE, needs, public
 from webapp.web.render import render_answer
 from webapp.web.service import answer_of, owner, store
 from webapp.web.ui import bp, page, prompt_form, recent_answers
@@ -33,6 +34,7 @@ def _version_numbers(versions: list[StoredAnswer]) -> dict[str, int]:
 
 
 @bp.get("/a/<answer_id>")
+@needs(HISTORY_PAGE)
 def answer_page(answer_id: str) -> str:
     answer = answer_of(answer_id, ended=True)  # as it ended, if that was just now elsewhere
     versions = store().versions(owner(), answer.conversation_id)
@@ -57,6 +59,7 @@ def answer_page(answer_id: str) -> str:
 
 
 @bp.get("/c/<conversation_id>/compare")
+@needs(HISTORY_PAGE)
 def compare(conversation_id: str) -> str:
     versions = store().versions(owner(), conversation_id)
     if not versions:
@@ -91,6 +94,7 @@ def compare(conversation_id: str) -> str:
 
 @bp.get("/a/<answer_id>/download")
 @bp.get("/a/<answer_id>/download/<int:number>")
+@needs(HISTORY_PAGE)
 def download(answer_id: str, number: int | None = None) -> Response:
     """One block as a file, or "all": the only block, or a zip of several."""
     answer = answer_of(answer_id, ended=True)  # its blocks are recorded with its end
@@ -110,6 +114,7 @@ def download(answer_id: str, number: int | None = None) -> Response:
 
 
 @bp.post("/a/<answer_id>/share")
+@needs(HISTORY_PAGE)
 def share(answer_id: str) -> BaseResponse:
     if store().share(owner(), answer_id) is None:
         raise NotFound("There is no answer of yours with that id.")
@@ -117,6 +122,7 @@ def share(answer_id: str) -> BaseResponse:
 
 
 @bp.post("/a/<answer_id>/unshare")
+@needs(HISTORY_PAGE)
 def unshare(answer_id: str) -> BaseResponse:
     if not store().unshare(owner(), answer_id):
         raise NotFound("There is no answer of yours with that id.")
@@ -124,6 +130,7 @@ def unshare(answer_id: str) -> BaseResponse:
 
 
 @bp.post("/a/<answer_id>/delete")
+@needs(HISTORY_PAGE)
 def delete(answer_id: str) -> BaseResponse:
     answer = answer_of(answer_id)
     store().delete_answer(owner(), answer_id)
@@ -134,6 +141,7 @@ def delete(answer_id: str) -> BaseResponse:
 
 
 @bp.post("/c/<conversation_id>/delete")
+@needs(HISTORY_PAGE)
 def delete_conversation(conversation_id: str) -> BaseResponse:
     if not store().delete_conversation(owner(), conversation_id):
         raise NotFound("There is no conversation of yours with that id.")
@@ -141,6 +149,8 @@ def delete_conversation(conversation_id: str) -> BaseResponse:
 
 
 @bp.get("/s/<share_id>")
+@needs(HISTORY_PAGE)
+@public
 def shared(share_id: str) -> Response:
     """A read-only answer for anyone with the link: no sign-in, no index, no cache."""
     answer = store().shared(share_id)

@@ -27,7 +27,8 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 
 from webapp.errors import Unauthorized
 from webapp.relay.generation import RelayHooks
-from webapp.web.guard import LIMITED_ENDPOINTS, Guard
+from webapp.web.access import GENERATE, need_of_request
+from webapp.web.guard import Guard
 
 if TYPE_CHECKING:
     from webapp.relay.generation import Answer
@@ -150,7 +151,7 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def log_request(response: Response) -> Response:
-        if response.status_code >= 400 and request.endpoint in LIMITED_ENDPOINTS:
+        if response.status_code >= 400 and need_of_request() == GENERATE:
             log.info(
                 "refused",
                 extra={

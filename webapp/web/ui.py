@@ -43,6 +43,7 @@ from webapp.relay import formats
 from webapp.relay.codeblocks import FENCE
 from webapp.relay.events import Done, Failed, Ping, RelayEvent, close_source
 from webapp.relay.generation import Relay
+from webapp.web.access import GENERATE, HISTORY_PAGE, is_public, needs, public
 from webapp.web.history_api import events_after, follow_counted
 from webapp.web.render import code_block_html, render_answer
 from webapp.web.responses import error_response, wants_json_response
@@ -266,13 +267,13 @@ def signed_in() -> bool:
 def require_sign_in() -> BaseResponse | None:
     # Generating routes check the key in the app's before_request (401); the
     # page itself sends a signed-out visitor to the sign-in form.
-    public = ("ui.signin", "ui.shared")
-    if request.method == "GET" and request.endpoint not in public and not signed_in():
+    if request.method == "GET" and not is_public() and not signed_in():
         return redirect(url_for("ui.signin"))
     return None
 
 
 @bp.route("/signin", methods=["GET", "POST"])
+@public
 def signin() -> BaseResponse | tuple[str, int]:
     """A key, once, for a signed session cookie; wrong keys count against the address."""
     limits = guard()
@@ -323,11 +324,13 @@ def recent_answers() -> dict[str, Any]:
 
 
 @bp.get("/")
+@needs(HISTORY_PAGE, only_if=lambda: request.args.get("q", "").strip())
 def index() -> str:
     return page("index.html", form=prompt_form(), examples=EXAMPLES, **recent_answers())
 
 
 @bp.post("/")
+@needs(GENERATE)
 def submit() -> Response | tuple[str, int]:
     """The no-JavaScript path: the answer streams into the page as escaped HTML."""
     form = prompt_form()
@@ -391,6 +394,7 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
 
 
 @bp.post("/ui/stream")
+@needs(GENERATE)
 def stream() -> Response:
     """NDJSON for the page's script, with highlighted HTML for each closed block."""
     # orjson, as the API: deep nesting is a 400, never a RecursionError.
@@ -424,6 +428,7 @@ def _page_stream(events: Iterator[Numbered], text: Callable[[], str]) -> Respons
 
 
 @bp.get("/ui/answers/<answer_id>/events")
+@needs(HISTORY_PAGE)
 def reattach(answer_id: str) -> Response:
     """The page picks an answer up again (a reload, a dropped connection): the
     events after `?after=` characters, then the live ones, as /ui/stream sends them."""
