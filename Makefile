@@ -37,7 +37,7 @@ install-local: $(STAMP)-core
 install: $(STAMP)-core
 install-dev: $(STAMP)-dev
 
-run: $(STAMP)-core static/pyodide/.stamp-versioned
+run: $(STAMP)-core static/pyodide/.stamp-versioned static/vendor/markdown-it.min.js
 	@provider=$$($(BIN)/python -c 'from webapp.config import Config; print(Config.from_env().resolved_provider)') || exit 1; \
 	if [ "$$provider" = local ]; then \
 		echo ">> No OPENAI_API_KEY or OPENAI_BASE_URL: using the embedded local model."; \
@@ -95,7 +95,14 @@ static/pyodide/.stamp-versioned: node_modules/.package-lock.json
 		(cd node_modules/pyodide && cp $(PYODIDE_FILES) ../../static/pyodide/$$version/) && touch $@; \
 	else echo ">> Pyodide is not installed (no npm): the page's Run button stays off"; fi
 
-test: $(STAMP)-dev $(STAMP)-eval install-local system-deps node_modules/.package-lock.json static/pyodide/.stamp-versioned lint
+# markdown-it for the page's streaming prose (the server renders the final answer with its
+# Python port, markdown-it-py, by the same rules), copied from its npm package into static/.
+static/vendor/markdown-it.min.js: node_modules/.package-lock.json
+	@if [ -f node_modules/markdown-it/dist/browser/markdown-it.umd.min.js ]; then \
+		mkdir -p static/vendor && cp node_modules/markdown-it/dist/browser/markdown-it.umd.min.js $@; \
+	else echo ">> markdown-it is not installed (no npm): streaming prose shows as plain text until the answer ends"; fi
+
+test: $(STAMP)-dev $(STAMP)-eval install-local system-deps node_modules/.package-lock.json static/pyodide/.stamp-versioned static/vendor/markdown-it.min.js lint
 	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.providers.models prepare
 	@set +e; $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
@@ -119,7 +126,7 @@ eval: $(STAMP)-eval
 	$(BIN)/python -m bench.eval $(EVAL_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/artifacts node_modules static/pyodide
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/artifacts node_modules static/pyodide static/vendor
 
 bench-local: $(STAMP)-dev install-local
 	LOCAL_MODEL=$(TEST_MODEL) $(BIN)/python -m webapp.providers.models prepare

@@ -127,6 +127,74 @@
     }
   }
 
+  // --- Markdown while streaming (markdown-it, vendored from npm), by the server's rules ---
+  // webapp/render.py renders the final answer with markdown-it-py, the same parser: so the
+  // settled paragraphs look now as they will at the end. Raw HTML is off (model text is
+  // escaped), links go only to http(s), and what comes out is checked against a short list
+  // of tags and attributes before it reaches the page.
+  const TOP_HEADING = 2; // render.py's ANSWER_TOP_HEADING: the page's title is the h1
+  const markdown = window.markdownit ? makeMarkdown(window.markdownit) : null;
+  const WEB_LINK = /^https?:\/\//i;
+  const ALLOWED = {
+    P: [], H2: [], H3: [], H4: [], H5: [], H6: [], UL: [], OL: ["start"], LI: [], BR: [], HR: [],
+    STRONG: [], EM: [], S: [], CODE: ["class"], PRE: [], BLOCKQUOTE: [], A: ["href", "rel"],
+    IMG: ["src", "alt"], DIV: ["class", "tabindex"], TABLE: [], THEAD: [], TBODY: [], TR: [],
+    TH: [], TD: [],
+  };
+  let outline = { source: 0, shown: TOP_HEADING - 1 }; // the settled prose's headings so far
+
+  function makeMarkdown(markdownit) {
+    const md = markdownit("commonmark", { html: false, linkify: false }).enable(["table", "strikethrough"]);
+    md.validateLink = (url) => WEB_LINK.test(url.trim());
+    const render = (tokens, i, options, env, self) => self.renderToken(tokens, i, options);
+    md.renderer.rules.link_open = (tokens, i, options, env, self) => {
+      tokens[i].attrSet("rel", "noopener noreferrer");
+      return render(tokens, i, options, env, self);
+    };
+    md.renderer.rules.table_open = (...args) => '<div class="table-scroll" tabindex="0">' + render(...args);
+    md.renderer.rules.table_close = (...args) => render(...args) + "</div>";
+    return md;
+  }
+
+  // render.py's _Outline: the first heading at the top level, each next one keeping its
+  // step from the one before but never more than one deeper, nor above the top.
+  function relevel(html, state) {
+    let shown = state.shown;
+    const out = html.replace(/<(\/?)h([1-6])/g, (_, closing, level) => {
+      if (!closing) {
+        const source = Number(level);
+        const step = state.source ? source - state.source : 1;
+        state.source = source;
+        shown = Math.max(TOP_HEADING, Math.min(shown + 1, shown + step, 6));
+      }
+      return `<${closing}h${shown}`;
+    });
+    state.shown = shown;
+    return out;
+  }
+
+  // Only the tags and attributes Markdown makes: anything else becomes its text.
+  function cleaned(html) {
+    const holder = document.createElement("template");
+    holder.innerHTML = html; // inert: a template's content runs nothing and loads nothing
+    for (const el of [...holder.content.querySelectorAll("*")]) {
+      const allowed = ALLOWED[el.tagName];
+      if (!allowed) {
+        el.replaceWith(document.createTextNode(el.textContent));
+        continue;
+      }
+      for (const attr of [...el.attributes]) {
+        const web = attr.name !== "href" && attr.name !== "src" ? true : WEB_LINK.test(attr.value);
+        if (!allowed.includes(attr.name) || !web) el.removeAttribute(attr.name);
+      }
+    }
+    return holder.content;
+  }
+
+  function markdownProse(parent, chunk, state) {
+    parent.appendChild(cleaned(relevel(markdown.render(chunk), state)));
+  }
+
   function codeFigure(lang) {
     const fig = document.createElement("figure");
     fig.className = "codeblock streaming";
@@ -298,7 +366,8 @@
   function settleProse(chunk) {
     if (!chunk.trim()) return;
     const frag = document.createDocumentFragment();
-    prose(frag, chunk);
+    if (markdown) markdownProse(frag, chunk, outline);
+    else prose(frag, chunk);
     if (tail && tail.kind === "prose") {
       tail.el.remove();
       tail = null;
@@ -359,12 +428,21 @@
     }
     if (!tail || tail.kind !== "prose") {
       if (tail) tail.el.remove();
-      tail = { kind: "prose", el: document.createElement("p") };
+      tail = { kind: "prose", el: document.createElement(markdown ? "div" : "p"), shown: null };
       tail.el.className = "tail";
       answer.appendChild(tail.el);
     }
     const shown = rest.replace(/^\n+/, "");
-    if (tail.el.textContent !== shown) tail.el.textContent = shown;
+    if (tail.shown === shown) return;
+    tail.shown = shown;
+    if (markdown) {
+      // The growing paragraph, as it will settle (its headings after the settled ones).
+      const frag = document.createDocumentFragment();
+      markdownProse(frag, shown, { ...outline });
+      tail.el.replaceChildren(frag);
+    } else {
+      tail.el.textContent = shown;
+    }
   }
 
   function schedule() {
@@ -469,6 +547,7 @@
     text = seed;
     settledTo = 0;
     tail = null;
+    outline = { source: 0, shown: TOP_HEADING - 1 };
     figures = [];
     blocks = [];
     final = false;

@@ -374,7 +374,7 @@ def test_offline_says_nothing_was_sent_and_no_status_goes_stale(
     page = open_page()
     page.context.set_offline(True)
     page.fill("#prompt", "Sent while offline [[fake]]")
-    page.press("#prompt", "Enter")
+    page.press("#prompt", "Control+Enter")
     page.wait_for_selector("#error:not([hidden])")
     wait_idle(page)
     message = page.inner_text("#error")
@@ -383,7 +383,7 @@ def test_offline_says_nothing_was_sent_and_no_status_goes_stale(
     assert not page.is_visible("#stats")
     assert "Waiting" not in page.inner_text("#status")
     page.context.set_offline(False)
-    page.press("#prompt", "Enter")
+    page.press("#prompt", "Control+Enter")
     page.wait_for_selector("#stats:not([hidden]) #saved-link")
 
 
@@ -418,3 +418,58 @@ def test_after_stop_the_saved_answer_is_a_link_away(open_page: Any, fake: FakeUp
     link.click()
     page.wait_for_selector("#answer .rendered")
     assert "/a/" in page.url and "t0 t1" in page.inner_text("#answer")
+
+
+SETTLED = """() => {
+    const shown = [];
+    for (const el of document.querySelectorAll("#answer > *:not(.tail), #answer > .tail > *")) {
+        if (el.matches("figure")) break;
+        const link = el.querySelector("a");
+        shown.push([el.tagName, el.innerText.trim(), link ? link.getAttribute("href") : null]);
+    }
+    return shown;
+}"""
+
+
+def test_streaming_prose_is_markdown_by_the_final_rules(
+    open_page: Any, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While it streams (it never ends), the prose before the code block is what it will be.
+    page = open_page()
+    submit(page, "Slugs [[fake answer=markdown forever=1 delay=0.02]]")
+    page.wait_for_selector("#answer figure.codeblock:not(.streaming)")
+    assert page.evaluate("document.getElementById('generate').disabled")  # still streaming
+    streaming = page.evaluate(SETTLED)
+    text = page.inner_text("#answer")
+    assert "## Overview" not in text and "[the docs](" not in text and "| ---" not in text, text
+    assert page.inner_text("#answer h2") == "Overview"
+    link = page.query_selector('#answer a[href="https://example.com/slug"]')
+    assert link and link.get_attribute("rel") == "noopener noreferrer"
+    assert page.query_selector('#answer a[href^="javascript"]') is None
+    page.click("#stop")
+    wait_idle(page)
+    # The same answer, ended: the server's HTML, which the page then shows.
+    done = open_page()
+    submit(done, "Slugs [[fake answer=markdown]]")
+    wait_idle(done)
+    done.wait_for_selector("#stats #saved-link")
+    assert streaming == done.evaluate(SETTLED)
+    # The growing paragraph is Markdown too: a heading that has not settled yet is one.
+    monkeypatch.setitem(ANSWERS, "heading", "Intro.\n\n### Steps")
+    growing = open_page()
+    submit(growing, "Heading [[fake answer=heading forever=1 delay=0.3]]")
+    growing.wait_for_selector("#answer h2")
+    assert growing.inner_text("#answer h2").startswith("Steps")
+    growing.click("#stop")
+    wait_idle(growing)
+    # And model text stays text while it streams, as in the end.
+    hostile = open_page()
+    submit(hostile, "show me [[fake answer=xss forever=1 delay=0.02]]")
+    hostile.wait_for_selector("#answer figure.codeblock:not(.streaming)")
+    text = hostile.inner_text("#answer")
+    assert "<script>window.__pwned = 1</script>" in text
+    assert '<img src=x onerror="window.__pwned = 2">' in text
+    assert hostile.query_selector("#answer img, #answer script") is None
+    assert hostile.evaluate("window.__pwned") is None
+    hostile.click("#stop")
+    wait_idle(hostile)

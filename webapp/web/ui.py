@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +134,27 @@ def prompt_form() -> PromptForm:
     return form
 
 
+@lru_cache(maxsize=8)
+def _installed(static: str) -> tuple[str | None, bool]:
+    """What `make` copied from npm into static/ (looked up once: a restart sees a change):
+    Pyodide's versioned folder, and whether markdown-it is there."""
+    versions = sorted(p.parent.name for p in Path(static).glob("pyodide/*/pyodide.asm.wasm"))
+    markdown = (Path(static) / "vendor" / "markdown-it.min.js").is_file()
+    return (f"pyodide/{versions[-1]}/" if versions else None), markdown
+
+
 def pyodide_url() -> str | None:
     """Where the Run button's Pyodide is served, by version (so it is cached for good), or
     None where it is not installed (no npm when `make` ran): the page offers no Run."""
-    folder = Path(current_app.static_folder or "") / "pyodide"
-    versions = sorted(p.parent.name for p in folder.glob("*/pyodide.asm.wasm"))
-    return url_for("static", filename=f"pyodide/{versions[-1]}/") if versions else None
+    folder, _ = _installed(current_app.static_folder or "")
+    return url_for("static", filename=folder) if folder else None
+
+
+def markdown_script() -> str | None:
+    """markdown-it for the page's streaming prose, where installed (else plain text until
+    the answer ends, when the server's HTML replaces it)."""
+    _, markdown = _installed(current_app.static_folder or "")
+    return url_for("static", filename="vendor/markdown-it.min.js") if markdown else None
 
 
 # The page's words for an answer's outcome (history.py stores the codes).
@@ -249,6 +265,7 @@ def page(template: str, **context: Any) -> str:
         max_body_bytes=config.max_body_bytes,
         max_output_tokens=config.max_output_tokens,
         pyodide=pyodide_url(),
+        markdown_script=markdown_script(),
         **context,
     )
 
