@@ -171,6 +171,37 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     app.extensions["generation"] = GenerationService(
         config, provider, count_tokens, hooks=Observer(config.log_prompts)
     )
+    build_answers(app, config)
+    if guard.key_digests:  # the page signs in: kept where every instance sees a sign-out
+        history: Recorder | None = app.extensions.get("history")
+        app.extensions["sign_ins"] = SignIns(
+            lifetime=app.permanent_session_lifetime.total_seconds(),
+            redis_url=config.redis_url,
+            store=None
+            if config.redis_url
+            else (history.store if history else Store.open(config.database)),
+        )
+    if config.trust_forwarded_for:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=config.trust_forwarded_for, x_proto=config.trust_forwarded_for
+        )
+
+    # In this order: the request id first, so every later error carries one.
+    for hook in (assign_request_id, read_body_within_limit, access.identify_and_limit):
+        app.before_request(hook)
+    csrf.init_app(app)  # after the request id, so CSRF errors carry one
+    register_routes(app)
+    register_error_handlers(app)
+    app.after_request(add_headers)
+
+    info = provider.info()
+    log.info("started", extra={"fields": {"provider": info.name, "model": info.model}})
+    return app
+
+
+def build_answers(app: Flask, config: Config) -> None:
+    """The answers layer and what sits behind it: this worker's jobs, the event log
+    (Redis, when set) and the recorder over the store (unless HISTORY=off)."""
     # With Redis, resumable answers can be followed from any worker on any machine.
     eventlog = EventLog(config.redis_url) if config.redis_url and config.history else None
 
@@ -182,9 +213,10 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
                 return True
         except RedisUnavailable:
             pass
-        history: Recorder | None = app.extensions.get("history")
         try:
-            return history is not None and history.store.followed_within(answer_id, FOLLOWED_WITHIN)
+            return recorder is not None and recorder.store.followed_within(
+                answer_id, FOLLOWED_WITHIN
+            )
         except HistoryUnavailable:
             return False
 
@@ -194,7 +226,7 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         eventlog=eventlog,
         followed_elsewhere=followed_elsewhere,
     )
-    app.extensions["jobs"] = jobs
+    recorder: Recorder | None = None
     if config.history:
         recorder = Recorder(
             Store.open(config.database, lease=config.answer_lease),
@@ -206,28 +238,12 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         )
         recorder.purge_now()
         app.extensions["history"] = recorder
-    if guard.key_digests:  # the page signs in: kept where every instance sees a sign-out
-        history: Recorder | None = app.extensions.get("history")
-        app.extensions["sign_ins"] = SignIns(
-            lifetime=app.permanent_session_lifetime.total_seconds(),
-            redis_url=config.redis_url,
-            store=None
-            if config.redis_url
-            else (history.store if history else Store.open(config.database)),
-        )
-    app.extensions["answers"] = Answers(
-        jobs=jobs, recorder=app.extensions.get("history"), config=config
-    )
-    if config.trust_forwarded_for:
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app, x_for=config.trust_forwarded_for, x_proto=config.trust_forwarded_for
-        )
+    app.extensions["jobs"] = jobs
+    app.extensions["answers"] = Answers(jobs=jobs, recorder=recorder, config=config)
 
-    # In this order: the request id first, so every later error carries one.
-    for hook in (assign_request_id, read_body_within_limit, access.identify_and_limit):
-        app.before_request(hook)
-    csrf.init_app(app)  # after the request id, so CSRF errors carry one
 
+def register_routes(app: Flask) -> None:
+    """Each blueprint, and metrics; the API's are key-authenticated, not CSRF's."""
     from webapp.web import (
         api,
         history_api,
@@ -243,40 +259,36 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     csrf.exempt(history_api.bp)
     app.register_blueprint(ui.bp)
     app.register_blueprint(openapi.bp)
-    register_error_handlers(app)
     observability.init_app(app)
 
-    @app.after_request
-    def add_headers(response: Response) -> Response:
-        headers = response.headers
-        values = g._get_current_object()  # once: each use of the proxy looks it up
-        headers["X-Request-ID"] = values.get("request_id", "")
-        recorded = values.get("recorded")
-        if recorded:
-            # `add`, not `[...] =`: nothing set them before, so no scan to replace.
-            headers.add("X-Answer-ID", recorded.answer_id)
-            headers.add("X-Conversation-ID", recorded.conversation_id)
-            if values.history_trimmed:
-                headers["X-History-Trimmed"] = str(values.history_trimmed)
-        # No view sets its own, so one look decides for all.
-        if "Content-Security-Policy" not in headers:
-            headers.extend(_SECURITY_ITEMS)
-            if request.endpoint == "static":
-                # As the static view resolves it: a raw prefix would match `pyodide/../x`.
-                file = posixpath.normpath((request.view_args or {}).get("filename", ""))
-                if file == RUNNER_DOCUMENT:
-                    static = request.host_url + "static/"
-                    headers["Content-Security-Policy"] = RUNNER_POLICY.format(static=static)
-                    headers["X-Frame-Options"] = "SAMEORIGIN"
-                elif file.startswith(RUNNER_FILES):
-                    headers["Access-Control-Allow-Origin"] = "*"
-                    versioned = file.startswith("pyodide/") and file.count("/") >= 2
-                    if versioned and response.status_code in (200, 304):
-                        headers["Cache-Control"] = PYODIDE_CACHE
-            if request.is_secure:
-                headers["Strict-Transport-Security"] = "max-age=31536000"
-        return response
 
-    info = provider.info()
-    log.info("started", extra={"fields": {"provider": info.name, "model": info.model}})
-    return app
+def add_headers(response: Response) -> Response:
+    """Every response's ids and security headers (the runner's own, by the file served)."""
+    headers = response.headers
+    values = g._get_current_object()  # once: each use of the proxy looks it up
+    headers["X-Request-ID"] = values.get("request_id", "")
+    recorded = values.get("recorded")
+    if recorded:
+        # `add`, not `[...] =`: nothing set them before, so no scan to replace.
+        headers.add("X-Answer-ID", recorded.answer_id)
+        headers.add("X-Conversation-ID", recorded.conversation_id)
+        if values.history_trimmed:
+            headers["X-History-Trimmed"] = str(values.history_trimmed)
+    # No view sets its own, so one look decides for all.
+    if "Content-Security-Policy" not in headers:
+        headers.extend(_SECURITY_ITEMS)
+        if request.endpoint == "static":
+            # As the static view resolves it: a raw prefix would match `pyodide/../x`.
+            file = posixpath.normpath((request.view_args or {}).get("filename", ""))
+            if file == RUNNER_DOCUMENT:
+                static = request.host_url + "static/"
+                headers["Content-Security-Policy"] = RUNNER_POLICY.format(static=static)
+                headers["X-Frame-Options"] = "SAMEORIGIN"
+            elif file.startswith(RUNNER_FILES):
+                headers["Access-Control-Allow-Origin"] = "*"
+                versioned = file.startswith("pyodide/") and file.count("/") >= 2
+                if versioned and response.status_code in (200, 304):
+                    headers["Cache-Control"] = PYODIDE_CACHE
+        if request.is_secure:
+            headers["Strict-Transport-Security"] = "max-age=31536000"
+    return response
