@@ -842,7 +842,7 @@
       // No status outlives what it described.
       if (stats.textContent === "Waiting for the model…") stats.hidden = true;
       if (/^(Waiting for the model|The answer is arriving|Reconnecting)\.$/.test(status.textContent)) {
-        announce(errorBox.hidden ? "The answer ended." : "The answer ended with an error.");
+        announce(errorBox.hidden ? "The answer ended." : ""); // the error speaks for itself (role=alert)
       }
       setBusy(false);
     }

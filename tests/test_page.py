@@ -473,3 +473,21 @@ def test_streaming_prose_is_markdown_by_the_final_rules(
     assert hostile.evaluate("window.__pwned") is None
     hostile.click("#stop")
     wait_idle(hostile)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_the_page_and_an_answers_page_have_no_audit_finding_of_any_impact(
+    open_page: Any, fake: FakeUpstream, scheme: str, size: str
+) -> None:
+    page = open_page(color_scheme=scheme, viewport=DESKTOP if size == "desktop" else PHONE)
+    everything = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
+    assert audit(page, everything) == []
+    submit(page, "Slugs [[fake answer=markdown delay=0.05]]")
+    page.wait_for_selector("#answer figure.codeblock")
+    assert audit(page, everything) == [], "during the stream"
+    wait_idle(page)
+    assert audit(page, everything) == [], "after the answer"
+    page.click("#saved-link")
+    page.wait_for_selector("#answer h2")
+    assert audit(page, everything) == [], "the answer's page"
