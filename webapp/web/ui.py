@@ -173,6 +173,10 @@ OUTCOME_WORDS = {
     "upstream_rate_limited": "the model was rate limited",
     "upstream_auth": "the model's API key was refused",
     "local_model_busy": "the local model was busy",
+    "local_model_invalid": "the local model could not be loaded",
+    "upstream_error": "the model server failed",
+    "upstream_timeout": "the model server timed out",
+    "upstream_bad_request": "the model server refused the request",
 }
 
 
