@@ -498,8 +498,11 @@
   }
 
   let sizeScheduled = false;
+  const examples = form.querySelector(".examples");
   function showSize() {
     sizeScheduled = false;
+    // The examples are for an empty box: a click on one never replaces what was typed.
+    if (examples) examples.hidden = Boolean(promptBox.value.trim());
     if (!sizeNote) return;
     const size = promptSize();
     sizeNote.textContent = size.over || (promptBox.value.trim() ? `About ${size.tokens} of ${size.maxTokens} tokens.` : `Up to ${size.maxTokens} tokens.`);

@@ -229,11 +229,18 @@ def test_example_prompts_fill_the_form_with_and_without_javascript(
             if scripted:  # filled in place: nothing typed elsewhere is lost
                 wait_until(page, "document.activeElement.id === 'prompt'")
                 assert "example" not in page.url
+                # Offered only while the box is empty: a click never replaces typed text.
+                page.wait_for_selector(".examples", state="hidden")
+                page.fill("#prompt", "")
+                page.wait_for_selector(".examples", state="visible")
+                page.fill("#prompt", text)
             else:
                 page.wait_for_url("**/?example=0")
             assert page.input_value("#prompt") == text
     page = open_page()
     page.query_selector_all("a.example")[1].click()
+    page.keyboard.press("End")
+    page.keyboard.type(" [[fake]]")
     page.press("#prompt", "Enter")  # and off it goes
     page.wait_for_selector("#stats:not([hidden]) #saved-link")
 
@@ -278,6 +285,15 @@ def test_copy_on_a_block_that_just_opened_copies_what_is_there(
             page.wait_for_selector("button.copy:has-text('Copied')")
             assert page.evaluate("navigator.clipboard.readText()") == expected
         wait_idle(page)
+    # Where the clipboard refuses, the button says so (never "Copied") and selects the code.
+    page = open_page()
+    page.add_init_script("navigator.clipboard.writeText = () => Promise.reject(new Error('no'))")
+    page.reload()
+    submit(page, "Refused [[fake answer=code]]")
+    wait_idle(page)
+    page.click("figure.codeblock button.copy")
+    page.wait_for_selector("button.copy:has-text('Copy failed')")
+    assert page.evaluate("getSelection().toString()").startswith("def is_palindrome(")
 
 
 def test_focus_stays_when_a_block_is_highlighted_and_when_the_answer_ends(
