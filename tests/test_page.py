@@ -258,7 +258,7 @@ def test_enter_sends_and_shift_enter_adds_a_line(open_page: Any, fake: FakeUpstr
     assert page.input_value("#prompt") == "First line [[fake]]\nsecond line"  # no newline added
     page.fill("#temperature", "0.3")
     page.press("#temperature", "Control+Enter")  # Ctrl+Enter still sends, from any field
-    page.wait_for_selector("#generate[disabled]")
+    wait_until(page, "document.querySelectorAll('.history-list li').length === 2")
     wait_idle(page)
     # On a touch screen the keyboard's Enter is a new line: its send is the button.
     phone = open_page(viewport=PHONE, has_touch=True, is_mobile=True)
