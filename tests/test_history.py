@@ -859,7 +859,10 @@ def test_past_history_max_answers_the_oldest_go_but_running_ones_stay(
     """HISTORY_MAX_ANSWERS: each owner keeps the newest; the oldest go as new ones come,
     except one still running. A conversation loses its oldest versions first (a
     follow-up builds on what is left), and goes with its last."""
-    client = make_app(database_url, HISTORY_MAX_ANSWERS="3").test_client()
+    # The running answer is left unread while the others are made: generous idle and
+    # total bounds, so a slow database on a busy machine does not end it first.
+    slow = {"IDLE_TIMEOUT": "30", "TOTAL_TIMEOUT": "60"}
+    client = make_app(database_url, HISTORY_MAX_ANSWERS="3", **slow).test_client()
     other = make_app(database_url).test_client()  # another owner, far from the bound
     theirs = answers_made(other, 4, "theirs")
     running = client.post("/generate-code/", json={"prompt": prompt("tokens=3")})
