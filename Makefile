@@ -134,7 +134,7 @@ bench-local: $(STAMP)-dev install-local
 
 # A longer fuzzing run than make test's bounded one.
 fuzz: $(STAMP)-dev
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest -q tests/test_openapi.py -k fuzz
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest -q tests/web/test_openapi.py -k fuzz
 
 # Recompile the hashed locks from requirements.in and requirements-dev.in, with a pinned
 # pip-tools in its own venv, against PyPI alone: a machine's pip config may add a local

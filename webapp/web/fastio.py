@@ -131,7 +131,7 @@ def _next(self: Any) -> Any:
     return _original_next(self)
 
 
-# The versions these patches were written against and tested with (tests/test_fastio.py).
+# The versions these patches were written against and tested with (tests/web/test_fastio.py).
 WRITTEN_FOR = {"gunicorn": "27.0", "gevent": "26.9"}
 
 

@@ -33,7 +33,7 @@ ANSWER_TOP_HEADING = 2
 # 2,000): it only ever sees a short sample from the start of the block.
 GUESS_MAX_CHARS = 1_000
 GUESS_MAX_LINES = 50
-# Highlighting itself is linear but slow on some lexers and inputs (tests/test_render.py
+# Highlighting itself is linear but slow on some lexers and inputs (tests/web/test_render.py
 # holds the worst seen), and it runs in a thread beside the loop: longer blocks, far beyond
 # what the output token limits allow by default, are shown as plain escaped text.
 HIGHLIGHT_MAX_CHARS = 50_000

@@ -13,7 +13,7 @@ import gevent
 import pytest
 from gevent.event import Event
 
-from tests.test_relay import relay_for
+from tests.relay.test_relay import relay_for
 from webapp.answers.jobs import Job, Numbered, writes_bounded
 from webapp.errors import ClientTooSlow
 from webapp.providers.base import Final

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import Server
 from tests.fake_upstream import ANSWERS, FakeUpstream
 from tests.helpers import wait_idle
-from tests.test_page import DESKTOP, PHONE, SHOTS, serious_violations, wait_until
+from tests.web.test_page import DESKTOP, PHONE, SHOTS, serious_violations, wait_until
 
 pytestmark = pytest.mark.browser
 

@@ -1,0 +1,1 @@
+"""Tests of webapp/relay/: its modules through their public surface, and end to end."""
