@@ -165,8 +165,69 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-@lru_cache(maxsize=4)
-def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any]:
+# What the description says of every route, as data; build_spec adds what the
+# settings decide (the models, max_tokens' bound).
+_REQUEST_ID: dict[str, Any] = {
+    "X-Request-ID": {
+        "description": "Echoed, or made for this request.",
+        "schema": {"type": "string"},
+    }
+}
+_ERROR: dict[str, Any] = {
+    "content": {"application/json": {"schema": _ref("ErrorResponse")}},
+    "headers": _REQUEST_ID,
+}
+_ANSWER_HEADERS = {
+    **_REQUEST_ID,
+    "X-Answer-ID": {
+        "description": "The stored answer (with history on): GET /answers/{id}.",
+        "schema": {"type": "string"},
+    },
+    "X-Conversation-ID": {
+        "description": "Its conversation: pass as conversation_id for a follow-up.",
+        "schema": {"type": "string"},
+    },
+    "X-History-Trimmed": {
+        "description": "Earlier turns left out to fit MAX_PROMPT_TOKENS (when any).",
+        "schema": {"type": "integer"},
+    },
+}
+_GENERATE_RESPONSES: dict[str, Any] = {
+    "200": {
+        "description": "The answer. The format follows Accept: text/plain (default), "
+        "text/event-stream (events delta, done, error), application/x-ndjson (one "
+        "Delta/Done/StreamError/Ping per line), or one JSON object with stream=false.",
+        "headers": _ANSWER_HEADERS,
+        "content": {
+            "text/plain": {"schema": {"type": "string"}},
+            "text/event-stream": {
+                "schema": {"type": "string"},
+                "x-events": {
+                    "delta": _ref("Delta"),
+                    "done": _ref("Done"),
+                    "error": _ref("StreamError"),
+                },
+            },
+            "application/x-ndjson": {
+                "schema": {
+                    "oneOf": [_ref("Delta"), _ref("Done"), _ref("StreamError"), _ref("Ping")]
+                }
+            },
+            "application/json": {"schema": _ref("Answer")},
+        },
+    },
+}
+for status, description in ERRORS.items():
+    _GENERATE_RESPONSES[status] = {**_ERROR, "description": description}
+_GENERATE_RESPONSES["429"]["headers"] = {
+    **_REQUEST_ID,
+    "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}},
+}
+
+
+def _schemas(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any]:
+    """The components' schemas, from the models the code validates with; the request's
+    with what the settings bound and what pydantic cannot say."""
     components: dict[str, Any] = {}
     for model in (
         GenerateCodeRequest,
@@ -199,63 +260,13 @@ def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any
         "required": ["conversation_id", "continue_answer"],
         "properties": {"conversation_id": given, "continue_answer": given},
     }
+    return components
 
-    request_id = {
-        "X-Request-ID": {
-            "description": "Echoed, or made for this request.",
-            "schema": {"type": "string"},
-        }
-    }
-    error = {
-        "content": {"application/json": {"schema": _ref("ErrorResponse")}},
-        "headers": request_id,
-    }
-    answer_headers = {
-        **request_id,
-        "X-Answer-ID": {
-            "description": "The stored answer (with history on): GET /answers/{id}.",
-            "schema": {"type": "string"},
-        },
-        "X-Conversation-ID": {
-            "description": "Its conversation: pass as conversation_id for a follow-up.",
-            "schema": {"type": "string"},
-        },
-        "X-History-Trimmed": {
-            "description": "Earlier turns left out to fit MAX_PROMPT_TOKENS (when any).",
-            "schema": {"type": "integer"},
-        },
-    }
-    responses: dict[str, Any] = {
-        "200": {
-            "description": "The answer. The format follows Accept: text/plain (default), "
-            "text/event-stream (events delta, done, error), application/x-ndjson (one "
-            "Delta/Done/StreamError/Ping per line), or one JSON object with stream=false.",
-            "headers": answer_headers,
-            "content": {
-                "text/plain": {"schema": {"type": "string"}},
-                "text/event-stream": {
-                    "schema": {"type": "string"},
-                    "x-events": {
-                        "delta": _ref("Delta"),
-                        "done": _ref("Done"),
-                        "error": _ref("StreamError"),
-                    },
-                },
-                "application/x-ndjson": {
-                    "schema": {
-                        "oneOf": [_ref("Delta"), _ref("Done"), _ref("StreamError"), _ref("Ping")]
-                    }
-                },
-                "application/json": {"schema": _ref("Answer")},
-            },
-        },
-    }
-    for status, description in ERRORS.items():
-        responses[status] = {**error, "description": description}
-    responses["429"]["headers"] = {
-        **request_id,
-        "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}},
-    }
+
+@lru_cache(maxsize=4)
+def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any]:
+    """The whole description, for these settings (cached: they do not change)."""
+    components = _schemas(max_output_tokens, models)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -272,10 +283,10 @@ def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any
                         "required": True,
                         "content": {"application/json": {"schema": _ref("GenerateCodeRequest")}},
                     },
-                    "responses": responses,
+                    "responses": _GENERATE_RESPONSES,
                 }
             },
-            **history_paths(error, request_id),
+            **HISTORY_PATHS,
             "/healthz": {
                 "get": {
                     "operationId": "health",
@@ -283,7 +294,7 @@ def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any
                     "responses": {
                         "200": {
                             "description": "Healthy",
-                            "headers": request_id,
+                            "headers": _REQUEST_ID,
                             "content": {"application/json": {"schema": _ref("Health")}},
                         }
                     },
@@ -294,162 +305,162 @@ def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any
     }
 
 
-def history_paths(error: dict[str, Any], request_id: dict[str, Any]) -> dict[str, Any]:
-    """/answers and friends (webapp/web/history_api.py)."""
+def _failures(*statuses: str) -> dict[str, Any]:
+    described = {
+        "400": "Bad query (invalid_request).",
+        "401": "API_KEYS is set and the key is missing or wrong (unauthorized).",
+        "404": "Nothing of yours has that id (another owner's neither), or HISTORY=off.",
+    }
+    listed = {status: {**_ERROR, "description": described[status]} for status in statuses}
+    # History routes count against HISTORY_RATE_LIMIT (a Stop never is refused).
+    listed["429"] = {
+        **_ERROR,
+        "description": "Over HISTORY_RATE_LIMIT (rate_limited), or too many wrong keys "
+        "from this address (too_many_failed_auth); see Retry-After.",
+        "headers": {
+            **_REQUEST_ID,
+            "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}},
+        },
+    }
+    return listed
 
-    def failures(*statuses: str) -> dict[str, Any]:
-        described = {
-            "400": "Bad query (invalid_request).",
-            "401": "API_KEYS is set and the key is missing or wrong (unauthorized).",
-            "404": "Nothing of yours has that id (another owner's neither), or HISTORY=off.",
-        }
-        listed = {status: {**error, "description": described[status]} for status in statuses}
-        # History routes count against HISTORY_RATE_LIMIT (a Stop never is refused).
-        listed["429"] = {
-            **error,
-            "description": "Over HISTORY_RATE_LIMIT (rate_limited), or too many wrong keys "
-            "from this address (too_many_failed_auth); see Retry-After.",
-            "headers": {
-                **request_id,
-                "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}},
-            },
-        }
-        return listed
 
-    def ok(schema: str, description: str) -> dict[str, Any]:
-        return {
-            "200": {
-                "description": description,
-                "headers": request_id,
-                "content": {"application/json": {"schema": _ref(schema)}},
-            }
-        }
-
-    gone = {"204": {"description": "Done.", "headers": request_id}}
-    answer_id = {"name": "answer_id", "in": "path", "required": True, "schema": {"type": "string"}}
+def _ok(schema: str, description: str) -> dict[str, Any]:
     return {
-        "/answers": {
-            "get": {
-                "operationId": "listAnswers",
-                "summary": "Your answers, newest first",
-                "parameters": [
-                    {
-                        "name": "q",
-                        "in": "query",
-                        "description": "Only answers with this text in the prompt or the "
-                        "answer (case aside).",
-                        "schema": {"type": "string"},
-                    },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
-                    },
-                    {
-                        "name": "before",
-                        "in": "query",
-                        "description": "The `next` of the page before (or an answer's id).",
-                        "schema": {"type": "string"},
-                    },
-                ],
-                "responses": {**ok("AnswerList", "A page"), **failures("400", "401", "404")},
-            }
-        },
-        "/answers/{answer_id}": {
-            "get": {
-                "operationId": "getAnswer",
-                "summary": "One of your answers",
-                "parameters": [answer_id],
-                "responses": {**ok("StoredAnswer", "The answer"), **failures("401", "404")},
-            },
-            "delete": {
-                "operationId": "deleteAnswer",
-                "summary": "Delete one of your answers",
-                "parameters": [answer_id],
-                "responses": {**gone, **failures("401", "404")},
-            },
-        },
-        "/answers/{answer_id}/share": {
-            "post": {
-                "operationId": "shareAnswer",
-                "summary": "Make (or get) the answer's read-only link",
-                "parameters": [answer_id],
-                "responses": {**ok("ShareLink", "The link"), **failures("401", "404")},
-            },
-            "delete": {
-                "operationId": "unshareAnswer",
-                "summary": "Revoke the answer's link",
-                "parameters": [answer_id],
-                "responses": {**gone, **failures("401", "404")},
-            },
-        },
-        "/answers/{answer_id}/events": {
-            "get": {
-                "operationId": "answerEvents",
-                "summary": "Re-attach: the events after Last-Event-ID (or ?after=), then live",
-                "description": "Event ids are the answer's length in characters once the "
-                "event is applied. SSE (default) carries them as `id:`, NDJSON as `seq`. "
-                "A finished answer replays and ends.",
-                "parameters": [
-                    answer_id,
-                    {
-                        "name": "after",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 10**12 - 1},
-                    },
-                    {
-                        "name": "Last-Event-ID",
-                        "in": "header",
-                        "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
-                    },
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The stream (text/event-stream or application/x-ndjson)",
-                        "headers": request_id,
-                        "content": {
-                            "text/event-stream": {"schema": {"type": "string"}},
-                            "application/x-ndjson": {"schema": {"type": "string"}},
-                        },
-                    },
-                    **failures("400", "401", "404"),
+        "200": {
+            "description": description,
+            "headers": _REQUEST_ID,
+            "content": {"application/json": {"schema": _ref(schema)}},
+        }
+    }
+
+
+_GONE = {"204": {"description": "Done.", "headers": _REQUEST_ID}}
+_ANSWER_ID = {"name": "answer_id", "in": "path", "required": True, "schema": {"type": "string"}}
+# /answers and friends (webapp/web/history_api.py).
+HISTORY_PATHS: dict[str, Any] = {
+    "/answers": {
+        "get": {
+            "operationId": "listAnswers",
+            "summary": "Your answers, newest first",
+            "parameters": [
+                {
+                    "name": "q",
+                    "in": "query",
+                    "description": "Only answers with this text in the prompt or the "
+                    "answer (case aside).",
+                    "schema": {"type": "string"},
                 },
-            }
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                },
+                {
+                    "name": "before",
+                    "in": "query",
+                    "description": "The `next` of the page before (or an answer's id).",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "responses": {**_ok("AnswerList", "A page"), **_failures("400", "401", "404")},
+        }
+    },
+    "/answers/{answer_id}": {
+        "get": {
+            "operationId": "getAnswer",
+            "summary": "One of your answers",
+            "parameters": [_ANSWER_ID],
+            "responses": {**_ok("StoredAnswer", "The answer"), **_failures("401", "404")},
         },
-        "/answers/{answer_id}/cancel": {
-            "post": {
-                "operationId": "cancelAnswer",
-                "summary": "Stop a resumable answer: its upstream closes within a second",
-                "parameters": [answer_id],
-                "responses": {
-                    "204": {
-                        "description": "Stopped, or asked to stop where it runs.",
-                        "headers": {
-                            **request_id,
-                            "X-Stopped-Through": {
-                                "description": "How: job (it ran in this worker), row "
-                                "(a mark its worker looks for), redis (another "
-                                "machine's), ended (it had already ended).",
-                                "schema": {
-                                    "type": "string",
-                                    "enum": ["job", "row", "redis", "ended"],
-                                },
+        "delete": {
+            "operationId": "deleteAnswer",
+            "summary": "Delete one of your answers",
+            "parameters": [_ANSWER_ID],
+            "responses": {**_GONE, **_failures("401", "404")},
+        },
+    },
+    "/answers/{answer_id}/share": {
+        "post": {
+            "operationId": "shareAnswer",
+            "summary": "Make (or get) the answer's read-only link",
+            "parameters": [_ANSWER_ID],
+            "responses": {**_ok("ShareLink", "The link"), **_failures("401", "404")},
+        },
+        "delete": {
+            "operationId": "unshareAnswer",
+            "summary": "Revoke the answer's link",
+            "parameters": [_ANSWER_ID],
+            "responses": {**_GONE, **_failures("401", "404")},
+        },
+    },
+    "/answers/{answer_id}/events": {
+        "get": {
+            "operationId": "answerEvents",
+            "summary": "Re-attach: the events after Last-Event-ID (or ?after=), then live",
+            "description": "Event ids are the answer's length in characters once the "
+            "event is applied. SSE (default) carries them as `id:`, NDJSON as `seq`. "
+            "A finished answer replays and ends.",
+            "parameters": [
+                _ANSWER_ID,
+                {
+                    "name": "after",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 10**12 - 1},
+                },
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "The stream (text/event-stream or application/x-ndjson)",
+                    "headers": _REQUEST_ID,
+                    "content": {
+                        "text/event-stream": {"schema": {"type": "string"}},
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                    },
+                },
+                **_failures("400", "401", "404"),
+            },
+        }
+    },
+    "/answers/{answer_id}/cancel": {
+        "post": {
+            "operationId": "cancelAnswer",
+            "summary": "Stop a resumable answer: its upstream closes within a second",
+            "parameters": [_ANSWER_ID],
+            "responses": {
+                "204": {
+                    "description": "Stopped, or asked to stop where it runs.",
+                    "headers": {
+                        **_REQUEST_ID,
+                        "X-Stopped-Through": {
+                            "description": "How: job (it ran in this worker), row "
+                            "(a mark its worker looks for), redis (another "
+                            "machine's), ended (it had already ended).",
+                            "schema": {
+                                "type": "string",
+                                "enum": ["job", "row", "redis", "ended"],
                             },
                         },
                     },
-                    **failures("401", "404"),
                 },
-            }
-        },
-        "/conversations/{conversation_id}": {
-            "delete": {
-                "operationId": "deleteConversation",
-                "summary": "Delete every version in one of your conversations",
-                "parameters": [{**answer_id, "name": "conversation_id"}],
-                "responses": {**gone, **failures("401", "404")},
-            }
-        },
-    }
+                **_failures("401", "404"),
+            },
+        }
+    },
+    "/conversations/{conversation_id}": {
+        "delete": {
+            "operationId": "deleteConversation",
+            "summary": "Delete every version in one of your conversations",
+            "parameters": [{**_ANSWER_ID, "name": "conversation_id"}],
+            "responses": {**_GONE, **_failures("401", "404")},
+        }
+    },
+}
 
 
 def spec_for(config: Config) -> dict[str, Any]:
