@@ -1,6 +1,8 @@
 """An answer's life after it starts, in one place: find it, follow it, stop it.
 
     Answers.answer_of(id, owner)             the stored answer, or a 404
+    Answers.continuing(id, owner)            what a Continue of it builds on
+    Answers.following(conversation, owner)   what a follow-up in it builds on
     Answers.follow(id, owner, after, gone)   its events after `after` characters
     Answers.cancel(id, owner)                Stop, wherever it runs
 
@@ -29,10 +31,19 @@ import gevent
 from webapp.answers.eventlog import EventLog, RedisUnavailable
 from webapp.answers.jobs import FOLLOWER_WRITE_STALL, Jobs, Numbered, follow_stored, writes_bounded
 from webapp.answers.recording import COALESCE, QUIET_WAIT, SAVE_INTERVAL, Recorder
-from webapp.answers.store import CANCELLING, INTERRUPTED, Store, StoredAnswer, may_be_new, now
+from webapp.answers.store import (
+    CANCELLING,
+    INTERRUPTED,
+    MAX_TURNS,
+    Store,
+    StoredAnswer,
+    may_be_new,
+    now,
+)
 from webapp.config import Config
-from webapp.errors import HistoryUnavailable, NotFound
+from webapp.errors import Conflict, HistoryUnavailable, NotFound
 from webapp.relay.events import PING
+from webapp.relay.generation import Turn
 
 # The worker running an answer writes its row COALESCE after the start and its end
 # COALESCE after the end, up to QUIET_WAIT later when busy, and its client can hear
@@ -47,6 +58,16 @@ FRESH_POLL = 0.1
 MOST_WAITING = 32
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Earlier:
+    """What a new answer builds on: the earlier turns of its conversation, and the
+    answer it continues (a Continue) or follows (a follow-up's parent)."""
+
+    turns: list[Turn]
+    continues: StoredAnswer | None = None
+    parent_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +120,43 @@ class Answers:
         if found is None:
             raise NotFound("There is no answer of yours with that id.")
         return found
+
+    def continuing(self, answer_id: str, owner: str) -> Earlier:
+        """A Continue of one of the owner's answers: 409 unless it may be carried on
+        (cut at its max_tokens, or interrupted); the turns before it."""
+        continued = self.answer_of(answer_id, owner, ended=True)
+        if not continued.continuable:
+            raise Conflict(
+                "continue_answer: only an answer that stopped at its max_tokens can be "
+                "continued; this one ended on its own.",
+            )
+        versions = self.store().versions(owner, continued.conversation_id)
+        ids = [v.id for v in versions]
+        earlier = versions[: ids.index(continued.id)][-MAX_TURNS:] if continued.id in ids else []
+        return Earlier([(v.prompt, v.text) for v in earlier if v.text], continues=continued)
+
+    def following(self, conversation_id: str, owner: str) -> Earlier:
+        """A follow-up in one of the owner's conversations: its latest turns, each one
+        whole (one that just ended on another worker is waited for); else a 404."""
+        stored = self.store()
+
+        def read() -> list[StoredAnswer]:
+            return stored.versions(owner, conversation_id, newest=MAX_TURNS)
+
+        versions = read()
+        versions = self.fresh(
+            read,
+            lambda found: bool(found) and all(map(self.settled, found)),
+            versions,
+            row_id=conversation_id,
+            missing=not versions,
+        )
+        if not versions:
+            raise NotFound(
+                "conversation_id: there is no conversation of yours with that id.",
+                code="conversation_not_found",
+            )
+        return Earlier([(v.prompt, v.text) for v in versions if v.text], parent_id=versions[-1].id)
 
     def fresh(
         self,

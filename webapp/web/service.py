@@ -16,10 +16,10 @@ from flask.sessions import SessionMixin
 from webapp.answers.jobs import Job, Jobs
 from webapp.answers.life import Answers
 from webapp.answers.recording import Recorder
-from webapp.answers.store import MAX_TURNS, Store, StoredAnswer
-from webapp.errors import BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMediaType
+from webapp.answers.store import Store, StoredAnswer
+from webapp.errors import BadRequest, Unauthorized, UnsupportedMediaType
 from webapp.ids import random_id
-from webapp.relay.generation import GenerationService, Relay, Turn
+from webapp.relay.generation import GenerationService, Relay
 from webapp.relay.schema import GenerateCodeRequest
 from webapp.sockets import peer_closed
 from webapp.web.guard import Guard
@@ -127,45 +127,16 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
     recorded in the history (a follow-up or a Continue builds on what is stored).
     Sets g.answer_id and g.conversation_id for the response headers."""
     prompt, language, model = params.prompt, params.language, params.model
-    turns: list[Turn] | None = None
-    continued: StoredAnswer | None = None
-    parent_id = None
+    earlier = None  # what it builds on (webapp/answers/life.py)
     if params.continue_answer is not None:
-        continued = answer_of(params.continue_answer, ended=True)
-        if not continued.continuable:
-            raise Conflict(
-                "continue_answer: only an answer that stopped at its max_tokens can be "
-                "continued; this one ended on its own.",
-            )
-        versions = store().versions(owner(), continued.conversation_id)
-        ids = [v.id for v in versions]
-        earlier = versions[: ids.index(continued.id)][-MAX_TURNS:] if continued.id in ids else []
-        turns = [(v.prompt, v.text) for v in earlier if v.text]
+        earlier = answers().continuing(params.continue_answer, owner())
+    elif params.conversation_id is not None:
+        earlier = answers().following(params.conversation_id, owner())
+    continued = earlier.continues if earlier is not None else None
+    if continued is not None:  # a Continue carries on the stored prompt
         prompt, language = continued.prompt, continued.language
         if model is None and continued.model in generation().provider.models:
             model = continued.model
-    elif params.conversation_id is not None:
-        stored, who, conversation_id = store(), owner(), params.conversation_id
-
-        def read() -> list[StoredAnswer]:
-            return stored.versions(who, conversation_id, newest=MAX_TURNS)
-
-        versions = read()
-        layer = answers()
-        versions = layer.fresh(
-            read,
-            lambda found: bool(found) and all(map(layer.settled, found)),
-            versions,
-            row_id=conversation_id,
-            missing=not versions,
-        )
-        if not versions:
-            raise NotFound(
-                "conversation_id: there is no conversation of yours with that id.",
-                code="conversation_not_found",
-            )
-        turns = [(v.prompt, v.text) for v in versions if v.text]
-        parent_id = versions[-1].id
     relay = generation().relay(
         g.request_id,
         prompt,
@@ -174,7 +145,7 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
         temperature=params.temperature,
         max_tokens=params.max_tokens,
         client=g.client_id,
-        turns=turns,
+        turns=earlier.turns if earlier is not None else None,
         partial=continued.text if continued else None,
     )
     relay.watch_client(client_socket())
@@ -190,7 +161,7 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
             prompt=prompt,
             language=language,
             conversation_id=continued.conversation_id if continued else params.conversation_id,
-            parent_id=parent_id,
+            parent_id=earlier.parent_id if earlier is not None else None,
             continues=continued,
         )
         values.history_trimmed = relay.trimmed_turns
