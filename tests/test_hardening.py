@@ -220,10 +220,10 @@ def test_the_stream_counter_forgets_clients_at_zero(app: Flask) -> None:
         # Counted while held (a counter that counted nothing would forget nothing):
         with pytest.raises(TooManyRequests):
             guard.acquire_stream(f"ip:10.0.0.{client}")
-        assert len(guard._local_streams) == 1
+        assert len(guard.streams) == 1
         for slot in held:
             guard.release_stream(slot)
-    assert len(guard._local_streams) == 0
+    assert len(guard.streams) == 0
 
 
 def test_an_operators_metrics_folder_loses_only_our_files(serve: Any, tmp_path: Path) -> None:

@@ -56,6 +56,44 @@ def load_key_digests(config: Config) -> list[bytes]:
     return [bytes.fromhex(e[7:]) if e.startswith("sha256:") else _digest(e) for e in entries]
 
 
+class StreamCounter:
+    """Answers in flight per client: `add(key)` and `remove(key)` return the count.
+
+    In Redis its expiry is refreshed on every change, so it only lapses for a client
+    idle that long (a process that died mid-stream cannot hold slots for ever), and a
+    removal never takes it below zero. In memory it dies with the process anyway, and
+    a client at zero is forgotten (an entry per client ever seen would grow for ever).
+    Errors are the store's own: the Guard decides what an outage means."""
+
+    def __init__(self, redis: Any, ttl: int) -> None:
+        self._ttl = ttl
+        self._counts: Counter[str] = Counter()
+        self._redis = redis
+        if redis is not None:
+            self._acquire = redis.register_script(_ACQUIRE)
+            self._release = redis.register_script(_RELEASE)
+
+    def add(self, key: str) -> int:
+        if self._redis is not None:
+            return int(self._acquire(keys=[key], args=[self._ttl]))
+        self._counts[key] += 1
+        return self._counts[key]
+
+    def remove(self, key: str) -> int:
+        if self._redis is not None:
+            return int(self._release(keys=[key], args=[self._ttl]))
+        left = self._counts[key] - 1
+        if left > 0:
+            self._counts[key] = left
+        else:
+            self._counts.pop(key, None)
+        return max(left, 0)
+
+    def __len__(self) -> int:
+        """Clients with answers in flight here (memory only)."""
+        return len(self._counts)
+
+
 class Guard:
     """Keys, rates and stream slots for one process, in memory or shared through Redis.
 
@@ -89,16 +127,8 @@ class Guard:
         self.auth_rate = (
             None if config.auth_failure_limit.lower() == "off" else parse(config.auth_failure_limit)
         )
-        # Stream slots: a counter per client. In Redis its expiry is refreshed on
-        # every change, so it only lapses for a client idle that long (a process
-        # that died mid-stream cannot hold slots for ever), and a release never
-        # takes it below zero. In memory it dies with the process anyway.
-        self._stream_ttl = int(config.total_timeout) + 60
-        self._local_streams: Counter[str] = Counter()
-        self._redis: Any = self.storage.get_connection() if config.redis_url else None  # type: ignore[attr-defined]
-        if self._redis is not None:
-            self._acquire_script = self._redis.register_script(_ACQUIRE)
-            self._release_script = self._redis.register_script(_RELEASE)
+        redis = self.storage.get_connection() if config.redis_url else None  # type: ignore[attr-defined]
+        self.streams = StreamCounter(redis, ttl=int(config.total_timeout) + 60)
         self.store_ok = True
 
     # -- identity ------------------------------------------------------------
@@ -230,11 +260,7 @@ class Guard:
             return None
         key = f"codegen:streams:{client}"
         try:
-            if self._redis is not None:
-                count = int(self._acquire_script(keys=[key], args=[self._stream_ttl]))
-            else:
-                self._local_streams[key] += 1
-                count = self._local_streams[key]
+            count = self.streams.add(key)
             self._recovered()
         except Exception as exc:  # noqa: BLE001
             self._store_failed(exc)
@@ -253,14 +279,7 @@ class Guard:
         if key is None:
             return
         try:
-            if self._redis is not None:
-                self._release_script(keys=[key], args=[self._stream_ttl])
-            else:
-                left = self._local_streams[key] - 1
-                if left > 0:
-                    self._local_streams[key] = left
-                else:  # an entry per client that ever streamed would grow for ever
-                    self._local_streams.pop(key, None)
+            self.streams.remove(key)
         except Exception as exc:  # noqa: BLE001
             log.error("could not release a stream slot: %s", type(exc).__name__)
 
