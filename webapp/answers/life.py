@@ -80,83 +80,15 @@ class Followed:
     way: str
 
 
-class Answers:
-    """Stored and running answers of this worker, its instance and the others, for
-    one owner at a time: another owner's answer is a 404, as a missing one is.
+class Freshness:
+    """Reads that may be about a row another worker has not written yet (see the module
+    docstring): `fresh` reads again until it sees it, `settled` says whether a stored
+    answer's state is whole. At most MOST_WAITING requests wait at once in a worker."""
 
-    Built once by the app factory over the worker's jobs, the recorder (None with
-    HISTORY=off) and the settings. Every read flushes this worker's queued writes
-    first, so an answer that just started here is in what is read."""
-
-    def __init__(self, *, jobs: Jobs, recorder: Recorder | None, config: Config) -> None:
-        self.jobs = jobs
+    def __init__(self, recorder: Recorder | None, config: Config) -> None:
         self.recorder = recorder
         self.config = config
         self._waiting = 0
-
-    # Reading ------------------------------------------------------------------------
-
-    def store(self) -> Store:
-        """The history store; a 404 `history_off` when the server keeps no history."""
-        if self.recorder is None:
-            raise NotFound("This server keeps no history (HISTORY=off).", code="history_off")
-        self.recorder.flush()
-        return self.recorder.store
-
-    def answer_of(self, answer_id: str, owner: str, *, ended: bool = False) -> StoredAnswer:
-        """One of the owner's answers, or a 404. One that another worker just started
-        (or, with `ended`, just ended) may not be written yet: read again for
-        FRESH_WAIT. A made-up id is a 404 at once."""
-        stored = self.store()
-
-        def read() -> StoredAnswer | None:
-            return stored.get(owner, answer_id)
-
-        def seen(answer: StoredAnswer | None) -> bool:
-            return answer is not None and (not ended or self.settled(answer))
-
-        found = read()
-        found = self.fresh(read, seen, found, row_id=answer_id, missing=found is None)
-        if found is None:
-            raise NotFound("There is no answer of yours with that id.")
-        return found
-
-    def continuing(self, answer_id: str, owner: str) -> Earlier:
-        """A Continue of one of the owner's answers: 409 unless it may be carried on
-        (cut at its max_tokens, or interrupted); the turns before it."""
-        continued = self.answer_of(answer_id, owner, ended=True)
-        if not continued.continuable:
-            raise Conflict(
-                "continue_answer: only an answer that stopped at its max_tokens can be "
-                "continued; this one ended on its own.",
-            )
-        versions = self.store().versions(owner, continued.conversation_id)
-        ids = [v.id for v in versions]
-        earlier = versions[: ids.index(continued.id)][-MAX_TURNS:] if continued.id in ids else []
-        return Earlier([(v.prompt, v.text) for v in earlier if v.text], continues=continued)
-
-    def following(self, conversation_id: str, owner: str) -> Earlier:
-        """A follow-up in one of the owner's conversations: its latest turns, each one
-        whole (one that just ended on another worker is waited for); else a 404."""
-        stored = self.store()
-
-        def read() -> list[StoredAnswer]:
-            return stored.versions(owner, conversation_id, newest=MAX_TURNS)
-
-        versions = read()
-        versions = self.fresh(
-            read,
-            lambda found: bool(found) and all(map(self.settled, found)),
-            versions,
-            row_id=conversation_id,
-            missing=not versions,
-        )
-        if not versions:
-            raise NotFound(
-                "conversation_id: there is no conversation of yours with that id.",
-                code="conversation_not_found",
-            )
-        return Earlier([(v.prompt, v.text) for v in versions if v.text], parent_id=versions[-1].id)
 
     def fresh(
         self,
@@ -199,6 +131,85 @@ class Answers:
         longest = self.config.total_timeout + self.config.resume_grace + 2 * SAVE_INTERVAL
         return (now() - answer.updated_at).total_seconds() > longest
 
+
+class Answers:
+    """Stored and running answers of this worker, its instance and the others, for
+    one owner at a time: another owner's answer is a 404, as a missing one is.
+
+    Built once by the app factory over the worker's jobs, the recorder (None with
+    HISTORY=off) and the settings. Every read flushes this worker's queued writes
+    first, so an answer that just started here is in what is read."""
+
+    def __init__(self, *, jobs: Jobs, recorder: Recorder | None, config: Config) -> None:
+        self.jobs = jobs
+        self.recorder = recorder
+        self.config = config
+        self.freshness = Freshness(recorder, config)
+
+    # Reading ------------------------------------------------------------------------
+
+    def store(self) -> Store:
+        """The history store; a 404 `history_off` when the server keeps no history."""
+        if self.recorder is None:
+            raise NotFound("This server keeps no history (HISTORY=off).", code="history_off")
+        self.recorder.flush()
+        return self.recorder.store
+
+    def answer_of(self, answer_id: str, owner: str, *, ended: bool = False) -> StoredAnswer:
+        """One of the owner's answers, or a 404. One that another worker just started
+        (or, with `ended`, just ended) may not be written yet: read again for
+        FRESH_WAIT. A made-up id is a 404 at once."""
+        stored = self.store()
+
+        def read() -> StoredAnswer | None:
+            return stored.get(owner, answer_id)
+
+        def seen(answer: StoredAnswer | None) -> bool:
+            return answer is not None and (not ended or self.freshness.settled(answer))
+
+        found = read()
+        found = self.freshness.fresh(read, seen, found, row_id=answer_id, missing=found is None)
+        if found is None:
+            raise NotFound("There is no answer of yours with that id.")
+        return found
+
+    def continuing(self, answer_id: str, owner: str) -> Earlier:
+        """A Continue of one of the owner's answers: 409 unless it may be carried on
+        (cut at its max_tokens, or interrupted); the turns before it."""
+        continued = self.answer_of(answer_id, owner, ended=True)
+        if not continued.continuable:
+            raise Conflict(
+                "continue_answer: only an answer that stopped at its max_tokens can be "
+                "continued; this one ended on its own.",
+            )
+        versions = self.store().versions(owner, continued.conversation_id)
+        ids = [v.id for v in versions]
+        earlier = versions[: ids.index(continued.id)][-MAX_TURNS:] if continued.id in ids else []
+        return Earlier([(v.prompt, v.text) for v in earlier if v.text], continues=continued)
+
+    def following(self, conversation_id: str, owner: str) -> Earlier:
+        """A follow-up in one of the owner's conversations: its latest turns, each one
+        whole (one that just ended on another worker is waited for); else a 404."""
+        stored = self.store()
+
+        def read() -> list[StoredAnswer]:
+            return stored.versions(owner, conversation_id, newest=MAX_TURNS)
+
+        versions = read()
+        versions = self.freshness.fresh(
+            read,
+            lambda found: bool(found) and all(map(self.freshness.settled, found)),
+            versions,
+            row_id=conversation_id,
+            missing=not versions,
+        )
+        if not versions:
+            raise NotFound(
+                "conversation_id: there is no conversation of yours with that id.",
+                code="conversation_not_found",
+            )
+        return Earlier([(v.prompt, v.text) for v in versions if v.text], parent_id=versions[-1].id)
+
     def locate(self, answer_id: str, owner: str) -> StoredAnswer | None:
         """One of the owner's answers, from the database; None when only Redis knows it
         (another machine's, with its own database); else a 404."""
@@ -219,7 +230,7 @@ class Answers:
         def known(got: tuple[StoredAnswer | None, bool]) -> bool:
             return got[0] is not None or got[1]
 
-        found, elsewhere = self.fresh(read, known, read(), row_id=answer_id, missing=True)
+        found, elsewhere = self.freshness.fresh(read, known, read(), row_id=answer_id, missing=True)
         if found is None and not elsewhere:
             if history_off is not None:
                 raise history_off  # its 404 says so
