@@ -42,7 +42,6 @@ from sqlalchemy import (
     delete,
     event,
     func,
-    insert,
     or_,
     select,
     text,
@@ -529,11 +528,212 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         connection.commit()
 
 
-class Store:
+class _Base:
+    """What every side of the store works with: the engine and a session maker."""
+
+    engine: Engine
+    _session: sessionmaker[Session]
+
+
+class _Listing(_Base):
+    """The store's reading side: an owner's answers a page at a time (keyset, through
+    ix_answers_owner_listing), a conversation's versions, a shared answer."""
+
+    @translated
+    def page(
+        self, owner: str, *, query: str = "", limit: int = PAGE_SIZE, before: str | None = None
+    ) -> tuple[list[StoredAnswer], str | None]:
+        """The owner's answers, newest first, after the cursor `before` (a `next`, or
+        an answer's id), filtered by a text in the prompt or the answer; and the cursor
+        of the next page (None on the last). Each is a range of ix_answers_owner_listing:
+        `limit` rows read, or FILTER_SCAN at most with a filter."""
+        limit = max(1, min(limit, MAX_PAGE_SIZE))
+        mine = [AnswerRow.owner == owner]
+        with self._session() as session:
+            start = self._cursor_place(session, owner, before) if before else None
+            if start is not None:
+                mine.append(_listing_place < start)
+            statement = select(AnswerRow).where(*mine)
+            scanned_to = None
+            if query.strip():
+                # The last answer this request may read, when more follow it: the filter
+                # reads no further, and the next page starts after it.
+                edge = session.execute(
+                    select(AnswerRow.created_at, AnswerRow.id)
+                    .where(*mine)
+                    .order_by(*_NEWEST_FIRST)
+                    .offset(FILTER_SCAN - 1)
+                    .limit(2)
+                ).all()
+                if len(edge) == 2:
+                    scanned_to = edge[0][0], edge[0][1]
+                    statement = statement.where(_listing_place >= scanned_to)
+                statement = statement.where(_matching(query.strip()))
+            rows = session.scalars(statement.order_by(*_NEWEST_FIRST).limit(limit + 1)).all()
+        found = [StoredAnswer.of(r) for r in rows[:limit]]
+        if len(rows) > limit:
+            return found, cursor_of(found[-1].created_at, found[-1].id)
+        return found, (cursor_of(*scanned_to) if scanned_to is not None else None)
+
+    @staticmethod
+    def _cursor_place(session: Session, owner: str, before: str) -> tuple[datetime, str] | None:
+        """Where a cursor points: the place it carries, or that of the owner's answer
+        it names; None (the first page) for neither."""
+        answer_id, dot, micros = before.partition(".")
+        if dot and micros.isascii() and micros.isdigit() and len(micros) <= 16:
+            return _EPOCH + timedelta(microseconds=int(micros)), answer_id
+        found = session.execute(
+            select(AnswerRow.created_at, AnswerRow.id).where(
+                AnswerRow.id == before, AnswerRow.owner == owner
+            )
+        ).first()
+        return None if found is None else (found[0], found[1])
+
+    @translated
+    def versions(
+        self, owner: str, conversation_id: str, newest: int = MAX_VERSIONS
+    ) -> list[StoredAnswer]:
+        """A conversation's newest answers (at most `newest`: memory stays bounded
+        however long it grows), oldest first; empty: none of this owner's."""
+        with self._session() as session:
+            rows = session.scalars(
+                select(AnswerRow)
+                .where(AnswerRow.conversation_id == conversation_id, AnswerRow.owner == owner)
+                .order_by(AnswerRow.created_at.desc(), AnswerRow.id.desc())
+                .limit(newest)
+            ).all()
+            return [StoredAnswer.of(r) for r in reversed(rows)]
+
+    @translated
+    def shared(self, share_id: str) -> StoredAnswer | None:
+        with self._session() as session:
+            row = session.scalar(select(AnswerRow).where(AnswerRow.share_id == share_id))
+            return StoredAnswer.of(row) if row is not None else None
+
+
+class _Keeping(_Base):
+    """The store's upkeep: what an owner does to their answers (delete, share) and the
+    bounds kept on them (HISTORY_MAX_ANSWERS, HISTORY_DAYS)."""
+
+    @translated
+    def delete_answer(self, owner: str, answer_id: str) -> bool:
+        with self._session() as session, session.begin():
+            row = session.scalar(
+                select(AnswerRow).where(AnswerRow.id == answer_id, AnswerRow.owner == owner)
+            )
+            if row is None:
+                return False
+            conversation_id = row.conversation_id
+            session.delete(row)
+            session.flush()
+            left = session.scalar(
+                select(func.count())
+                .select_from(AnswerRow)
+                .where(AnswerRow.conversation_id == conversation_id)
+            )
+            if not left:
+                session.execute(delete(Conversation).where(Conversation.id == conversation_id))
+            return True
+
+    @translated
+    def delete_conversation(self, owner: str, conversation_id: str) -> bool:
+        with self._session() as session, session.begin():
+            result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                delete(AnswerRow).where(
+                    AnswerRow.conversation_id == conversation_id, AnswerRow.owner == owner
+                )
+            )
+            gone = result.rowcount
+            session.execute(
+                delete(Conversation).where(
+                    Conversation.id == conversation_id, Conversation.owner == owner
+                )
+            )
+            return bool(gone)
+
+    @translated
+    def share(self, owner: str, answer_id: str) -> str | None:
+        """The answer's share id (made now, or the one it has); None if not the owner's."""
+        with self._session() as session, session.begin():
+            row = session.scalar(
+                select(AnswerRow).where(AnswerRow.id == answer_id, AnswerRow.owner == owner)
+            )
+            if row is None:
+                return None
+            if row.share_id is None:
+                row.share_id = secrets.token_urlsafe(18)  # 144 random bits
+            return row.share_id
+
+    @translated
+    def unshare(self, owner: str, answer_id: str) -> bool:
+        with self._session() as session, session.begin():
+            result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                update(AnswerRow)
+                .where(AnswerRow.id == answer_id, AnswerRow.owner == owner)
+                .values(share_id=None)
+            )
+            return bool(result.rowcount)
+
+    @translated
+    def prune(self, owners: Collection[str], keep: int) -> int:
+        """HISTORY_MAX_ANSWERS: past its newest `keep` answers, each owner's oldest go
+        (PRUNE_BATCH at most), but none still running; then their conversations, once
+        empty. A conversation thus loses its oldest versions first, as with
+        HISTORY_DAYS. Returns how many answers went."""
+        # Almost always none: one read of their index entries, at every write of new
+        # answers (~0.1 ms with SQLite).
+        with self.engine.connect() as connection:
+            over = list(connection.scalars(_OVER_BOUND, {"owners": list(owners), "keep": keep}))
+        if not over:
+            return 0
+        gone = 0
+        with self.engine.begin() as connection:
+            for who in over:
+                first_out = connection.execute(_FIRST_OUT, {"owner": who, "keep": keep}).first()
+                if first_out is None:
+                    continue
+                doomed = connection.execute(
+                    _OLDEST_ENDED,
+                    {"owner": who, "created_at": first_out.created_at, "id": first_out.id},
+                ).all()
+                if not doomed:
+                    continue
+                connection.execute(_DELETE_ANSWERS, {"ids": [d.id for d in doomed]})
+                connection.execute(
+                    _DELETE_EMPTIED, {"ids": list({d.conversation_id for d in doomed})}
+                )
+                gone += len(doomed)
+        return gone
+
+    @translated
+    def purge(self, days: int, batch: int = 500) -> int:
+        """Delete up to `batch` answers older than `days` (and emptied conversations)."""
+        cutoff = now() - timedelta(days=days)
+        with self._session() as session, session.begin():
+            ids = session.scalars(
+                select(AnswerRow.id).where(AnswerRow.created_at < cutoff).limit(batch)
+            ).all()
+            if not ids:
+                return 0
+            session.execute(delete(AnswerRow).where(AnswerRow.id.in_(ids)))
+            session.execute(
+                delete(Conversation).where(
+                    Conversation.created_at < cutoff,
+                    ~select(AnswerRow.id)
+                    .where(AnswerRow.conversation_id == Conversation.id)
+                    .exists(),
+                )
+            )
+            return len(ids)
+
+
+class Store(_Listing, _Keeping):
     """Answers and conversations, each visible to its owner only.
 
     Methods take the owner first and return None / False for what the owner
-    cannot see, so a view cannot forget the check. Writes commit at once.
+    cannot see, so a view cannot forget the check. Writes commit at once. Here: an
+    answer's own record while it runs and ends; its listing (`_Listing`) and the
+    owner's actions and bounds on it (`_Keeping`) are the two sides below.
     """
 
     def __init__(self, engine: Engine, *, lease: float = ANSWER_LEASE) -> None:
@@ -660,34 +860,6 @@ class Store:
                 .values(outcome="pending", updated_at=now())
             )
 
-    # Page sign-ins (webapp/web/signins.py) -----------------------------------------------
-
-    @translated
-    def add_sign_in(self, sign_in: str, key_id: str) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(
-                insert(SignInRow).values(id=sign_in, key_id=key_id, created_at=now())
-            )
-            # The expired go as new ones come: the table holds the live ones.
-            connection.execute(
-                delete(SignInRow).where(SignInRow.created_at < now() - timedelta(days=31))
-            )
-
-    @translated
-    def sign_in_key(self, sign_in: str, lifetime: float) -> str | None:
-        with self.engine.connect() as connection:
-            return connection.scalar(
-                select(SignInRow.key_id).where(
-                    SignInRow.id == sign_in,
-                    SignInRow.created_at >= now() - timedelta(seconds=lifetime),
-                )
-            )
-
-    @translated
-    def drop_sign_in(self, sign_in: str) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(delete(SignInRow).where(SignInRow.id == sign_in))
-
     # Reading -----------------------------------------------------------------------
 
     @translated
@@ -747,190 +919,6 @@ class Store:
             )
             outcome = connection.scalar(select(ANSWERS.c.outcome).where(ANSWERS.c.id == answer.id))
         return dataclasses.replace(answer, outcome=outcome or INTERRUPTED)
-
-    @translated
-    def page(
-        self, owner: str, *, query: str = "", limit: int = PAGE_SIZE, before: str | None = None
-    ) -> tuple[list[StoredAnswer], str | None]:
-        """The owner's answers, newest first, after the cursor `before` (a `next`, or
-        an answer's id), filtered by a text in the prompt or the answer; and the cursor
-        of the next page (None on the last). Each is a range of ix_answers_owner_listing:
-        `limit` rows read, or FILTER_SCAN at most with a filter."""
-        limit = max(1, min(limit, MAX_PAGE_SIZE))
-        mine = [AnswerRow.owner == owner]
-        with self._session() as session:
-            start = self._cursor_place(session, owner, before) if before else None
-            if start is not None:
-                mine.append(_listing_place < start)
-            statement = select(AnswerRow).where(*mine)
-            scanned_to = None
-            if query.strip():
-                # The last answer this request may read, when more follow it: the filter
-                # reads no further, and the next page starts after it.
-                edge = session.execute(
-                    select(AnswerRow.created_at, AnswerRow.id)
-                    .where(*mine)
-                    .order_by(*_NEWEST_FIRST)
-                    .offset(FILTER_SCAN - 1)
-                    .limit(2)
-                ).all()
-                if len(edge) == 2:
-                    scanned_to = edge[0][0], edge[0][1]
-                    statement = statement.where(_listing_place >= scanned_to)
-                statement = statement.where(_matching(query.strip()))
-            rows = session.scalars(statement.order_by(*_NEWEST_FIRST).limit(limit + 1)).all()
-        found = [StoredAnswer.of(r) for r in rows[:limit]]
-        if len(rows) > limit:
-            return found, cursor_of(found[-1].created_at, found[-1].id)
-        return found, (cursor_of(*scanned_to) if scanned_to is not None else None)
-
-    @staticmethod
-    def _cursor_place(session: Session, owner: str, before: str) -> tuple[datetime, str] | None:
-        """Where a cursor points: the place it carries, or that of the owner's answer
-        it names; None (the first page) for neither."""
-        answer_id, dot, micros = before.partition(".")
-        if dot and micros.isascii() and micros.isdigit() and len(micros) <= 16:
-            return _EPOCH + timedelta(microseconds=int(micros)), answer_id
-        found = session.execute(
-            select(AnswerRow.created_at, AnswerRow.id).where(
-                AnswerRow.id == before, AnswerRow.owner == owner
-            )
-        ).first()
-        return None if found is None else (found[0], found[1])
-
-    @translated
-    def versions(
-        self, owner: str, conversation_id: str, newest: int = MAX_VERSIONS
-    ) -> list[StoredAnswer]:
-        """A conversation's newest answers (at most `newest`: memory stays bounded
-        however long it grows), oldest first; empty: none of this owner's."""
-        with self._session() as session:
-            rows = session.scalars(
-                select(AnswerRow)
-                .where(AnswerRow.conversation_id == conversation_id, AnswerRow.owner == owner)
-                .order_by(AnswerRow.created_at.desc(), AnswerRow.id.desc())
-                .limit(newest)
-            ).all()
-            return [StoredAnswer.of(r) for r in reversed(rows)]
-
-    @translated
-    def shared(self, share_id: str) -> StoredAnswer | None:
-        with self._session() as session:
-            row = session.scalar(select(AnswerRow).where(AnswerRow.share_id == share_id))
-            return StoredAnswer.of(row) if row is not None else None
-
-    # Owner actions -----------------------------------------------------------------
-
-    @translated
-    def delete_answer(self, owner: str, answer_id: str) -> bool:
-        with self._session() as session, session.begin():
-            row = session.scalar(
-                select(AnswerRow).where(AnswerRow.id == answer_id, AnswerRow.owner == owner)
-            )
-            if row is None:
-                return False
-            conversation_id = row.conversation_id
-            session.delete(row)
-            session.flush()
-            left = session.scalar(
-                select(func.count())
-                .select_from(AnswerRow)
-                .where(AnswerRow.conversation_id == conversation_id)
-            )
-            if not left:
-                session.execute(delete(Conversation).where(Conversation.id == conversation_id))
-            return True
-
-    @translated
-    def delete_conversation(self, owner: str, conversation_id: str) -> bool:
-        with self._session() as session, session.begin():
-            result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-                delete(AnswerRow).where(
-                    AnswerRow.conversation_id == conversation_id, AnswerRow.owner == owner
-                )
-            )
-            gone = result.rowcount
-            session.execute(
-                delete(Conversation).where(
-                    Conversation.id == conversation_id, Conversation.owner == owner
-                )
-            )
-            return bool(gone)
-
-    @translated
-    def share(self, owner: str, answer_id: str) -> str | None:
-        """The answer's share id (made now, or the one it has); None if not the owner's."""
-        with self._session() as session, session.begin():
-            row = session.scalar(
-                select(AnswerRow).where(AnswerRow.id == answer_id, AnswerRow.owner == owner)
-            )
-            if row is None:
-                return None
-            if row.share_id is None:
-                row.share_id = secrets.token_urlsafe(18)  # 144 random bits
-            return row.share_id
-
-    @translated
-    def unshare(self, owner: str, answer_id: str) -> bool:
-        with self._session() as session, session.begin():
-            result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-                update(AnswerRow)
-                .where(AnswerRow.id == answer_id, AnswerRow.owner == owner)
-                .values(share_id=None)
-            )
-            return bool(result.rowcount)
-
-    @translated
-    def prune(self, owners: Collection[str], keep: int) -> int:
-        """HISTORY_MAX_ANSWERS: past its newest `keep` answers, each owner's oldest go
-        (PRUNE_BATCH at most), but none still running; then their conversations, once
-        empty. A conversation thus loses its oldest versions first, as with
-        HISTORY_DAYS. Returns how many answers went."""
-        # Almost always none: one read of their index entries, at every write of new
-        # answers (~0.1 ms with SQLite).
-        with self.engine.connect() as connection:
-            over = list(connection.scalars(_OVER_BOUND, {"owners": list(owners), "keep": keep}))
-        if not over:
-            return 0
-        gone = 0
-        with self.engine.begin() as connection:
-            for who in over:
-                first_out = connection.execute(_FIRST_OUT, {"owner": who, "keep": keep}).first()
-                if first_out is None:
-                    continue
-                doomed = connection.execute(
-                    _OLDEST_ENDED,
-                    {"owner": who, "created_at": first_out.created_at, "id": first_out.id},
-                ).all()
-                if not doomed:
-                    continue
-                connection.execute(_DELETE_ANSWERS, {"ids": [d.id for d in doomed]})
-                connection.execute(
-                    _DELETE_EMPTIED, {"ids": list({d.conversation_id for d in doomed})}
-                )
-                gone += len(doomed)
-        return gone
-
-    @translated
-    def purge(self, days: int, batch: int = 500) -> int:
-        """Delete up to `batch` answers older than `days` (and emptied conversations)."""
-        cutoff = now() - timedelta(days=days)
-        with self._session() as session, session.begin():
-            ids = session.scalars(
-                select(AnswerRow.id).where(AnswerRow.created_at < cutoff).limit(batch)
-            ).all()
-            if not ids:
-                return 0
-            session.execute(delete(AnswerRow).where(AnswerRow.id.in_(ids)))
-            session.execute(
-                delete(Conversation).where(
-                    Conversation.created_at < cutoff,
-                    ~select(AnswerRow.id)
-                    .where(AnswerRow.conversation_id == Conversation.id)
-                    .exists(),
-                )
-            )
-            return len(ids)
 
 
 def main(argv: list[str] | None = None) -> None:

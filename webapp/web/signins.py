@@ -11,12 +11,14 @@ in this way: the API sends its key with each request.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import redis
 from flask import current_app, g, session
+from sqlalchemy import delete, insert, select
 
-from webapp.answers.store import Store
+from webapp.answers.store import SignInRow, Store, now, translated
 from webapp.errors import HistoryUnavailable
 from webapp.ids import random_id
 from webapp.web.guard import Guard
@@ -52,22 +54,51 @@ class SignIns:
         sign_in = random_id(16)
         self._call(
             lambda r: r.set(f"codegen:signin:{sign_in}", key_id, ex=self.lifetime),
-            lambda s: s.add_sign_in(sign_in, key_id),
+            lambda s: _added(s, sign_in, key_id),
         )
         return sign_in
 
     def holds(self, sign_in: str, key_id: str) -> bool:
         found = self._call(
             lambda r: (r.get(f"codegen:signin:{sign_in}") or b"").decode(),
-            lambda s: s.sign_in_key(sign_in, self.lifetime) or "",
+            lambda s: _key_of(s, sign_in, self.lifetime) or "",
         )
         return bool(found) and found == key_id
 
     def close(self, sign_in: str) -> None:
         self._call(
             lambda r: r.delete(f"codegen:signin:{sign_in}"),
-            lambda s: s.drop_sign_in(sign_in),
+            lambda s: _dropped(s, sign_in),
         )
+
+
+# In the database (the sign_ins table, migration 0005), through the store's engine.
+
+
+@translated
+def _added(store: Store, sign_in: str, key_id: str) -> None:
+    with store.engine.begin() as connection:
+        connection.execute(insert(SignInRow).values(id=sign_in, key_id=key_id, created_at=now()))
+        # The expired go as new ones come: the table holds the live ones.
+        expired = SignInRow.created_at < now() - timedelta(days=31)
+        connection.execute(delete(SignInRow).where(expired))
+
+
+@translated
+def _key_of(store: Store, sign_in: str, lifetime: float) -> str | None:
+    with store.engine.connect() as connection:
+        return connection.scalar(
+            select(SignInRow.key_id).where(
+                SignInRow.id == sign_in,
+                SignInRow.created_at >= now() - timedelta(seconds=lifetime),
+            )
+        )
+
+
+@translated
+def _dropped(store: Store, sign_in: str) -> None:
+    with store.engine.begin() as connection:
+        connection.execute(delete(SignInRow).where(SignInRow.id == sign_in))
 
 
 def session_key(guard: Guard) -> str | None:
