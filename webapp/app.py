@@ -236,7 +236,7 @@ def build_answers(app: Flask, config: Config) -> None:
             on_cancel=jobs.cancel,
             cancellable=jobs.running,
         )
-        recorder.purge_now()
+        recorder.upkeep.purge_now()
         app.extensions["history"] = recorder
     app.extensions["jobs"] = jobs
     app.extensions["answers"] = Answers(jobs=jobs, recorder=recorder, config=config)

@@ -413,7 +413,7 @@ def test_saves_add_what_an_answer_grew_and_never_twice(app: Flask) -> None:
                 parts += [f"é{step}a ", f"😀{step}b "]
             if step == 1:
                 nul_parts.append("\0 ")
-            recorder._save_progress()
+            recorder.upkeep.save_progress(recorder._active.values())
             assert stored(plain) == "".join(plain_parts)
             assert stored(continued) == "before the seam. " + "".join(continued_parts)
             assert stored(with_nul) == "".join(nul_parts).replace("\0", "\ufffd")

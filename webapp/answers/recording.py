@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -102,11 +102,14 @@ class Recorder:
         interval: float = SAVE_INTERVAL,
     ) -> None:
         self.store = store
-        self.history_days = history_days
-        self.max_answers = max_answers
-        self._on_failure = on_failure
-        self._on_cancel = on_cancel
-        self._cancellable = cancellable
+        self.upkeep = Upkeep(
+            store,
+            history_days=history_days,
+            max_answers=max_answers,
+            on_failure=on_failure,
+            on_cancel=on_cancel,
+            cancellable=cancellable,
+        )
         self._interval = interval
         self._active: dict[str, Recording] = {}
         self._queued: list[tuple[NewAnswer, Recording]] = []
@@ -117,7 +120,6 @@ class Recorder:
         # still uncommitted in the first, and update nothing.
         self._flushing = Semaphore()
         self._writer: gevent.Greenlet[..., None] | None = None
-        self._purged_at = 0.0
 
     def begin(
         self,
@@ -137,7 +139,7 @@ class Recorder:
             try:
                 self.store.reopen(owner, continues.id)
             except HistoryUnavailable:
-                self._failed("create")
+                self.upkeep.failed("create")
                 return None
             recording = Recording(
                 continues.id,
@@ -202,25 +204,15 @@ class Recorder:
         try:
             self.store.write([new for new, _ in queued], ended)
         except HistoryUnavailable:
-            self._failed("create" if queued else "finish")
+            self.upkeep.failed("create" if queued else "finish")
             for _, recording in queued:
                 recording.lost = True
                 self._active.pop(recording.answer_id, None)
             return
         for _, recording in queued:
             recording.written = True
-        if self.max_answers and queued:
-            self._prune({new.owner for new, _ in queued})
-
-    def _prune(self, owners: set[str]) -> None:
-        """HISTORY_MAX_ANSWERS: only owners who just added answers can be past it."""
-        try:
-            gone = self.store.prune(owners, self.max_answers)
-        except HistoryUnavailable:
-            self._failed("prune")
-            return
-        if gone:
-            log.info("history prune", extra={"fields": {"deleted": gone}})
+        if self.upkeep.max_answers and queued:
+            self.upkeep.prune({new.owner for new, _ in queued})
 
     def close(self) -> None:
         """Write what is queued, stop the writer, close the database's connections
@@ -240,7 +232,7 @@ class Recorder:
                 try:
                     self.store.delete_answer(recording.owner, recording.answer_id)
                 except HistoryUnavailable:
-                    self._failed("finish")
+                    self.upkeep.failed("finish")
             return
         if recording.lost:
             return
@@ -276,14 +268,14 @@ class Recorder:
         next_save = time.monotonic() + self._interval
         while self._active or self._queued or self._ended:
             wait = max(0.0, next_save - time.monotonic())
-            if self._cancellable():  # a Stop may reach a resumable answer through its row
+            if self.upkeep.cancellable():  # a Stop may reach a resumable answer through its row
                 wait = min(wait, CANCEL_CHECK)
             if self._wake.wait(wait):
                 # Let a burst gather: one transaction for the answers that start
                 # (or end) together, not one each between their requests.
                 gevent.sleep(COALESCE)
             self._wake.clear()
-            self._check_cancels()  # a Stop is not held back for a quiet moment
+            self.upkeep.check_cancels()  # a Stop is not held back for a quiet moment
             # Writes wait for the loop's quiet moments (webapp/quiet.py), a batch at
             # a time: not between a burst's requests and their first tokens. At most
             # QUIET_WAIT in all per pass, then the rest goes at once; and only what
@@ -296,11 +288,11 @@ class Recorder:
                     break
                 self._until_quiet(waited_until)
                 self.flush(BATCH)
-                self._check_cancels()
+                self.upkeep.check_cancels()
             if time.monotonic() >= next_save:
                 self._until_quiet(waited_until)
-                self._save_progress()
-                self._maybe_purge()
+                self.upkeep.save_progress(self._active.values())
+                self.upkeep.maybe_purge()
                 next_save = time.monotonic() + self._interval
 
     @staticmethod
@@ -309,27 +301,62 @@ class Recorder:
         if left > 0:
             until_quiet(left)
 
-    def _check_cancels(self) -> None:
+
+class Upkeep:
+    """The writer's work besides writing rows, each pass: Stops that reached another
+    worker (through the row), the running answers' growth and leases, and the bounds
+    on what is kept (HISTORY_MAX_ANSWERS, HISTORY_DAYS). A failure is logged and
+    counted (`on_failure`), never raised."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        history_days: int,
+        max_answers: int,
+        on_failure: Callable[[str], None],
+        on_cancel: Callable[[str], object],
+        cancellable: Callable[[], Collection[str]],
+    ) -> None:
+        self.store = store
+        self.history_days = history_days
+        self.max_answers = max_answers
+        self.on_failure = on_failure
+        self.on_cancel = on_cancel
+        self.cancellable = cancellable
+        self._purged_at = 0.0
+
+    def prune(self, owners: set[str]) -> None:
+        """HISTORY_MAX_ANSWERS: only owners who just added answers can be past it."""
+        try:
+            gone = self.store.prune(owners, self.max_answers)
+        except HistoryUnavailable:
+            self.failed("prune")
+            return
+        if gone:
+            log.info("history prune", extra={"fields": {"deleted": gone}})
+
+    def check_cancels(self) -> None:
         """A Stop that reached another worker is a mark in the row: honour it here."""
-        running = self._cancellable()  # resumable answers: the others end with their client
+        running = self.cancellable()  # resumable answers: the others end with their client
         if not running:
             return
         try:
             wanted = self.store.cancel_requested()
         except HistoryUnavailable:
-            self._failed("cancel")
+            self.failed("cancel")
             return
         for answer_id in wanted:
             if answer_id in running:
-                self._on_cancel(answer_id)
+                self.on_cancel(answer_id)
 
-    def _save_progress(self) -> None:
+    def save_progress(self, active: Iterable[Recording]) -> None:
         """What each answer added since its last save, not its whole text again: a
         long answer's saves cost what it grew, not its length times its saves (at
         300 tokens, 7 joins of up to 300 parts were ~15% of history's CPU)."""
         grown: list[tuple[Recording, int, str]] = []
         idle: list[str] = []
-        for recording in self._active.values():
+        for recording in active:
             parts = recording.relay.parts
             count = len(parts)
             if recording.written and count != recording.saved_parts:
@@ -340,19 +367,19 @@ class Recorder:
             try:
                 self.store.renew(idle)
             except HistoryUnavailable:
-                self._failed("save")
+                self.failed("save")
         if not grown:
             return
         try:
             self.store.save_growth([(r.answer_id, r.saved_chars, added) for r, _, added in grown])
         except HistoryUnavailable:
-            self._failed("save")
+            self.failed("save")
             return
         for recording, count, added in grown:
             recording.saved_parts = count
             recording.saved_chars += len(added)
 
-    def _maybe_purge(self) -> None:
+    def maybe_purge(self) -> None:
         """HISTORY_DAYS: a bounded batch of old answers, at most once an hour."""
         if self.history_days and time.monotonic() - self._purged_at >= PURGE_INTERVAL:
             self.purge_now()
@@ -365,12 +392,12 @@ class Recorder:
         try:
             gone = self.store.purge(self.history_days)
         except HistoryUnavailable:
-            self._failed("purge")
+            self.failed("purge")
             return 0
         if gone:
             log.info("history purge", extra={"fields": {"deleted": gone}})
         return gone
 
-    def _failed(self, operation: str) -> None:
+    def failed(self, operation: str) -> None:
         log.exception("history write failed", extra={"fields": {"operation": operation}})
-        self._on_failure(operation)
+        self.on_failure(operation)
