@@ -19,9 +19,11 @@
   const regenButton = document.getElementById("regenerate");
   const generateButton = document.getElementById("generate");
   const notice = document.getElementById("notice");
-  // On an answer's page: its stored text, which a Continue carries on.
+  // On an answer's page: its id, and its stored text, which a Continue carries on.
+  const pageAnswer = answer.dataset.answerId || "";
   const source = document.getElementById("answer-source");
-  const continueForm = document.getElementById("continue-form");
+  // Looked up when used: the answer's actions are replaced when it ends (refreshActions).
+  const continueForm = () => document.getElementById("continue-form");
   const CLOSING_FENCE = /^```[ \t]*$/m;
 
   let controller = null;
@@ -559,7 +561,9 @@
   }
 
   function savedLink(answerId) {
-    // Where the answer now lives: its page has versions, Compare, Share and downloads.
+    // Where the answer now lives: its page has versions, Compare, Share and downloads
+    // (on that page itself, its actions are brought up to date instead).
+    if (!answerId || answerId === pageAnswer) return;
     const saved = document.createElement("a");
     saved.href = `/a/${encodeURIComponent(answerId)}`;
     saved.id = "saved-link";
@@ -638,17 +642,17 @@
         const tps = u.completion_tokens && secs > 0 ? (u.completion_tokens / secs).toFixed(1) : "?";
         stats.textContent = `First token ${Math.round(event.timing.ttft_ms)} ms · ${u.completion_tokens ?? "?"} tokens · ${tps} tokens/s · ${secs.toFixed(1)} s`;
         const cut = event.finish_reason === "length";
-        if (cut && fresh.answerId && !continueForm) {
+        if (cut && fresh.answerId && !continueForm()) {
           // Never a silent cut, and the rest is one click away.
           stats.textContent += ` · ${stats.dataset.cutContinue}`;
           continueButton(fresh.answerId);
         } else if (cut) {
           stats.textContent += ` · ${stats.dataset.cut}`;
         }
-        if (fresh.answerId) savedLink(fresh.answerId);
+        savedLink(fresh.answerId);
         stats.hidden = false;
         if (source) source.textContent = text;
-        if (continueForm && event.finish_reason !== "length") continueForm.hidden = true;
+        if (continueForm() && event.finish_reason !== "length") continueForm().hidden = true;
         announce("The answer is complete.");
         break;
       }
@@ -718,7 +722,7 @@
     if (!fresh.ended) {
       showError("The connection to the server was lost. What arrived is shown.", fresh.requestId);
       stats.textContent = "Reconnecting failed.";
-      if (fresh.answerId) savedLink(fresh.answerId); // the server may have finished it meanwhile
+      savedLink(fresh.answerId); // the server may have finished it meanwhile
       announce("Reconnecting failed.");
     }
   }
@@ -736,9 +740,25 @@
     }
   }
 
-  // After a reload mid-answer: pick it up from the start.
-  async function resumeFromUrl() {
-    const answerId = new URL(window.location.href).searchParams.get("answer");
+  // The answer this page shows has ended: its Continue, downloads and share as the server
+  // now has them (server HTML, as the page's own).
+  async function refreshActions(fresh) {
+    const actions = document.querySelector(".answer-actions");
+    if (!actions || !fresh.ended || fresh.answerId !== pageAnswer) return;
+    try {
+      const response = await fetch(window.location.pathname, { headers: { Accept: "text/html" } });
+      if (!response.ok) return;
+      const html = new DOMParser().parseFromString(await response.text(), "text/html");
+      const current = html.querySelector(".answer-actions");
+      if (current) actions.replaceWith(document.adoptNode(current));
+    } catch (_) { /* offline: a reload shows them */ }
+  }
+
+  // Pick up an answer still being written, from its start: after a reload mid-answer (its
+  // id is in the address), or on its own page. Following it keeps it going (RESUME_GRACE
+  // counts from its last reader), so no page of the app cuts an answer short.
+  async function resume() {
+    const answerId = answer.dataset.running ? pageAnswer : new URL(window.location.href).searchParams.get("answer");
     if (!answerId || controller) return;
     controller = new AbortController();
     setBusy(true);
@@ -750,9 +770,11 @@
       if (e.name === "AbortError") stopped(fresh);
     } finally {
       keepInUrl("");
+      delete answer.dataset.running; // it ended, or this page stopped following it
       controller = null;
       if (!final) render();
       setBusy(false);
+      refreshActions(fresh);
     }
   }
 
@@ -848,6 +870,7 @@
         announce(errorBox.hidden ? "The answer ended." : ""); // the error speaks for itself (role=alert)
       }
       setBusy(false);
+      refreshActions(fresh);
     }
   }
 
@@ -884,13 +907,12 @@
       controller.abort();
     }
   });
-  if (continueForm) {
-    continueForm.addEventListener("submit", (e) => {
-      e.preventDefault();
-      const data = new FormData(continueForm);
-      if (!controller) generate({ prompt: "", continue_answer: String(data.get("continue_answer")), max_tokens: Number(data.get("max_tokens")) }, false);
-    });
-  }
+  document.addEventListener("submit", (e) => {
+    if (e.target.id !== "continue-form") return;
+    e.preventDefault();
+    const data = new FormData(e.target);
+    if (!controller) generate({ prompt: "", continue_answer: String(data.get("continue_answer")), max_tokens: Number(data.get("max_tokens")) }, false);
+  });
   // Regenerate asks again with what the form says now (edited or not).
   regenButton.addEventListener("click", () => !controller && generate(params(), false));
   // Follow the stream unless the reader scrolled up to read.
@@ -898,7 +920,7 @@
     const doc = document.documentElement;
     follow = window.innerHeight + window.scrollY >= doc.scrollHeight - 80;
   }, { passive: true });
-  resumeFromUrl();
+  resume();
   // A stored answer's page: its Python blocks can run too.
   answer.querySelectorAll("figure.codeblock").forEach(addRunButton);
   answer.addEventListener("click", async (e) => {

@@ -67,6 +67,12 @@ def ask(page: Any, text: str, max_tokens: str | None = None) -> None:
     page.wait_for_selector("#saved-link")
 
 
+def wait_answered(page: Any) -> None:
+    """On an answer's page: until the answer it follows (if it was running) has ended."""
+    page.wait_for_selector("#answer:not([data-running])", state="attached")
+    wait_idle(page)
+
+
 def cut_without_javascript(context_for: Any, server: Server, text: str) -> Any:
     """A page with no script, its answer (t0 to t7) cut at 5 tokens: the page is back."""
     page = context_for(java_script_enabled=False).new_page()
@@ -184,8 +190,8 @@ def test_continue_joins_a_cut_answer_with_no_seam(
     assert "Max tokens" in page.inner_text("#stats")
     open_saved(page)
     page.click("#continue")
+    page.wait_for_selector("#stats:not([hidden]):has-text('First token')")
     wait_idle(page)
-    page.wait_for_selector("#saved-link")
     assert page.inner_text("#answer").split() == [f"t{i}" for i in range(8)]
     assert page.is_hidden("#continue-form")  # it ended on its own this time
     page.reload()  # the stored answer is the whole, once
@@ -337,3 +343,92 @@ def test_continue_and_a_trimmed_follow_up_without_javascript(
     page.click(".saved a")
     assert page.inner_text("#answer").split() == [f"t{i}" for i in range(8)]
     assert not page.query_selector("#continue")
+
+
+@pytest.fixture()
+def short_grace(serve: Any, fake: FakeUpstream) -> Server:
+    """A server that ends an answer 2 s after its last reader left (RESUME_GRACE=2)."""
+    found: Server = serve(RESUME_GRACE="2")
+    return found
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_an_answers_page_follows_it_live_with_stop_and_never_cuts_it(
+    chromium: Any, short_grace: Server, fake: FakeUpstream, size: str
+) -> None:
+    viewport = DESKTOP if size == "desktop" else PHONE
+    context = chromium.new_context(viewport=viewport)
+    try:
+        page = context.new_page()
+        page.goto(short_grace.url + "/")
+        page.fill("#prompt", f"Long, {size} [[fake tokens=80 delay=0.05]]")
+        page.press("#prompt", "Control+Enter")
+        wait_until(page, "document.getElementById('answer').innerText.includes('t3')")
+        # To its own page, mid-stream (the history's link, as it is listed at once).
+        page.goto(short_grace.url + page.get_attribute(".history-list li:first-child a", "href"))
+        # Live there: Stop in reach, and the text grows to the end, well past the grace.
+        stop = page.wait_for_selector("#stop:not([hidden])").bounding_box()
+        assert stop["y"] >= 0 and stop["y"] + stop["height"] <= viewport["height"]
+        wait_until(page, "document.getElementById('answer').innerText.includes('t60')")
+        wait_answered(page)
+        whole = [f"t{i}" for i in range(80)]
+        assert page.inner_text("#answer").split() == whole
+        assert page.is_hidden("#stop")
+        page.reload()  # as stored: whole, not cut when the first page was left
+        assert page.inner_text("#answer").split() == whole
+        assert page.is_hidden("#stats"), page.inner_text("#stats")
+        # An endless one: its page's Stop stops it, and the upstream with it.
+        page.goto(short_grace.url + "/")
+        page.fill("#prompt", f"Endless, {size} [[fake forever=1 delay=0.05]]")
+        page.press("#prompt", "Control+Enter")
+        wait_until(page, "document.getElementById('answer').innerText.includes('t3')")
+        page.goto(short_grace.url + page.get_attribute(".history-list li:first-child a", "href"))
+        page.click("#stop")
+        wait_answered(page)
+        assert page.inner_text("#stats").startswith("Stopped.")
+        closed = fake.wait_closed(2, timeout=3)
+        assert [c.how for c in closed][-1] == "client_closed", closed
+        page.reload()
+        assert "ended early: stopped" in page.inner_text("#stats")
+    finally:
+        context.close()
+
+
+def test_an_answer_being_written_is_followed_and_stopped_without_javascript(
+    chromium: Any, short_grace: Server, fake: FakeUpstream
+) -> None:
+    scripted = chromium.new_context()
+    plain = chromium.new_context(java_script_enabled=False)
+    try:
+        page = scripted.new_page()
+        page.goto(short_grace.url + "/")
+        for directive in ("tokens=80 delay=0.05", "forever=1 delay=0.05"):
+            # Begun with the script, then read in a browser without it (the same owner).
+            page.goto(short_grace.url + "/")
+            page.fill("#prompt", f"Read without the script [[fake {directive}]]")
+            page.press("#prompt", "Control+Enter")
+            wait_until(page, "document.getElementById('answer').innerText.includes('t3')")
+            link = page.get_attribute(".history-list li:first-child a", "href")
+            plain.add_cookies(scripted.cookies())
+            reader = plain.new_page()
+            reader.goto(short_grace.url + link)
+            reader.click("#follow-live")
+            reader.wait_for_selector("#noscript-answer:has-text('t6')")
+            page.goto(short_grace.url + "/docs")  # the page that began it is gone
+            if directive.startswith("tokens"):
+                reader.wait_for_selector(".rendered", timeout=15_000)
+                whole = [f"t{i}" for i in range(80)]
+                assert reader.inner_text(".rendered").split() == whole
+                reader.click("#answer-page")
+                assert reader.inner_text("#answer").split() == whole  # never cut
+                assert reader.is_hidden("#stats")
+            else:
+                reader.click("#stop-live")
+                reader.wait_for_url(f"**{link}")
+                assert "ended early: stopped" in reader.inner_text("#stats")
+                closed = fake.wait_closed(2, timeout=3)
+                assert [c.how for c in closed][-1] == "client_closed", closed
+            reader.close()
+    finally:
+        scripted.close()
+        plain.close()

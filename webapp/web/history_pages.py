@@ -2,24 +2,40 @@
 
 Routes of the page's blueprint (webapp/web/ui.py), server-rendered, and all of
 them work without JavaScript: actions are POST forms with the CSRF token,
-answered with a redirect. The owner is the session's (webapp/web/service.py:
-`owner`); another owner's answer is a 404. A share link (`/s/<id>`) is the one
-page anyone may open: read-only, `noindex`, `no-store`, and gone once revoked.
+answered with a redirect. An answer still being written is followed live: by the
+script on its page, without it on `/a/<id>/live`; either way that page is a reader,
+which keeps the answer going.
+The owner is the session's (webapp/web/service.py: `owner`); another owner's
+answer is a 404. A share link (`/s/<id>`) is the one page anyone may open:
+read-only, `noindex`, `no-store`, and gone once revoked.
 """
 
 from __future__ import annotations
 
-from flask import Response, abort, redirect, render_template, request, url_for
+from collections.abc import Iterator
+
+from flask import (
+    Response,
+    abort,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 from gevent import get_hub
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from werkzeug.wrappers import Response as BaseResponse
 
 from webapp.answers import exports
-from webapp.answers.store import StoredAnswer
-from webapp.errors import NotFound
-from webapp.web.access import HISTORY_PAGE, needs, public
+from webapp.answers.life import Followed
+from webapp.answers.store import CANCELLING, StoredAnswer
+from webapp.errors import AppError, NotFound
+from webapp.relay.events import Failed, close_source
+from webapp.web.access import HISTORY_PAGE, STOP, needs, public
+from webapp.web.history_api import follow_counted
 from webapp.web.render import render_answer
-from webapp.web.service import answer_of, owner, store
+from webapp.web.service import STREAM_HEADERS, answer_of, answers, owner, store
 from webapp.web.ui import bp, page, prompt_form, recent_answers
 
 
@@ -49,6 +65,8 @@ def answer_page(answer_id: str) -> str:
         versions=versions,
         numbers=_version_numbers(versions),
         files=exports.code_files(answer.code_blocks),
+        # Still being written: the page follows it live (static/app.js), as a reader.
+        running=answer.outcome in ("pending", CANCELLING),
         **recent_answers(),
         share_url=(
             url_for("ui.shared", share_id=answer.share_id, _external=True)
@@ -56,6 +74,54 @@ def answer_page(answer_id: str) -> str:
             else None
         ),
     )
+
+
+@bp.get("/a/<answer_id>/live")
+@needs(HISTORY_PAGE)
+def follow_live(answer_id: str) -> Response:
+    """Without the script, an answer still being written: its text streams into the page
+    as it comes (escaped), then the answer formatted. The page is one of its readers, so
+    the answer goes on while it is open, as it does for the script's."""
+    answer = answer_of(answer_id)
+    head, tail = page("live.html", answer=answer).split("<!--answer-->", 1)
+
+    def respond(followed: Followed) -> Response:
+        return Response(
+            stream_with_context(_live_html(head, tail, followed)),
+            mimetype="text/html",
+            headers=STREAM_HEADERS,
+            direct_passthrough=True,
+        )
+
+    return follow_counted(answer_id, 0, respond)
+
+
+def _live_html(head: str, tail: str, followed: Followed) -> Iterator[bytes]:
+    failed: AppError | None = None
+    try:
+        yield head.encode()
+        yield b'<pre class="raw" id="noscript-answer">'
+        for _, event in followed.events:
+            if type(event) is str:
+                yield str(escape(event)).encode()
+            elif isinstance(event, Failed):
+                failed = event.error
+    finally:
+        close_source(followed.events)
+    yield b"</pre>"
+    html = get_hub().threadpool.apply(render_answer, (followed.text(),))
+    yield f'<div class="rendered">{html}</div>'.encode()
+    if failed is not None:
+        yield f'<p class="error" role="alert">{escape(failed.message)}</p>'.encode()
+    yield tail.encode()
+
+
+@bp.post("/a/<answer_id>/stop")
+@needs(STOP)
+def stop(answer_id: str) -> BaseResponse:
+    """Stop, without the script: then the answer's page, as it ended."""
+    answers().cancel(answer_id, owner())
+    return redirect(url_for("ui.answer_page", answer_id=answer_id), code=303)
 
 
 @bp.get("/c/<conversation_id>/compare")
