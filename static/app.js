@@ -838,7 +838,13 @@
         markInvalid(err);
         return;
       }
-      if (fresh.answerId) keepInUrl(fresh.answerId);
+      if (pageAnswer && fresh.answerId && fresh.answerId !== pageAnswer) {
+        // A new version (Refine): its own page shows it, as it streams, with its number,
+        // versions, downloads, share and delete. Read on here until that page is up.
+        window.location.assign(`/a/${encodeURIComponent(fresh.answerId)}`);
+      } else if (fresh.answerId && !pageAnswer) {
+        keepInUrl(fresh.answerId);
+      }
       if (fresh.answerId && !p.continue_answer) listInHistory(fresh.answerId, p);
       await readEvents(response, started, fresh);
       if (!fresh.ended && fresh.answerId) await reattach(fresh, started);

@@ -58,11 +58,18 @@ def context_for(chromium: Any, server: Server) -> Iterator[Any]:
 
 
 def ask(page: Any, text: str, max_tokens: str | None = None) -> None:
-    """Send the form with the script: Ctrl+Enter, then wait for the saved answer's link."""
+    """Send the form with the script (Ctrl+Enter) and wait for the whole answer: on the
+    form, its saved answer's link; on an answer's page (Refine), the new version's page,
+    which follows it to its end."""
     page.fill("#prompt", text)
     if max_tokens is not None:
         page.fill("#max_tokens", max_tokens)
+    before = page.url
     page.press("#prompt", "Control+Enter")
+    if "/a/" in before:
+        page.wait_for_url(lambda url: url != before)
+        wait_answered(page)
+        return
     wait_idle(page)
     page.wait_for_selector("#saved-link")
 
@@ -85,8 +92,10 @@ def cut_without_javascript(context_for: Any, server: Server, text: str) -> Any:
 
 
 def open_saved(page: Any) -> str:
-    page.click("#saved-link")
-    page.wait_for_url(re.compile(r"/a/[\w-]+$"))
+    """The answer's own page (a Refine is on its page already): its id."""
+    if not re.search(r"/a/[\w-]+$", page.url):
+        page.click("#saved-link")
+        page.wait_for_url(re.compile(r"/a/[\w-]+$"))
     return str(page.url.rsplit("/", 1)[1])
 
 
@@ -392,6 +401,37 @@ def test_an_answers_page_follows_it_live_with_stop_and_never_cuts_it(
         assert "ended early: stopped" in page.inner_text("#stats")
     finally:
         context.close()
+
+
+def test_refine_opens_the_new_version_whose_actions_act_on_it(
+    context_for: Any, server: Server, fake: FakeUpstream
+) -> None:
+    for viewport in (DESKTOP, PHONE):
+        page = context_for(viewport=viewport, accept_downloads=True).new_page()
+        page.goto(server.url + "/")
+        ask(page, "First version [[fake answer=runnable]]")
+        first = open_saved(page)
+        page.fill("#prompt", "Second version [[fake answer=code delay=0.05]]")
+        page.press("#prompt", "Control+Enter")
+        # The new version's own page, while it streams.
+        page.wait_for_url(re.compile(rf"/a/(?!{first}$)[\w-]+$"))
+        assert page.inner_text("h2.asked").startswith("Version 2: Second version")
+        assert page.inner_text("nav.versions [aria-current=page]") == "Version 2"
+        wait_answered(page)
+        assert "def is_palindrome" in page.inner_text("#answer")
+        with page.expect_download() as info:  # version 2's code, not version 1's
+            page.click(".downloads a[download]")
+        with open(info.value.path()) as saved:
+            assert saved.read().startswith("def is_palindrome")
+        page.click("#share-button")
+        stranger = context_for().new_page()
+        stranger.goto(page.get_attribute("#share-url", "href"))
+        assert "def is_palindrome" in stranger.inner_text("main")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#delete-answer")  # the version shown: version 1 stays
+        page.wait_for_url(f"**/a/{first}")
+        assert page.locator("nav.versions li").count() == 1
+        assert "print(sum(range(10)))" in page.inner_text("#answer")
 
 
 def test_an_answer_being_written_is_followed_and_stopped_without_javascript(
