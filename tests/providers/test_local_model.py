@@ -591,8 +591,11 @@ def test_a_runtime_that_crashes_is_a_clear_error_not_a_crash_loop(serve: Any) ->
         headers={"X-CSRFToken": token.split('"')[0]},
         timeout=120,
     )
-    assert streamed.status_code == 503
-    assert streamed.json()["error"]["code"] == "local_model_invalid"
+    # The page's route starts its answer's response within 0.25 s (the page then knows
+    # the answer's id): an error that comes after its retries ends the stream.
+    assert streamed.status_code == 200
+    end = json.loads(streamed.text.splitlines()[-1])
+    assert end["type"] == "error" and end["code"] == "local_model_invalid"
     info = health(server)
     assert info["model_state"] == "error" and "SIGSEGV" in info["model_error"]
     assert "/" not in info["model_error"]  # no filesystem paths

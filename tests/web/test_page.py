@@ -507,3 +507,33 @@ def test_the_page_and_an_answers_page_have_no_audit_finding_of_any_impact(
     page.click("#saved-link")
     page.wait_for_selector("#answer h2")
     assert audit(page, everything) == [], "the answer's page"
+
+
+def test_a_reload_before_the_first_token_or_mid_stream_keeps_the_answer_and_the_form(
+    open_page: Any, fake: FakeUpstream
+) -> None:
+    for viewport in (DESKTOP, PHONE):
+        for when, directive in (("before", "first_delay=1.5 tokens=4"), ("mid", "tokens=40")):
+            page = open_page(viewport=viewport)
+            sent = f"Reload {when} [[fake {directive} delay=0.05]]"
+            page.fill("#prompt", sent)
+            page.select_option("#language", "Go")
+            page.fill("#temperature", "0.7")
+            page.fill("#max_tokens", "300")
+            page.press("#prompt", "Control+Enter")
+            # The answer is named in the address at once, before its first token.
+            wait_until(page, "location.search.includes('answer=')", timeout=1.0)
+            if when == "mid":
+                wait_until(page, "document.getElementById('answer').innerText.includes('t3')")
+            else:
+                assert page.inner_text("#answer") == ""
+            page.reload()
+            assert page.input_value("#prompt") == sent  # Regenerate has it to send again
+            assert page.input_value("#language") == "Go"
+            assert page.input_value("#temperature") == "0.7"
+            assert page.input_value("#max_tokens") == "300"
+            page.wait_for_selector("#stats:not([hidden]):has-text('First token')")
+            wait_idle(page)
+            count = 4 if when == "before" else 40
+            assert page.inner_text("#answer").split() == [f"t{i}" for i in range(count)]
+            assert "answer=" not in page.url

@@ -42,7 +42,7 @@ from webapp.config import Config
 from webapp.errors import AppError, BadRequest, ClientTooSlow
 from webapp.relay import formats
 from webapp.relay.codeblocks import FENCE
-from webapp.relay.events import Done, Failed, Ping, RelayEvent, close_source
+from webapp.relay.events import PING, Done, Failed, Ping, RelayEvent, close_source
 from webapp.relay.generation import Relay
 from webapp.web.access import GENERATE, HISTORY_PAGE, is_public, needs, public
 from webapp.web.history_api import events_after, follow_counted
@@ -50,6 +50,7 @@ from webapp.web.render import code_block_html, render_answer
 from webapp.web.responses import error_response, wants_json_response
 from webapp.web.service import (
     STREAM_HEADERS,
+    answer_of,
     detach,
     generation,
     guard,
@@ -347,7 +348,27 @@ def recent_answers() -> dict[str, Any]:
 @bp.get("/")
 @needs(HISTORY_PAGE, only_if=lambda: request.args.get("q", "").strip())
 def index() -> str:
-    return page("index.html", form=prompt_form(), examples=EXAMPLES, **recent_answers())
+    form = prompt_form()
+    resumed = request.args.get("answer", "")[:32]
+    if resumed and recorder() is not None:
+        _fill_from_answer(form, resumed)
+    return page("index.html", form=form, examples=EXAMPLES, **recent_answers())
+
+
+def _fill_from_answer(form: PromptForm, answer_id: str) -> None:
+    """A reload while an answer is written (`?answer=<id>`, which the script follows
+    again): the form as it was sent, so Regenerate has the prompt and settings."""
+    try:
+        sent = answer_of(answer_id)
+    except AppError:
+        return  # not the owner's (or gone): the empty form
+    form.prompt.data = sent.prompt
+    form.language.data = sent.language or ""
+    if sent.model in generation().provider.models:
+        form.model.data = sent.model
+    if sent.temperature is not None:
+        form.temperature.data = sent.temperature
+    form.max_tokens.data = sent.max_tokens
 
 
 @bp.post("/")
@@ -429,14 +450,32 @@ def stream() -> Response:
             raise
         return error_response(BadRequest(message, code=exc.code), field=field)
     resumable = detach(relay)  # the page's answers survive a reload or a dropped connection
-    relay.start(commit_after=_config().heartbeat_interval)
+    heartbeat = _config().heartbeat_interval
+    # A resumable answer's response starts within PAGE_COMMIT, first token or not: the
+    # page learns its id (X-Answer-ID) and puts it in the address, so a reload before
+    # the first token finds it.
+    relay.start(commit_after=min(PAGE_COMMIT, heartbeat) if resumable else heartbeat)
     prefix = g.get("continued_text", "")
     if resumable:
         job = run_detached(relay)
-        events, text = formats.numbered(job.driven(), job.start), job.text
+        events, text = _at_once(formats.numbered(job.driven(), job.start)), job.text
     else:
         events, text = formats.numbered(relay.events(), len(prefix)), lambda: prefix + relay.text()
     return _page_stream(events, text)
+
+
+# Seconds a page's resumable answer may wait for its first token before its response
+# starts (with a keep-alive): refusals that come at once keep their HTTP status.
+PAGE_COMMIT = 0.25
+
+
+def _at_once(events: Iterator[Numbered]) -> Iterator[Numbered]:
+    """A keep-alive first: the server sends the response's head with the first bytes."""
+    try:
+        yield -1, PING
+        yield from events
+    finally:
+        close_source(events)
 
 
 def _page_stream(events: Iterator[Numbered], text: Callable[[], str]) -> Response:
