@@ -919,6 +919,50 @@
     const data = new FormData(e.target);
     if (!controller) generate({ prompt: "", continue_answer: String(data.get("continue_answer")), max_tokens: Number(data.get("max_tokens")) }, false);
   });
+  // --- the history beside the form: filtered, cleared and paged in place ------------
+  // Never by leaving the page: the prompt being typed and the answer being written stay.
+  async function showHistory(url) {
+    const aside = document.querySelector("aside.history");
+    let current = null;
+    try {
+      const response = await fetch(url, { headers: { Accept: "text/html" } });
+      if (response.ok) {
+        const html = new DOMParser().parseFromString(await response.text(), "text/html");
+        current = html.querySelector("aside.history"); // server HTML, as the page's own
+      }
+    } catch (_) { /* offline: said below */ }
+    if (!aside || !current) {
+      showError("The history could not be loaded. Your prompt is still here: try again in a moment.");
+      return;
+    }
+    const focused = document.activeElement && aside.contains(document.activeElement) ? document.activeElement.id : "";
+    aside.replaceWith(document.adoptNode(current));
+    const again = focused && document.getElementById(focused);
+    (again || current.querySelector("#history-q")).focus({ preventScroll: true });
+    // The address says what is listed (a reload lists the same); an answer in it stays.
+    const shown = new URL(url, window.location.href);
+    const address = new URL(window.location.href);
+    for (const name of ["q", "before"]) {
+      const value = shown.searchParams.get(name);
+      if (value) address.searchParams.set(name, value);
+      else address.searchParams.delete(name);
+    }
+    if (address.href !== window.location.href) history.replaceState(null, "", address.href);
+  }
+  document.addEventListener("submit", (e) => {
+    if (!e.target.matches("aside.history form.filter")) return;
+    e.preventDefault();
+    const url = new URL(e.target.action, window.location.href);
+    const query = String(new FormData(e.target).get("q") || "").trim();
+    if (query) url.searchParams.set("q", query);
+    showHistory(url.href);
+  });
+  document.addEventListener("click", (e) => {
+    const link = e.target.closest("aside.history a.clear, aside.history .older a");
+    if (!link || e.ctrlKey || e.metaKey || e.shiftKey || e.button !== 0) return;
+    e.preventDefault();
+    showHistory(link.href);
+  });
   // Regenerate asks again with what the form says now (edited or not).
   regenButton.addEventListener("click", () => !controller && generate(params(), false));
   // Follow the stream unless the reader scrolled up to read.

@@ -108,6 +108,7 @@ def test_an_answer_is_found_in_the_history_after_a_reload(
     page.reload()
     page.fill("#history-q", "palindrome for the")
     page.press("#history-q", "Enter")
+    page.wait_for_selector("#history-clear")  # filtered (in place)
     entries = page.locator(".history-list a")
     assert entries.count() == 1
     entries.first.click()
@@ -116,7 +117,7 @@ def test_an_answer_is_found_in_the_history_after_a_reload(
     assert page.query_selector("#answer strong").inner_text() == "normalises"
     page.fill("#history-q", "nothing like this")
     page.press("#history-q", "Enter")
-    assert "No answer matches" in page.inner_text(".history")
+    page.wait_for_selector(".history p:has-text('No answer matches')")
 
 
 def test_a_new_answer_joins_the_history_without_a_reload(
@@ -472,3 +473,41 @@ def test_an_answer_being_written_is_followed_and_stopped_without_javascript(
     finally:
         scripted.close()
         plain.close()
+
+
+def test_filtering_the_history_keeps_the_prompt_and_can_be_cleared(
+    context_for: Any, server: Server, fake: FakeUpstream
+) -> None:
+    for viewport in (DESKTOP, PHONE):
+        page = context_for(viewport=viewport).new_page()
+        page.goto(server.url + "/")
+        ask(page, "Alpha to find [[fake tokens=2]]")
+        ask(page, "Beta to find [[fake tokens=3]]")
+        page.fill("#prompt", "A draft still being typed")
+        page.fill("#temperature", "0.9")
+        page.fill("#history-q", "alpha")
+        page.press("#history-q", "Enter")
+        wait_until(page, "document.querySelectorAll('.history-list li').length === 1")
+        assert page.inner_text(".history-list").startswith("Alpha to find")
+        assert page.input_value("#prompt") == "A draft still being typed"
+        assert page.input_value("#temperature") == "0.9"
+        assert page.inner_text("#answer").split() == ["t0", "t1", "t2"]  # still shown
+        assert "q=alpha" in page.url  # a reload lists the same
+        page.click("#history-clear")
+        wait_until(page, "document.querySelectorAll('.history-list li').length === 2")
+        assert "q=" not in page.url and not page.query_selector("#history-clear")
+        assert page.input_value("#prompt") == "A draft still being typed"
+    # Without the script the filter reloads the page, and Clear lists everything again.
+    plain = context_for(java_script_enabled=False).new_page()
+    for text in ("Gamma, no script [[fake tokens=2]]", "Delta, no script [[fake tokens=2]]"):
+        plain.goto(server.url + "/")
+        plain.fill("#prompt", text)
+        plain.click("#generate")
+        plain.wait_for_selector(".saved a")
+    plain.fill("#history-q", "gamma")
+    plain.press("#history-q", "Enter")
+    plain.wait_for_url("**/?q=gamma")
+    assert plain.locator(".history-list li").count() == 1
+    plain.click("#history-clear")
+    plain.wait_for_url(server.url + "/")
+    assert plain.locator(".history-list li").count() == 2
