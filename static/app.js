@@ -919,6 +919,26 @@
     const data = new FormData(e.target);
     if (!controller) generate({ prompt: "", continue_answer: String(data.get("continue_answer")), max_tokens: Number(data.get("max_tokens")) }, false);
   });
+  // --- Delete asks first: a dialog here; without the script, a page of its own --------
+  document.addEventListener("submit", (e) => {
+    const ask = e.target.dataset.confirm;
+    if (!ask) return;
+    e.preventDefault();
+    if (!window.confirm(ask)) return;
+    // What that page's button does: a POST with the token, answered by where to go next.
+    const post = document.createElement("form");
+    post.method = "post";
+    post.action = e.target.action;
+    post.hidden = true;
+    const token = document.createElement("input");
+    token.type = "hidden";
+    token.name = "csrf_token";
+    token.value = form.querySelector("input[name=csrf_token]").value;
+    post.append(token);
+    document.body.append(post);
+    post.submit();
+  });
+
   // --- the history beside the form: filtered, cleared and paged in place ------------
   // Never by leaving the page: the prompt being typed and the answer being written stay.
   async function showHistory(url) {

@@ -6,7 +6,8 @@ that never see each other's answers."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -296,8 +297,9 @@ def test_the_history_works_without_javascript(
     link = page.get_attribute("#share-url", "href")
     assert link and context_for().new_page().goto(link).status == 200
     page.click("#delete-conversation")
+    page.click("#confirm-delete")
     page.wait_for_url(server.url + "/")
-    assert "No script, first version" not in page.inner_text("body")
+    assert "No script, first version" not in page.inner_text(".history")
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
@@ -511,3 +513,74 @@ def test_filtering_the_history_keeps_the_prompt_and_can_be_cleared(
     plain.click("#history-clear")
     plain.wait_for_url(server.url + "/")
     assert plain.locator(".history-list li").count() == 2
+
+
+def answer_dialog(asked: list[str], accept: bool) -> Callable[[Any], None]:
+    """A dialog handler that notes the question, then accepts or declines."""
+
+    def on_dialog(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    return on_dialog
+
+
+def test_delete_asks_first_and_says_what_it_did(
+    context_for: Any, server: Server, fake: FakeUpstream
+) -> None:
+    for viewport in (DESKTOP, PHONE):
+        page = context_for(viewport=viewport).new_page()
+        page.goto(server.url + "/")
+        ask(page, "Keep or delete [[fake tokens=2]]")
+        first = open_saved(page)
+        ask(page, "The second of two [[fake tokens=2]]")
+        asked: list[str] = []
+        answer = partial(answer_dialog, asked)
+        page.once("dialog", answer(False))
+        page.click("#delete-answer")  # asked, and declined: nothing goes
+        assert asked == ["Delete version 2? This cannot be undone."]
+        page.reload()
+        assert page.locator("nav.versions li").count() == 2
+        page.once("dialog", answer(True))
+        page.click("#delete-answer")
+        page.wait_for_url(f"**/a/{first}")
+        assert (
+            page.inner_text("#done")
+            == "Version 2 (“The second of two [[fake tokens=2]]”) was deleted."
+        )
+        assert page.locator("nav.versions li").count() == 1
+        page.once("dialog", answer(True))
+        page.click("#delete-conversation")
+        page.wait_for_url(server.url + "/")
+        assert asked[-1] == "Delete this conversation (1 version)? This cannot be undone."
+        assert (
+            page.inner_text("#done")
+            == "The conversation “Keep or delete [[fake tokens=2]]” (1 version) was deleted."
+        )
+        assert "Keep or delete" not in page.inner_text(".history")
+        assert serious_violations(page) == [], "the page that says what was deleted"
+        page.reload()
+        assert not page.query_selector("#done")  # said once
+        ask(page, "To be asked about [[fake tokens=2]]")
+        page.goto(
+            server.url + f"/a/{open_saved(page)}/delete"
+        )  # where the Delete button goes without the script
+        assert serious_violations(page) == [], "the page that asks"
+    # Without the script: a page asks, and Cancel keeps it.
+    plain = context_for(java_script_enabled=False).new_page()
+    plain.goto(server.url + "/")
+    plain.fill("#prompt", "Deleted without the script [[fake tokens=2]]")
+    plain.click("#generate")
+    plain.click(".saved a")
+    plain.wait_for_url(re.compile(r"/a/[\w-]+$"))
+    kept = plain.url
+    plain.click("#delete-answer")
+    assert plain.inner_text("h2") == "Delete version 1?"
+    plain.click("#cancel-delete")
+    plain.wait_for_url(kept)
+    plain.click("#delete-conversation")
+    assert plain.inner_text("h2") == "Delete this conversation (1 version)?"
+    plain.click("#confirm-delete")
+    plain.wait_for_url(server.url + "/")
+    assert "Deleted without the script" in plain.inner_text("#done")
+    assert "Deleted without the script" not in plain.inner_text(".history")

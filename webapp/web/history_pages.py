@@ -2,9 +2,9 @@
 
 Routes of the page's blueprint (webapp/web/ui.py), server-rendered, and all of
 them work without JavaScript: actions are POST forms with the CSRF token,
-answered with a redirect. An answer still being written is followed live: by the
-script on its page, without it on `/a/<id>/live`; either way that page is a reader,
-which keeps the answer going.
+answered with a redirect (Delete asks first, on a page of its own). An answer
+still being written is followed live: by the script on its page, without it on
+`/a/<id>/live`; either way that page is a reader, which keeps the answer going.
 The owner is the session's (webapp/web/service.py: `owner`); another owner's
 answer is a 404. A share link (`/s/<id>`) is the one page anyone may open:
 read-only, `noindex`, `no-store`, and gone once revoked.
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from flask import (
     Response,
     abort,
+    flash,
     redirect,
     render_template,
     request,
@@ -195,12 +196,56 @@ def unshare(answer_id: str) -> BaseResponse:
     return redirect(url_for("ui.answer_page", answer_id=answer_id, _anchor="share"), code=303)
 
 
+def _deleting(answer_id: str) -> tuple[StoredAnswer, int]:
+    """The answer, and its version's number in its conversation."""
+    answer = answer_of(answer_id)
+    versions = store().versions(owner(), answer.conversation_id)
+    return answer, _version_numbers(versions).get(answer.id, 1)
+
+
+def _conversation(conversation_id: str) -> list[StoredAnswer]:
+    versions = store().versions(owner(), conversation_id)
+    if not versions:
+        raise NotFound("There is no conversation of yours with that id.")
+    return versions
+
+
+# Delete asks first: the answer's page asks in a dialog (static/app.js), and without the
+# script its Delete buttons open these pages, which ask with a button that deletes.
+@bp.get("/a/<answer_id>/delete")
+@needs(HISTORY_PAGE)
+def confirm_delete(answer_id: str) -> str:
+    answer, number = _deleting(answer_id)
+    return page(
+        "delete.html",
+        question=f"Delete version {number}?",
+        prompt=answer.prompt,
+        action=url_for("ui.delete", answer_id=answer_id),
+        back=url_for("ui.answer_page", answer_id=answer_id),
+    )
+
+
+@bp.get("/c/<conversation_id>/delete")
+@needs(HISTORY_PAGE)
+def confirm_delete_conversation(conversation_id: str) -> str:
+    versions = _conversation(conversation_id)
+    return page(
+        "delete.html",
+        question=f"Delete this conversation ({_versions(versions)})?",
+        prompt=versions[0].prompt,
+        action=url_for("ui.delete_conversation", conversation_id=conversation_id),
+        back=url_for("ui.answer_page", answer_id=versions[-1].id),
+    )
+
+
 @bp.post("/a/<answer_id>/delete")
 @needs(HISTORY_PAGE)
 def delete(answer_id: str) -> BaseResponse:
-    answer = answer_of(answer_id)
+    answer, number = _deleting(answer_id)
     store().delete_answer(owner(), answer_id)
     left = store().versions(owner(), answer.conversation_id)
+    # Said on the page it lands on (a message kept in the session for that one page).
+    flash(f"Version {number} ({_quoted(answer.prompt)}) was deleted.")
     if left:
         return redirect(url_for("ui.answer_page", answer_id=left[-1].id), code=303)
     return redirect(url_for("ui.index"), code=303)
@@ -209,9 +254,20 @@ def delete(answer_id: str) -> BaseResponse:
 @bp.post("/c/<conversation_id>/delete")
 @needs(HISTORY_PAGE)
 def delete_conversation(conversation_id: str) -> BaseResponse:
+    versions = _conversation(conversation_id)
     if not store().delete_conversation(owner(), conversation_id):
         raise NotFound("There is no conversation of yours with that id.")
+    flash(f"The conversation {_quoted(versions[0].prompt)} ({_versions(versions)}) was deleted.")
     return redirect(url_for("ui.index"), code=303)
+
+
+def _versions(versions: list[StoredAnswer]) -> str:
+    return f"{len(versions)} version{'s' if len(versions) > 1 else ''}"
+
+
+def _quoted(prompt: str, most: int = 60) -> str:
+    short = " ".join(prompt.split())
+    return f"“{short if len(short) <= most else short[: most - 1] + '…'}”"
 
 
 @bp.get("/s/<share_id>")
