@@ -12,8 +12,10 @@ read-only, `noindex`, `no-store`, and gone once revoked.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
+import gevent
 from flask import (
     Response,
     abort,
@@ -120,8 +122,15 @@ def _live_html(head: str, tail: str, followed: Followed) -> Iterator[bytes]:
 @bp.post("/a/<answer_id>/stop")
 @needs(STOP)
 def stop(answer_id: str) -> BaseResponse:
-    """Stop, without the script: then the answer's page, as it ended."""
-    answers().cancel(answer_id, owner())
+    """Stop, without the script: then the answer's page, as it ended (a Stop here ends
+    it within a second: waited for, so the page does not show it still running)."""
+    layer = answers()
+    layer.cancel(answer_id, owner())
+    until = time.monotonic() + 2.0
+    while layer.recorder is not None and layer.recorder.running(answer_id):
+        if time.monotonic() >= until:
+            break
+        gevent.sleep(0.05)
     return redirect(url_for("ui.answer_page", answer_id=answer_id), code=303)
 
 
