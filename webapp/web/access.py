@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, g, request
 
 from webapp.errors import Forbidden, Unauthorized
-from webapp.web.guard import Guard
+from webapp.web.guard import Guard, bearer_token
 from webapp.web.signins import session_key
 
 GENERATE = "generate"
@@ -81,9 +81,7 @@ def is_public() -> bool:
 
 def presents_key(headers: Any) -> bool:
     """Whether the request carries an API key (X-API-Key or a bearer token)."""
-    return bool(headers.get("X-API-Key")) or headers.get("Authorization", "")[:7].lower() == (
-        "bearer "
-    )
+    return bool(headers.get("X-API-Key")) or bearer_token(headers) is not None
 
 
 def page_key(guard: Guard) -> str | None:

@@ -48,6 +48,12 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def bearer_token(headers: Any) -> str | None:
+    """The token of `Authorization: Bearer <token>`, or None without that header."""
+    auth = headers.get("Authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else None
+
+
 def load_key_digests(config: Config) -> list[bytes]:
     entries = list(config.api_keys)
     if config.api_keys_file:
@@ -137,10 +143,7 @@ class Guard:
         """The key's short id if the API needs keys and one matches; raise if not."""
         if not self.key_digests:
             return None
-        presented = headers.get("X-API-Key", "")
-        auth = headers.get("Authorization", "")
-        if not presented and auth[:7].lower() == "bearer ":
-            presented = auth[7:].strip()
+        presented = headers.get("X-API-Key", "") or bearer_token(headers) or ""
         if not presented:
             raise Unauthorized(
                 "An API key is required: send Authorization: Bearer <key> or X-API-Key."

@@ -28,7 +28,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from webapp.errors import Unauthorized
 from webapp.relay.generation import RelayHooks
 from webapp.web.access import GENERATE, need_of_request
-from webapp.web.guard import Guard
+from webapp.web.guard import Guard, bearer_token
 
 if TYPE_CHECKING:
     from webapp.relay.generation import Answer
@@ -129,8 +129,7 @@ def scraper_may_read(headers: Any) -> None:
     token = current_app.config["APP_CONFIG"].metrics_token
     if not token and not guard.key_digests:
         return
-    auth = headers.get("Authorization", "")
-    presented = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    presented = bearer_token(headers) or ""
     if token and presented and hmac.compare_digest(presented.encode(), token.encode()):
         return
     # Anything else presented counts as a wrong key (AUTH_FAILURE_LIMIT) unless it is one.
