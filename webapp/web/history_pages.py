@@ -13,13 +13,15 @@ read-only, `noindex`, `no-store`, and gone once revoked.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import gevent
 from flask import (
     Response,
     abort,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -31,6 +33,7 @@ from markupsafe import Markup, escape
 from werkzeug.wrappers import Response as BaseResponse
 
 from webapp.answers import exports
+from webapp.answers.jobs import FOLLOWER_WRITE_STALL, follow_stored, writes_bounded
 from webapp.answers.life import Followed
 from webapp.answers.store import CANCELLING, StoredAnswer
 from webapp.errors import AppError, NotFound
@@ -38,8 +41,8 @@ from webapp.relay.events import Failed, close_source
 from webapp.web.access import HISTORY_PAGE, STOP, needs, public
 from webapp.web.history_api import follow_counted
 from webapp.web.render import render_answer
-from webapp.web.service import STREAM_HEADERS, answer_of, answers, owner, store
-from webapp.web.ui import bp, page, prompt_form, recent_answers
+from webapp.web.service import STREAM_HEADERS, answer_of, answers, guard, owner, store
+from webapp.web.ui import bp, page, prompt_form, pyodide_url, recent_answers
 
 
 def _rendered(answer: StoredAnswer) -> Markup:
@@ -88,22 +91,37 @@ def follow_live(answer_id: str) -> Response:
     answer = answer_of(answer_id)
     head, tail = page("live.html", answer=answer).split("<!--answer-->", 1)
 
-    def respond(followed: Followed) -> Response:
-        return Response(
-            stream_with_context(_live_html(head, tail, followed)),
-            mimetype="text/html",
-            headers=STREAM_HEADERS,
-            direct_passthrough=True,
-        )
-
-    return follow_counted(answer_id, 0, respond)
+    return follow_counted(answer_id, 0, lambda f: _streaming_page(_live_html(head, tail, f)))
 
 
 def _live_html(head: str, tail: str, followed: Followed) -> Iterator[bytes]:
+    return _streamed(head, tail, followed, _rendered_end, pre_id="noscript-answer")
+
+
+def _rendered_end(text: str, failed: AppError | None) -> str:
+    html = get_hub().threadpool.apply(render_answer, (text,))
+    end = f'<div class="rendered">{html}</div>'
+    if failed is not None:
+        end += f'<p class="error" role="alert">{escape(failed.message)}</p>'
+    return end
+
+
+def _streamed(
+    head: str,
+    tail: str,
+    followed: Followed,
+    end: Callable[[str, AppError | None], str],
+    *,
+    pre_id: str,
+) -> Iterator[bytes]:
+    """A page that follows an answer still being written, with or without the script:
+    `head`, the text as it comes (escaped), then `end(text, failure)` (which the
+    stylesheet shows in place of the text), then `tail`. This response is a reader of
+    the answer, so the answer goes on while the page is open."""
     failed: AppError | None = None
     try:
         yield head.encode()
-        yield b'<pre class="raw" id="noscript-answer">'
+        yield f'<pre class="raw" id="{pre_id}">'.encode()
         for _, event in followed.events:
             if type(event) is str:
                 yield str(escape(event)).encode()
@@ -112,11 +130,27 @@ def _live_html(head: str, tail: str, followed: Followed) -> Iterator[bytes]:
     finally:
         close_source(followed.events)
     yield b"</pre>"
-    html = get_hub().threadpool.apply(render_answer, (followed.text(),))
-    yield f'<div class="rendered">{html}</div>'.encode()
-    if failed is not None:
-        yield f'<p class="error" role="alert">{escape(failed.message)}</p>'.encode()
+    yield end(followed.text(), failed).encode()
     yield tail.encode()
+
+
+def _running(answer: StoredAnswer) -> bool:
+    """Still being written, by this worker or by one that is alive (not a row left
+    pending by a server that died, which nobody will end)."""
+    if answer.outcome not in ("pending", CANCELLING):
+        return False
+    layer = answers()
+    here = layer.recorder is not None and layer.recorder.running(answer.id)
+    return here or not layer.freshness.settled(answer)
+
+
+def _streaming_page(body: Iterator[bytes], **headers: str) -> Response:
+    return Response(
+        stream_with_context(body),
+        mimetype="text/html",
+        headers={**STREAM_HEADERS, **headers},
+        direct_passthrough=True,
+    )
 
 
 @bp.post("/a/<answer_id>/stop")
@@ -136,36 +170,66 @@ def stop(answer_id: str) -> BaseResponse:
 
 @bp.get("/c/<conversation_id>/compare")
 @needs(HISTORY_PAGE)
-def compare(conversation_id: str) -> str:
+def compare(conversation_id: str) -> str | Response:
+    """Two versions' code, diffed. One still being written is followed live first (its
+    text as it comes), then compared as it ended: the page never cuts it."""
     versions = store().versions(owner(), conversation_id)
     if not versions:
         raise NotFound("There is no conversation of yours with that id.")
+    old_id, new_id = _compared(versions)
+    writing = next((v for v in versions if v.id in (new_id, old_id) and _running(v)), None)
     numbers = _version_numbers(versions)
     by_id = {v.id: v for v in versions}
-    old = by_id.get(request.args.get("a", "")) or versions[max(0, len(versions) - 2)]
-    new = by_id.get(request.args.get("b", "")) or versions[-1]
+    context = {
+        "versions": versions,
+        "numbers": numbers,
+        "old": by_id[old_id],
+        "new": by_id[new_id],
+        "conversation_id": conversation_id,
+    }
+    if writing is None:
+        return page("compare.html", **context, **_diff(versions, old_id, new_id))
+    head, tail = page("compare.html", **context, writing=writing).split("<!--answer-->", 1)
+
+    def end(text: str, failed: AppError | None) -> str:
+        # The versions as they are now, the one followed with its end.
+        now = store().versions(owner(), conversation_id)
+        if not {old_id, new_id} <= {v.id for v in now}:
+            return '<p class="error" role="alert">A version compared here was deleted.</p>'
+        return render_template("_compare_diff.html", **_diff(now, old_id, new_id))
+
+    return follow_counted(
+        writing.id,
+        0,
+        lambda f: _streaming_page(_streamed(head, tail, f, end, pre_id="live-version")),
+    )
+
+
+def _compared(versions: list[StoredAnswer]) -> tuple[str, str]:
+    """The ids compared: `?a=` and `?b=`, else the last two versions."""
+    ids = {v.id for v in versions}
+    old = request.args.get("a", "")
+    new = request.args.get("b", "")
+    return (
+        old if old in ids else versions[max(0, len(versions) - 2)].id,
+        new if new in ids else versions[-1].id,
+    )
+
+
+def _diff(versions: list[StoredAnswer], old_id: str, new_id: str) -> dict[str, Any]:
+    numbers = _version_numbers(versions)
+    by_id = {v.id: v for v in versions}
+    old, new = by_id[old_id], by_id[new_id]
     try:
-        lines, unavailable = (
-            exports.unified_diff(
-                exports.comparable_code(old.text, old.code_blocks),
-                exports.comparable_code(new.text, new.code_blocks),
-                f"version {numbers[old.id]}",
-                f"version {numbers[new.id]}",
-            ),
-            None,
+        lines = exports.unified_diff(
+            exports.comparable_code(old.text, old.code_blocks),
+            exports.comparable_code(new.text, new.code_blocks),
+            f"version {numbers[old.id]}",
+            f"version {numbers[new.id]}",
         )
     except exports.DiffUnavailable as exc:
-        lines, unavailable = [], str(exc)
-    return page(
-        "compare.html",
-        versions=versions,
-        numbers=numbers,
-        old=old,
-        new=new,
-        lines=lines,
-        unavailable=unavailable,
-        conversation_id=conversation_id,
-    )
+        return {"lines": [], "unavailable": str(exc)}
+    return {"lines": lines, "unavailable": None}
 
 
 @bp.get("/a/<answer_id>/download")
@@ -173,7 +237,10 @@ def compare(conversation_id: str) -> str:
 @needs(HISTORY_PAGE)
 def download(answer_id: str, number: int | None = None) -> Response:
     """One block as a file, or "all": the only block, or a zip of several."""
-    answer = answer_of(answer_id, ended=True)  # its blocks are recorded with its end
+    return _download(answer_of(answer_id, ended=True), number)  # blocks come with its end
+
+
+def _download(answer: StoredAnswer, number: int | None) -> Response:
     files = exports.code_files(answer.code_blocks)
     if not files or (number is not None and not 1 <= number <= len(files)):
         raise NotFound("That answer has no such code block.", code="block_not_found")
@@ -279,16 +346,97 @@ def _quoted(prompt: str, most: int = 60) -> str:
     return f"“{short if len(short) <= most else short[: most - 1] + '…'}”"
 
 
+# A share link is for anyone: read-only, never indexed, never cached.
+SHARED_HEADERS = {"X-Robots-Tag": "noindex, nofollow", "Cache-Control": "no-store"}
+
+
+def _shared_answer(share_id: str) -> StoredAnswer:
+    answer = store().shared(share_id)
+    if answer is None:
+        abort(404)
+    return answer
+
+
 @bp.get("/s/<share_id>")
 @needs(HISTORY_PAGE)
 @public
 def shared(share_id: str) -> Response:
-    """A read-only answer for anyone with the link: no sign-in, no index, no cache."""
-    answer = store().shared(share_id)
-    if answer is None:
-        abort(404)
-    html = render_template("shared.html", answer=answer, html=_rendered(answer))
-    response = Response(html, mimetype="text/html")
-    response.headers["X-Robots-Tag"] = "noindex, nofollow"
-    response.headers["Cache-Control"] = "no-store"
+    """A read-only answer for anyone with the link, with Copy, Run and downloads of its
+    code and a way to try the app. One still being written is followed live (through its
+    row, a few seconds behind at most: the reader need not be its owner), as a reader
+    that keeps it going."""
+    answer = _shared_answer(share_id)
+    context = {"answer": answer, "share_id": share_id, "pyodide": pyodide_url()}
+    if not _running(answer):
+        html = render_template(
+            "shared.html",
+            **context,
+            html=_rendered(answer),
+            files=exports.code_files(answer.code_blocks),
+        )
+        return Response(html, mimetype="text/html", headers=SHARED_HEADERS)
+    head, tail = render_template("shared.html", **context, running=True).split("<!--answer-->", 1)
+    limits = guard()
+    slot = limits.acquire_stream(g.client_id)  # as any reader's: no way around the bound
+    try:
+        config, history = answers().config, store()
+        events = follow_stored(
+            lambda: history.shared(share_id),
+            0,
+            heartbeat=config.heartbeat_interval,
+            until=time.monotonic() + config.total_timeout + config.resume_grace,
+            following=lambda: history.mark_followed(answer.id),
+        )
+
+        def end(text: str, failed: AppError | None) -> str:
+            ended = history.shared(share_id) or answer
+            return render_template(
+                "_shared_answer.html",
+                html=get_hub().threadpool.apply(render_answer, (ended.text,)),
+                error=failed,
+                files=exports.code_files(ended.code_blocks),
+                share_id=share_id,
+            )
+
+        followed = Followed(
+            writes_bounded(events, FOLLOWER_WRITE_STALL), lambda: answer.text, "store"
+        )
+        response = _streaming_page(
+            _streamed(head, tail, followed, end, pre_id="live-answer"), **SHARED_HEADERS
+        )
+    except BaseException:
+        limits.release_stream(slot)
+        raise
+    response.response = _Released(response.response, lambda: limits.release_stream(slot))
+    return response
+
+
+class _Released:
+    """A response body that calls `release` once, when the server closes it (even if
+    no byte of it was ever sent)."""
+
+    def __init__(self, body: Iterable[Any], release: Callable[[], None]) -> None:
+        self._body: Iterator[Any] = iter(body)
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._body
+
+    def close(self) -> None:
+        try:
+            close_source(self._body)
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+@bp.get("/s/<share_id>/download")
+@bp.get("/s/<share_id>/download/<int:number>")
+@needs(HISTORY_PAGE)
+@public
+def shared_download(share_id: str, number: int | None = None) -> Response:
+    """A shared answer's code, as its owner downloads it (one block, or all as a zip)."""
+    response = _download(_shared_answer(share_id), number)
+    response.headers.update(SHARED_HEADERS)
     return response
