@@ -5,7 +5,7 @@
       -> answers/ (an answer's life: store, jobs, event log)
         -> relay/ (one answer in flight: schema, relay, deadlines, formats)
           -> providers/ (the model: OpenAI-compatible, local)
-            -> the leaves (config, errors, ids, quiet, sockets)
+            -> the leaves (config, diffs, errors, ids, quiet, sockets)
 
 One stage per package: a module may import its own package and those below it,
 never one above; the leaves import only leaves. The app factory (app.py) and the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "webapp"
 
-LEAVES = {"config", "errors", "ids", "quiet", "sockets"}
+LEAVES = {"config", "diffs", "errors", "ids", "quiet", "sockets"}
 STAGES = ["leaves", "providers", "relay", "answers", "web", "app"]
 
 

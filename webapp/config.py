@@ -43,6 +43,7 @@ _ZERO_ALLOWED = frozenset(
         "default_temperature",
         "history_days",
         "history_max_answers",
+        "max_files",
     }
 )
 
@@ -89,8 +90,20 @@ class Config:
     port: int = _setting(8000, "Port gunicorn listens on (Heroku sets it).")
     web_concurrency: int = _setting(0, "gunicorn workers; 0 means one per core.")
     max_output_tokens: int = _setting(2048, "Upper bound for a request's `max_tokens`.")
-    max_prompt_tokens: int = _setting(4000, "Longest prompt accepted, counted with tiktoken.")
-    max_body_bytes: int = _setting(65536, "Largest request body accepted (413 above).")
+    max_prompt_tokens: int = _setting(
+        4000,
+        "Longest prompt accepted, counted with tiktoken (or the embedded model's tokenizer), "
+        "attached files included.",
+    )
+    max_body_bytes: int = _setting(
+        1_048_576, "Largest request body accepted (413 above); attached files travel in it."
+    )
+    max_files: int = _setting(
+        8, "Files one request may attach (`files`); 0 turns attaching off."
+    )
+    max_file_bytes: int = _setting(
+        100_000, "Largest attached file, in bytes of UTF-8 text (400 `file_too_large` above)."
+    )
     max_answer_chars: int = _setting(
         1_000_000,
         "Hard cap on one answer's text; an answer is also cut at 32 characters per requested "

@@ -72,7 +72,7 @@ def test_prompt_over_the_token_limit_names_the_count(client: FlaskClient) -> Non
 
 
 def test_body_over_the_size_limit_is_413(client: FlaskClient) -> None:
-    response = client.post("/generate-code/", data="x" * 70_000, content_type="application/json")
+    response = client.post("/generate-code/", data="x" * 1_100_000, content_type="application/json")
     assert response.status_code == 413
     assert response.get_json()["error"]["code"] == "body_too_large"
 

@@ -40,6 +40,7 @@ def test_the_description_is_valid_openapi(client: FlaskClient) -> None:
         "conversation_id",
         "continue_answer",
         "resumable",
+        "files",
     }
     assert body["properties"]["max_tokens"]["anyOf"][0]["maximum"] == 512
     responses = spec["paths"]["/generate-code/"]["post"]["responses"]
@@ -125,6 +126,8 @@ def test_fuzz_the_api_against_its_description(
         def check(case: Any) -> None:
             response = case.call(timeout=30)
             seen.append(response.status_code)
+            if response.status_code == 400 and "two files have this name" in response.text:
+                return  # JSON Schema cannot say that names differ (the description says so)
             assert response.status_code < 500 or response.status_code in (502, 503, 504), (
                 response.text
             )

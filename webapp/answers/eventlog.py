@@ -179,6 +179,7 @@ def encode_end(event: Done | Failed) -> tuple[str, bytes]:
                 "request_id": event.request_id,
                 "timing": event.timing,
                 "cost_usd": event.cost_usd,
+                "files": event.files,
             }
         )
     return "error", orjson.dumps(event.error.to_dict())

@@ -3,31 +3,21 @@
 Functions over text (no Flask, no store), so the page and the tests use the
 same ones. A file's name comes from its block's language; an unknown one is
 `.txt`. Several blocks download as one zip. Diffs come from GNU diff in a child
-process, bounded in lines and time: difflib is quadratic on some inputs (two
-12,000-line versions took 9 s, holding the event loop), and a child can be
-killed where a thread cannot.
+process, bounded in lines and time (webapp/diffs.py).
 """
 
 from __future__ import annotations
 
 import io
-import subprocess
-import tempfile
 import zipfile
 from dataclasses import dataclass
 
-EXTENSIONS = {
-    "python": "py", "py": "py", "python3": "py",
-    "javascript": "js", "js": "js", "jsx": "jsx", "typescript": "ts", "ts": "ts", "tsx": "tsx",
-    "go": "go", "golang": "go", "rust": "rs", "rs": "rs", "java": "java", "kotlin": "kt",
-    "swift": "swift", "c": "c", "h": "h", "cpp": "cpp", "c++": "cpp", "cc": "cpp",
-    "csharp": "cs", "c#": "cs", "cs": "cs", "ruby": "rb", "rb": "rb", "php": "php",
-    "bash": "sh", "sh": "sh", "shell": "sh", "zsh": "sh", "powershell": "ps1",
-    "sql": "sql", "html": "html", "css": "css", "json": "json", "yaml": "yaml", "yml": "yaml",
-    "toml": "toml", "xml": "xml", "markdown": "md", "md": "md", "dockerfile": "Dockerfile",
-    "makefile": "mk", "r": "r", "lua": "lua", "perl": "pl", "scala": "scala", "dart": "dart",
-    "haskell": "hs", "elixir": "ex", "erlang": "erl", "julia": "jl", "zig": "zig",
-}  # fmt: skip
+from webapp import diffs
+from webapp.diffs import DIFF_TIMEOUT as DIFF_TIMEOUT
+from webapp.diffs import MAX_DIFF_LINES as MAX_DIFF_LINES
+from webapp.diffs import DiffUnavailable as DiffUnavailable
+from webapp.relay.codeblocks import EXTENSIONS
+
 # A zip of an answer: an answer has at most MAX_ANSWER_CHARS of text, so this bounds it too.
 ZIP_NAME = "answer-{id}.zip"
 
@@ -80,15 +70,6 @@ class DiffLine:
     text: str
 
 
-# Bounds on a comparison: lines on each side, and the child's time.
-MAX_DIFF_LINES = 50_000
-DIFF_TIMEOUT = 2.0
-
-
-class DiffUnavailable(Exception):
-    """The versions could not be compared within the bounds; the message says why."""
-
-
 def unified_diff(
     old: list[str],
     new: list[str],
@@ -97,36 +78,21 @@ def unified_diff(
     *,
     timeout: float = DIFF_TIMEOUT,
 ) -> list[DiffLine]:
-    """A unified diff (3 lines of context), each line tagged for the page to colour
-    (and escape). Raises DiffUnavailable past MAX_DIFF_LINES or `timeout` s. Under
-    gevent the wait yields, so the worker serves others meanwhile."""
+    """A unified diff (3 lines of context) of two versions' lines, each line tagged
+    for the page to colour (and escape). Raises DiffUnavailable past the bounds
+    (webapp/diffs.py)."""
     if max(len(old), len(new)) > MAX_DIFF_LINES:
         raise DiffUnavailable(
             f"These versions are too long to compare here (over {MAX_DIFF_LINES:,} lines)."
         )
-    with tempfile.TemporaryDirectory(prefix="codegen-diff-") as folder:
-        paths = []
-        for number, lines in enumerate((old, new)):
-            path = f"{folder}/{number}"
-            with open(path, "w", encoding="utf-8", errors="replace") as file:
-                file.writelines(line + "\n" for line in lines)
-            paths.append(path)
-        try:
-            done = subprocess.run(
-                ["diff", "-U3", "--label", old_name, "--label", new_name, *paths],
-                capture_output=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:  # run() has killed it
-            raise DiffUnavailable(
-                f"These versions took too long to compare (over {timeout:g} s)."
-            ) from None
-        except FileNotFoundError:
-            raise DiffUnavailable("Comparing needs GNU diff (diffutils) on the server.") from None
-    if done.returncode > 1:
-        raise DiffUnavailable("These versions could not be compared.")
-    return [_tagged(line) for line in done.stdout.decode("utf-8", "replace").splitlines()]
+    text = diffs.unified(
+        "".join(line + "\n" for line in old),
+        "".join(line + "\n" for line in new),
+        old_name,
+        new_name,
+        timeout=timeout,
+    )
+    return [_tagged(line) for line in text.splitlines()]
 
 
 def _tagged(line: str) -> DiffLine:

@@ -9,6 +9,20 @@ from __future__ import annotations
 
 import re
 
+# A code block's language tag -> the extension of a file holding it.
+EXTENSIONS = {
+    "python": "py", "py": "py", "python3": "py",
+    "javascript": "js", "js": "js", "jsx": "jsx", "typescript": "ts", "ts": "ts", "tsx": "tsx",
+    "go": "go", "golang": "go", "rust": "rs", "rs": "rs", "java": "java", "kotlin": "kt",
+    "swift": "swift", "c": "c", "h": "h", "cpp": "cpp", "c++": "cpp", "cc": "cpp",
+    "csharp": "cs", "c#": "cs", "cs": "cs", "ruby": "rb", "rb": "rb", "php": "php",
+    "bash": "sh", "sh": "sh", "shell": "sh", "zsh": "sh", "powershell": "ps1",
+    "sql": "sql", "html": "html", "css": "css", "json": "json", "yaml": "yaml", "yml": "yaml",
+    "toml": "toml", "xml": "xml", "markdown": "md", "md": "md", "dockerfile": "Dockerfile",
+    "makefile": "mk", "r": "r", "lua": "lua", "perl": "pl", "scala": "scala", "dart": "dart",
+    "haskell": "hs", "elixir": "ex", "erlang": "erl", "julia": "jl", "zig": "zig",
+}  # fmt: skip
+
 # Groups: the language tag, the code, and the closing fence (None while the
 # block is still open: it then runs to the end of the text).
 FENCE = re.compile(r"^```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:^(```)[ \t]*$|\Z)", re.M | re.S)

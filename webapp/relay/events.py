@@ -9,7 +9,7 @@ any layer.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from webapp.errors import AppError
@@ -41,6 +41,9 @@ class Done:
     request_id: str
     timing: dict[str, float]
     cost_usd: float | None = None
+    # Per attached (or new) file the answer changed: name, status and diff
+    # (webapp/relay/attachments.py); empty without attachments.
+    files: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +32,7 @@ from webapp.config import Config
 from webapp.errors import AppError, BadRequest, UpstreamError, UpstreamTimeout
 from webapp.providers import Final, GenerationRequest, Provider, UpstreamStream
 from webapp.relay import accounting
+from webapp.relay.attachments import ASK, Attachment, changes, fenced, with_files
 from webapp.relay.codeblocks import extract_code_blocks
 from webapp.relay.deadlines import FIRST_TOKEN, TOTAL, Deadlines
 from webapp.relay.deadlines import PING as PING_DUE
@@ -88,9 +89,14 @@ Turn = tuple[str, str]  # an earlier (prompt, answer) of the same conversation
 
 
 def build_messages(
-    prompt: str, language: str | None, system_prompt: str, turns: list[Turn] | None = None
+    prompt: str,
+    language: str | None,
+    system_prompt: str,
+    turns: list[Turn] | None = None,
+    files: Sequence[Attachment] = (),
 ) -> list[dict[str, str]]:
     user = prompt if not language else f"Language: {language}.\n\n{prompt}"
+    user = with_files(user, files)
     messages = [{"role": "system", "content": system_prompt}]
     for earlier, answer in turns or ():
         messages += [{"role": "user", "content": earlier}, {"role": "assistant", "content": answer}]
@@ -146,6 +152,8 @@ class Answer:
     sleep: Callable[[float], Any] = gevent.sleep
     hooks: RelayHooks = field(default_factory=RelayHooks)
     client: str = ""
+    # Files the request attached: the Done diffs the answer's versions of them.
+    attachments: tuple[Attachment, ...] = ()
     # The client's socket, where the server exposes it (gunicorn does): lets a
     # silent wait notice the client going away, not only the next write.
     _client_socket: Any = None
@@ -260,14 +268,9 @@ class Answer:
         )
         cost = accounting.cost_of(usage, self.config.prices.get(self.request.model))
         self.usage, self.cost_usd = usage, cost
-        return Done(
-            final.finish_reason,
-            usage,
-            extract_code_blocks(text),
-            self.request_id,
-            self.timing(),
-            cost,
-        )
+        blocks = extract_code_blocks(text)
+        files = changes(text, blocks, self.attachments) if self.attachments else []
+        return Done(final.finish_reason, usage, blocks, self.request_id, self.timing(), cost, files)
 
     def timing(self) -> dict[str, float]:
         now = self.clock()
@@ -619,7 +622,14 @@ class GenerationService:
 
     def validate(self, body: Any) -> GenerateCodeRequest:
         """The request body checked against the schema, this provider's models and limits."""
-        return parse_generate(body, self.provider.models, self.config.max_output_tokens)
+        cfg = self.config
+        return parse_generate(
+            body,
+            self.provider.models,
+            cfg.max_output_tokens,
+            max_files=cfg.max_files,
+            max_file_bytes=cfg.max_file_bytes,
+        )
 
     def count_tokens(self, text: str) -> int:
         own = self.provider.count_tokens(text)
@@ -637,6 +647,7 @@ class GenerationService:
         client: str = "",
         turns: list[Turn] | None = None,
         partial: str | None = None,
+        files: Sequence[Attachment] = (),
     ) -> Relay:
         """A Relay for `prompt`, after the conversation's earlier `turns` (the oldest
         left out while they do not fit MAX_PROMPT_TOKENS: `relay.trimmed_turns`
@@ -648,6 +659,8 @@ class GenerationService:
                 f"prompt: {prompt_tokens} tokens is over the limit of {cfg.max_prompt_tokens}.",
                 code="prompt_too_long",
             )
+        if files:
+            prompt_tokens = self._with_files(prompt_tokens, files)
         if partial is not None:
             prompt_tokens += self.count_tokens(partial)
             if prompt_tokens > cfg.max_prompt_tokens:
@@ -662,7 +675,7 @@ class GenerationService:
             kept.pop(0)
             sizes.pop(0)
         request = GenerationRequest(
-            build_messages(prompt, language, cfg.system_prompt, kept),
+            build_messages(prompt, language, cfg.system_prompt, kept, files),
             model or self.provider.models[0],
             max_tokens or cfg.max_output_tokens,
             cfg.default_temperature if temperature is None else temperature,
@@ -679,6 +692,23 @@ class GenerationService:
             prompt_tokens + sum(sizes) + self._system_tokens,
             hooks=self.hooks,
             client=client,
+            attachments=tuple(files),
         )
         relay.trimmed_turns = len(turns or ()) - len(kept)
         return relay
+
+    def _with_files(self, prompt_tokens: int, files: Sequence[Attachment]) -> int:
+        """The prompt's tokens with its files shown to the model, or the BadRequest
+        that names the largest file when together they pass MAX_PROMPT_TOKENS."""
+        limit = self.config.max_prompt_tokens
+        sizes = [self.count_tokens(fenced(file)) for file in files]
+        total = prompt_tokens + sum(sizes) + self.count_tokens(ASK) + 8
+        if total > limit:
+            largest = max(range(len(files)), key=sizes.__getitem__)
+            raise BadRequest(
+                f"files[{largest}] {files[largest].name!r}: the prompt and its files are "
+                f"{total:,} tokens, over the limit of {limit:,} (this file alone is "
+                f"{sizes[largest]:,}).",
+                code="prompt_too_long",
+            )
+        return total

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
 from webapp.errors import BadRequest
+from webapp.relay.attachments import Attachment, checked
 
 
 def _integral(value: Any) -> Any:
@@ -14,6 +15,13 @@ def _integral(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+class AttachedFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(description="The file's name, without folders (e.g. `calc.py`).")
+    content: str = Field(description="Its text (UTF-8; MAX_FILE_BYTES at most).")
 
 
 class GenerateCodeRequest(BaseModel):
@@ -47,10 +55,28 @@ class GenerateCodeRequest(BaseModel):
         description="Continue this answer (one that stopped at `max_tokens`): the stream "
         "carries the new text, and the stored answer becomes the whole.",
     )
+    files: list[AttachedFile] = Field(
+        default_factory=list,
+        description="Text files the prompt is about (at most MAX_FILES, each at most "
+        "MAX_FILE_BYTES, counted with the prompt against MAX_PROMPT_TOKENS). The `done` "
+        "event's `files` gives each changed file's diff. A follow-up keeps the "
+        "conversation's files, at their latest version, unless it attaches new ones.",
+    )
+    _attachments: tuple[Attachment, ...] = PrivateAttr(default=())
+
+    @property
+    def attachments(self) -> tuple[Attachment, ...]:
+        """`files`, checked (names, sizes, count) by `parse_generate`."""
+        return self._attachments
 
 
 def parse_generate(
-    body: Any, models: tuple[str, ...], max_output_tokens: int
+    body: Any,
+    models: tuple[str, ...],
+    max_output_tokens: int,
+    *,
+    max_files: int = 8,
+    max_file_bytes: int = 100_000,
 ) -> GenerateCodeRequest:
     """Validate a decoded JSON body; every failure is a BadRequest that names the field."""
     if not isinstance(body, dict):
@@ -72,12 +98,21 @@ def parse_generate(
         raise BadRequest("continue_answer: cannot be combined with conversation_id.")
     if params.max_tokens is not None and params.max_tokens > max_output_tokens:
         raise BadRequest(f"max_tokens: must be at most {max_output_tokens}.")
+    if params.files:
+        if params.continue_answer is not None:
+            raise BadRequest(
+                "continue_answer: cannot be combined with files (a Continue keeps the "
+                "answer's own files)."
+            )
+        params._attachments = checked(
+            params.files, max_files=max_files, max_file_bytes=max_file_bytes
+        )
     return params
 
 
 def _bad_request(exc: ValidationError) -> BadRequest:
     errors = exc.errors(include_url=False)
-    unknown = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden"]
+    unknown = [".".join(map(str, e["loc"])) for e in errors if e["type"] == "extra_forbidden"]
     if unknown:
         return BadRequest(f"Unknown fields: {', '.join(unknown)}.", code="unknown_fields")
     first = errors[0]

@@ -95,7 +95,9 @@ def page_key(guard: Guard) -> str | None:
     raise Unauthorized("Sign in with an API key first.", code="sign_in_required")
 
 
-def require_same_origin() -> None:
+def require_same_origin(
+    refused: str = "A change to the history from another site is refused (cross-site request).",
+) -> None:
     """Refuse a cookie-authenticated change sent from another site (CSRF): browsers say
     where a request comes from (Sec-Fetch-Site, Origin); scripts send neither and
     hold their own cookie, so they are let through."""
@@ -108,10 +110,7 @@ def require_same_origin() -> None:
     else:
         return
     if not allowed:
-        raise Forbidden(
-            "A change to the history from another site is refused (cross-site request).",
-            code="cross_site_request",
-        )
+        raise Forbidden(refused, code="cross_site_request")
 
 
 def identify_and_limit() -> None:

@@ -16,7 +16,7 @@ from webapp.web.service import (
     generation,
     guard,
     new_relay,
-    read_json_body,
+    read_body,
     run_detached,
 )
 
@@ -41,7 +41,7 @@ def stream_response(body: Iterator[bytes], mimetype: str) -> Response:
 @bp.post("/generate-code", endpoint="generate_code_no_slash")
 @needs(GENERATE)
 def generate_code() -> Response:
-    params = generation().validate(read_json_body())
+    params = generation().validate(read_body())
     relay = new_relay(params)
     resumable = params.resumable and params.stream and detach(relay)
     if not params.stream:
@@ -56,6 +56,7 @@ def generate_code() -> Response:
             "finish_reason": done.finish_reason,
             "request_id": done.request_id,
             "timing": done.timing,
+            "files": done.files,
         }
         return Response(orjson.dumps(body), mimetype="application/json")
     mimetype = negotiate_stream_format()

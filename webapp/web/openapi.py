@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from webapp.answers.store import FILTER_SCAN
 from webapp.config import Config
+from webapp.relay.attachments import MAX_NAME_CHARS
 from webapp.relay.schema import GenerateCodeRequest
 
 bp = Blueprint("docs", __name__)
@@ -29,6 +30,23 @@ class Usage(BaseModel):
 class CodeBlock(BaseModel):
     language: str = Field(description="The fence's tag; empty when the model gave none.")
     code: str
+    file: str | None = Field(
+        None,
+        description="With attached files: the file this block is a new version of (its "
+        "opening line names it, or it is the one block in the one attachment's language).",
+    )
+
+
+class FileChange(BaseModel):
+    name: str
+    status: Literal["changed", "new"] = Field(
+        description="changed: a new version of an attached file; new: a file not attached."
+    )
+    diff: str | None = Field(
+        description="Unified diff (a/NAME, b/NAME; /dev/null for a new file) that "
+        "`git apply` accepts; null when it could not be computed (`error` says why)."
+    )
+    error: str | None = None
 
 
 class Timing(BaseModel):
@@ -49,6 +67,9 @@ class Done(BaseModel):
     request_id: str
     timing: Timing
     cost_usd: float | None = Field(None, description="Estimate, when MODEL_PRICES has the model.")
+    files: list[FileChange] = Field(
+        description="Per attached file the answer changed (or new file it gave): the diff."
+    )
 
 
 class StreamError(BaseModel):
@@ -71,6 +92,7 @@ class Answer(BaseModel):
     finish_reason: str | None
     request_id: str
     timing: Timing
+    files: list[FileChange] = Field(description="As in the `done` event.")
 
 
 class ErrorBody(BaseModel):
@@ -225,7 +247,17 @@ _GENERATE_RESPONSES["429"]["headers"] = {
 }
 
 
-def _schemas(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any]:
+# What the schema can say of a file's name and content. That two names differ it
+# cannot say: the server answers 400 file_invalid.
+PLAIN_NAME = r"^[^/\\\x00-\x1f\x7f]+$"
+
+
+def _schemas(
+    max_output_tokens: int,
+    models: tuple[str, ...],
+    max_files: int = 8,
+    max_file_bytes: int = 100_000,
+) -> dict[str, Any]:
     """The components' schemas, from the models the code validates with; the request's
     with what the settings bound and what pydantic cannot say."""
     components: dict[str, Any] = {}
@@ -250,6 +282,13 @@ def _schemas(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any]:
     request_schema["properties"]["model"]["anyOf"][0]["enum"] = list(models)
     request_schema["properties"]["prompt"]["pattern"] = r"\S"
     del request_schema["properties"]["prompt"]["default"]
+    files = request_schema["properties"]["files"]
+    files["maxItems"] = max_files
+    name = components["AttachedFile"]["properties"]["name"]
+    name.update(minLength=1, maxLength=MAX_NAME_CHARS, pattern=PLAIN_NAME)
+    name["not"] = {"enum": [".", ".."]}
+    content = components["AttachedFile"]["properties"]["content"]
+    content.update(maxLength=max_file_bytes, pattern=r"^[^\x00]*$")
     # A prompt, except for a Continue, which carries on the stored one.
     given = {"type": "string"}  # present and not null
     request_schema["anyOf"] = [
@@ -257,16 +296,29 @@ def _schemas(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any]:
         {"required": ["continue_answer"], "properties": {"continue_answer": given}},
     ]
     request_schema["not"] = {
-        "required": ["conversation_id", "continue_answer"],
-        "properties": {"conversation_id": given, "continue_answer": given},
+        "anyOf": [
+            {
+                "required": ["conversation_id", "continue_answer"],
+                "properties": {"conversation_id": given, "continue_answer": given},
+            },
+            {  # a Continue keeps its answer's files
+                "required": ["continue_answer", "files"],
+                "properties": {"continue_answer": given, "files": {"minItems": 1}},
+            },
+        ]
     }
     return components
 
 
 @lru_cache(maxsize=4)
-def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any]:
+def build_spec(
+    max_output_tokens: int,
+    models: tuple[str, ...],
+    max_files: int = 8,
+    max_file_bytes: int = 100_000,
+) -> dict[str, Any]:
     """The whole description, for these settings (cached: they do not change)."""
-    components = _schemas(max_output_tokens, models)
+    components = _schemas(max_output_tokens, models, max_files, max_file_bytes)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -279,9 +331,16 @@ def build_spec(max_output_tokens: int, models: tuple[str, ...]) -> dict[str, Any
                 "post": {
                     "operationId": "generateCode",
                     "summary": "Generate code and an explanation, streamed",
+                    "description": "The body is JSON, or a `multipart/form-data` form with "
+                    "the same fields and each attached file as a part named `files` (its "
+                    "filename the file's name). A form needs an API key or the same origin "
+                    "(browsers send one from another site without asking: 403 "
+                    "cross_site_request).",
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": _ref("GenerateCodeRequest")}},
+                        "content": {
+                            "application/json": {"schema": _ref("GenerateCodeRequest")},
+                        },
                     },
                     "responses": _GENERATE_RESPONSES,
                 }
@@ -465,7 +524,10 @@ HISTORY_PATHS: dict[str, Any] = {
 
 def spec_for(config: Config) -> dict[str, Any]:
     return build_spec(
-        config.max_output_tokens, current_app.extensions["generation"].provider.models
+        config.max_output_tokens,
+        current_app.extensions["generation"].provider.models,
+        config.max_files,
+        config.max_file_bytes,
     )
 
 

@@ -19,9 +19,11 @@ from webapp.answers.recording import Recorder
 from webapp.answers.store import Store, StoredAnswer
 from webapp.errors import BadRequest, Unauthorized, UnsupportedMediaType
 from webapp.ids import random_id
+from webapp.relay.attachments import decoded
 from webapp.relay.generation import GenerationService, Relay
 from webapp.relay.schema import GenerateCodeRequest
 from webapp.sockets import peer_closed
+from webapp.web.access import require_same_origin
 from webapp.web.guard import Guard
 from webapp.web.sessions import CookieSessions
 from webapp.web.signins import session_key
@@ -147,6 +149,7 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
         client=g.client_id,
         turns=earlier.turns if earlier is not None else None,
         partial=continued.text if continued else None,
+        files=params.attachments,
     )
     relay.watch_client(client_socket())
     limits = guard()
@@ -167,6 +170,64 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
         values.history_trimmed = relay.trimmed_turns
     g.continued_text = continued.text if continued else ""
     return relay
+
+
+# What a multipart form may carry besides its `files` parts, and how each is read.
+FORM_FIELDS: dict[str, type] = {
+    "prompt": str,
+    "language": str,
+    "model": str,
+    "temperature": float,
+    "max_tokens": int,
+    "stream": bool,
+    "resumable": bool,
+    "conversation_id": str,
+    "continue_answer": str,
+}
+_TRUE, _FALSE = ("true", "1", "on", "yes"), ("false", "0", "off", "no")
+
+
+def read_body() -> object:
+    """The request as the JSON body's object: JSON, or a multipart form with `files`."""
+    if request.mimetype != "multipart/form-data":
+        return read_json_body()
+    # A cross-site page can post a multipart form without a CORS preflight; an API
+    # key or the same origin proves it is not one (scripts send neither header).
+    if not str(g.get("client_id", "")).startswith("key:"):
+        require_same_origin("A form sent from another site cannot generate (cross-site request).")
+    return form_body()
+
+
+def form_body() -> dict[str, object]:
+    """A multipart form as the JSON body it stands for: typed fields, and each `files`
+    part as {name, content} (a part that is not UTF-8 text is a 400 naming it)."""
+    body: dict[str, object] = {}
+    unknown = [name for name in request.form if name not in FORM_FIELDS]
+    unknown += [name for name in request.files if name != "files"]
+    if unknown:
+        raise BadRequest(f"Unknown fields: {', '.join(unknown)}.", code="unknown_fields")
+    for name, kind in FORM_FIELDS.items():
+        value = request.form.get(name)
+        if value is None or (value == "" and name != "prompt"):
+            continue
+        try:
+            if kind is bool:
+                if value.lower() not in _TRUE + _FALSE:
+                    raise ValueError(value)
+                body[name] = value.lower() in _TRUE
+            else:
+                body[name] = kind(value)
+        except ValueError:
+            wanted = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
+            raise BadRequest(f"{name}: must be {wanted}.") from None
+    # A form's empty file input sends one part with no name and no bytes: nothing attached.
+    parts = [(part.filename or "", part.read()) for part in request.files.getlist("files")]
+    uploads = [(name, raw) for name, raw in parts if name or raw]
+    body["files"] = [
+        {"name": name, "content": decoded(name, raw, number)}
+        for number, (name, raw) in enumerate(uploads)
+    ]
+    return body
 
 
 def read_json_body() -> object:
