@@ -470,8 +470,7 @@
   function listInHistory(answerId, p) {
     // The new answer joins the history beside the form at once, as a reload would show it.
     const aside = document.querySelector("aside.history");
-    const filter = document.getElementById("history-q");
-    if (!aside || (filter && filter.value.trim())) return; // a filtered list stays as asked
+    if (!aside || shownQuery()) return; // a filtered list stays as asked
     let list = aside.querySelector("ol.history-list");
     if (!list) {
       list = document.createElement("ol");
@@ -674,6 +673,72 @@
     }
   }
 
+  // --- a reload before the answer's id arrived ------------------------------------
+  // The request and its settings are kept in this tab until the id is known; a reload
+  // before then brings them back, and follows the answer the server began with them.
+  const PENDING = "scg-pending-request";
+  function remember(p) {
+    try {
+      sessionStorage.setItem(PENDING, JSON.stringify({ p, page: window.location.pathname, sentAt: Date.now() }));
+    } catch (_) { /* storage off: a reload then starts afresh */ }
+  }
+  function forget() {
+    try { sessionStorage.removeItem(PENDING); } catch (_) { /* storage off */ }
+  }
+
+  function fillForm(p) {
+    const set = (name, value) => {
+      const field = form.elements.namedItem(name);
+      if (field && value !== undefined && value !== null) field.value = String(value);
+    };
+    set("prompt", p.prompt);
+    set("language", p.language || "");
+    set("model", p.model);
+    set("temperature", p.temperature);
+    set("max_tokens", p.max_tokens);
+    promptBox.dispatchEvent(new Event("input"));
+  }
+
+  async function startedAnswer(p, within) {
+    try {
+      const response = await fetch(`/ui/answers/started?within=${Math.ceil(within)}`, { headers: { Accept: "application/json" } });
+      if (!response.ok) return "";
+      const found = (await response.json()).answers.find((a) => a.prompt === p.prompt);
+      return found ? found.id : "";
+    } catch (_) {
+      return "";
+    }
+  }
+
+  async function recoverPending() {
+    let pending = null;
+    try {
+      pending = JSON.parse(sessionStorage.getItem(PENDING) || "null");
+    } catch (_) { /* storage off, or not ours */ }
+    forget();
+    if (!pending || !pending.p || pending.page !== window.location.pathname) return;
+    const age = (Date.now() - pending.sentAt) / 1000;
+    if (!(age >= 0 && age < 120) || controller || answer.dataset.running) return;
+    if (new URL(window.location.href).searchParams.get("answer")) return;
+    fillForm(pending.p);
+    for (const wait of [0, 300, 700, 1500]) {
+      await sleep(wait);
+      const id = await startedAnswer(pending.p, (Date.now() - pending.sentAt) / 1000 + 5);
+      if (!id) continue;
+      if (pageAnswer) {
+        window.location.assign(`/a/${encodeURIComponent(id)}`); // a Refine: its version's page
+      } else {
+        keepInUrl(id);
+        resume();
+      }
+      return;
+    }
+    if (notice) {
+      notice.hidden = false;
+      notice.textContent = "The page was reloaded before the answer began, and it could not be found. Your prompt and settings are back: send it again.";
+    }
+  }
+
   async function generate(p, retried) {
     if (!p.continue_answer && !p.prompt.trim()) {
       showError("Please describe the code you want.");
@@ -702,6 +767,7 @@
     seed = p.continue_answer ? (source ? source.textContent : text) : "";
     const token = form.querySelector("input[name=csrf_token]").value;
     let response = null;
+    if (!p.continue_answer) remember(p);
     try {
       response = await fetch("/ui/stream", {
         method: "POST",
@@ -711,6 +777,7 @@
       });
       fresh.requestId = response.headers.get("X-Request-ID") || "";
       fresh.answerId = response.headers.get("X-Answer-ID") || "";
+      forget(); // from here a reload finds the answer by its id (in the address)
       const trimmed = Number(response.headers.get("X-History-Trimmed") || 0);
       if (notice) {
         notice.hidden = !trimmed;
@@ -763,6 +830,7 @@
         showError("The connection to the server was lost. What arrived is shown.", fresh.requestId);
       }
     } finally {
+      forget();
       if (fresh.ended || !fresh.answerId) keepInUrl("");
       controller = null;
       if (!final) render();
@@ -778,6 +846,12 @@
 
   form.addEventListener("submit", (e) => {
     e.preventDefault();
+    // The history's filter is part of this form (a page without the script sends the
+    // prompt along with it); Enter in a field filters when the filter was changed.
+    const role = e.submitter ? e.submitter.dataset.history : "";
+    const query = filterQuery();
+    if (role === "clear") return filterHistory("");
+    if (role === "filter" || (role === "enter" && query !== shownQuery())) return filterHistory(query);
     if (!controller) generate(params(), false);
   });
   // Enter sends and Shift+Enter starts a new line, as in chat boxes; Ctrl+Enter sends from
@@ -865,16 +939,23 @@
     }
     if (address.href !== window.location.href) history.replaceState(null, "", address.href);
   }
-  document.addEventListener("submit", (e) => {
-    if (!e.target.matches("aside.history form.filter")) return;
-    e.preventDefault();
-    const url = new URL(e.target.action, window.location.href);
-    const query = String(new FormData(e.target).get("q") || "").trim();
+  const filterQuery = () => String((document.getElementById("history-q") || {}).value || "").trim();
+  const shownQuery = () => String((form.elements.namedItem("shown_q") || {}).value || "").trim();
+  function filterHistory(query) {
+    const aside = document.querySelector("aside.history");
+    if (!aside) return;
+    const url = new URL(aside.dataset.here || "/", window.location.href);
     if (query) url.searchParams.set("q", query);
     showHistory(url.href);
+  }
+  // Enter in the filter always filters (it is outside the form's own fields).
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "Enter" || e.isComposing || e.target.id !== "history-q") return;
+    e.preventDefault();
+    filterHistory(filterQuery());
   });
   document.addEventListener("click", (e) => {
-    const link = e.target.closest("aside.history a.clear, aside.history .older a");
+    const link = e.target.closest("aside.history .older a");
     if (!link || e.ctrlKey || e.metaKey || e.shiftKey || e.button !== 0) return;
     e.preventDefault();
     showHistory(link.href);
@@ -887,6 +968,7 @@
     follow = window.innerHeight + window.scrollY >= doc.scrollHeight - 80;
   }, { passive: true });
   resume();
+  recoverPending();
   // Copy brings in what has arrived first (static/codeblocks.js has Copy and Run).
   window.codeBlocks.beforeCopy = () => { if (controller && !final) render(); };
 })();

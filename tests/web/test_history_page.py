@@ -499,20 +499,47 @@ def test_filtering_the_history_keeps_the_prompt_and_can_be_cleared(
         wait_until(page, "document.querySelectorAll('.history-list li').length === 2")
         assert "q=" not in page.url and not page.query_selector("#history-clear")
         assert page.input_value("#prompt") == "A draft still being typed"
-    # Without the script the filter reloads the page, and Clear lists everything again.
+    # Without the script the filter is part of the prompt form: the page comes back with
+    # the list filtered and the prompt being typed still there; Clear lists everything.
     plain = context_for(java_script_enabled=False).new_page()
     for text in ("Gamma, no script [[fake tokens=2]]", "Delta, no script [[fake tokens=2]]"):
         plain.goto(server.url + "/")
         plain.fill("#prompt", text)
         plain.click("#generate")
         plain.wait_for_selector(".saved a")
+    plain.goto(server.url + "/")
+    plain.fill("#prompt", "A draft without the script")
+    plain.fill("#temperature", "0.9")
     plain.fill("#history-q", "gamma")
     plain.press("#history-q", "Enter")
-    plain.wait_for_url("**/?q=gamma")
+    plain.wait_for_selector("#history-clear")
     assert plain.locator(".history-list li").count() == 1
+    assert plain.input_value("#prompt") == "A draft without the script"
+    assert plain.input_value("#temperature") == "0.9"
     plain.click("#history-clear")
-    plain.wait_for_url(server.url + "/")
+    plain.wait_for_selector("#history-clear", state="detached")
     assert plain.locator(".history-list li").count() == 2
+    assert plain.input_value("#prompt") == "A draft without the script"
+    plain.fill("#history-q", "delta")
+    plain.click("#history-filter")  # the button, as Enter
+    plain.wait_for_selector("#history-clear")
+    assert plain.inner_text(".history-list").startswith("Delta, no script")
+    assert plain.input_value("#prompt") == "A draft without the script"
+    # On an answer's page too, its Refine box kept; and Enter elsewhere still generates.
+    plain.click(".history-list a")
+    plain.wait_for_url(re.compile(r"/a/[\w-]+$"))
+    plain.fill("#prompt", "A refinement being typed")
+    plain.fill("#history-q", "gamma")
+    plain.press("#history-q", "Enter")
+    plain.wait_for_selector("#history-clear")
+    assert plain.inner_text("h2.asked").startswith("Version 1: Delta")
+    assert plain.input_value("#prompt") == "A refinement being typed"
+    assert plain.inner_text(".history-list").startswith("Gamma, no script")
+    plain.goto(server.url + "/")
+    plain.fill("#prompt", "Sent by Enter, no script [[fake tokens=2]]")
+    plain.press("#max_tokens", "Enter")
+    plain.wait_for_selector(".saved a")
+    assert plain.inner_text(".rendered").split() == ["t0", "t1"]
 
 
 def answer_dialog(asked: list[str], accept: bool) -> Callable[[Any], None]:

@@ -537,3 +537,55 @@ def test_a_reload_before_the_first_token_or_mid_stream_keeps_the_answer_and_the_
             count = 4 if when == "before" else 40
             assert page.inner_text("#answer").split() == [f"t{i}" for i in range(count)]
             assert "answer=" not in page.url
+
+
+# The page's request, sent for real, whose response never reaches the page's script:
+# as when the page is reloaded before the answer's id arrives, whatever the timing.
+HOLD_STREAM = """() => {
+    const original = window.fetch;
+    window.fetch = (url, options) => {
+        if (url !== "/ui/stream") return original(url, options);
+        if (window.__send) original(url, options).catch(() => {});
+        return new Promise(() => {});
+    };
+}"""
+
+
+def test_a_reload_before_the_answers_id_arrived_keeps_the_request(
+    open_page: Any, fake: FakeUpstream
+) -> None:
+    for viewport in (DESKTOP, PHONE):
+        marker = f"early{viewport['width']}"
+        page = open_page(viewport=viewport)
+        sent = f"Reload at once [[fake first_delay=1 tokens=4 delay=0.05 id={marker}]]"
+        page.evaluate(HOLD_STREAM)
+        page.evaluate("window.__send = true")
+        page.fill("#prompt", sent)
+        page.select_option("#language", "Go")
+        page.fill("#temperature", "0.7")
+        page.press("#prompt", "Control+Enter")
+        deadline = time.monotonic() + 5
+        while not fake.records_for(marker):  # the server began it; the page knows no id
+            assert time.monotonic() < deadline, "the request never reached the upstream"
+            time.sleep(0.02)
+        assert "answer=" not in page.url
+        page.reload()
+        assert page.input_value("#prompt") == sent
+        assert page.input_value("#language") == "Go"
+        assert page.input_value("#temperature") == "0.7"
+        wait_until(page, "location.search.includes('answer=')")
+        page.wait_for_selector("#stats:not([hidden]):has-text('First token')")
+        wait_idle(page)
+        assert page.inner_text("#answer").split() == [f"t{i}" for i in range(4)]
+        # A request that never reached the server: its prompt and settings come back.
+        page.goto(page.url.split("?")[0])
+        page.evaluate(HOLD_STREAM)
+        page.fill("#prompt", "Never sent")
+        page.fill("#temperature", "0.3")
+        page.press("#prompt", "Control+Enter")
+        page.wait_for_selector("#stop:not([hidden])")
+        page.reload()
+        assert page.input_value("#prompt") == "Never sent"
+        assert page.input_value("#temperature") == "0.3"
+        page.wait_for_selector("#notice:has-text('send it again')", timeout=5000)
+        assert page.is_enabled("#generate")

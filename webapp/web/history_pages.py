@@ -12,6 +12,7 @@ read-only, `noindex`, `no-store`, and gone once revoked.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -42,7 +43,15 @@ from webapp.web.access import HISTORY_PAGE, STOP, needs, public
 from webapp.web.history_api import follow_counted
 from webapp.web.render import render_answer
 from webapp.web.service import STREAM_HEADERS, answer_of, answers, guard, owner, store
-from webapp.web.ui import bp, page, prompt_form, pyodide_url, recent_answers
+from webapp.web.ui import (
+    EXAMPLES,
+    PromptForm,
+    bp,
+    page,
+    prompt_form,
+    pyodide_url,
+    recent_answers,
+)
 
 
 def _rendered(answer: StoredAnswer) -> Markup:
@@ -58,11 +67,16 @@ def _version_numbers(versions: list[StoredAnswer]) -> dict[str, int]:
 @bp.get("/a/<answer_id>")
 @needs(HISTORY_PAGE)
 def answer_page(answer_id: str) -> str:
+    form = prompt_form()
+    form.prompt.data = ""
+    return _answer_view(answer_id, form, recent_answers())
+
+
+def _answer_view(answer_id: str, form: PromptForm, listing: dict[str, Any]) -> str:
+    """An answer's page: `form` is its Refine form, `listing` the history beside it."""
     answer = answer_of(answer_id, ended=True)  # as it ended, if that was just now elsewhere
     versions = store().versions(owner(), answer.conversation_id)
-    form = prompt_form()
     form.conversation_id.data = answer.conversation_id
-    form.prompt.data = ""
     return page(
         "answer.html",
         form=form,
@@ -73,13 +87,39 @@ def answer_page(answer_id: str) -> str:
         files=exports.code_files(answer.code_blocks),
         # Still being written: the page follows it live (static/app.js), as a reader.
         running=answer.outcome in ("pending", CANCELLING),
-        **recent_answers(),
+        **listing,
         share_url=(
             url_for("ui.shared", share_id=answer.share_id, _external=True)
             if answer.share_id
             else None
         ),
     )
+
+
+# The pages that list the history beside a form: the form's own, and an answer's.
+_LISTED_ON = re.compile(r"/(?:a/(?P<answer>[\w-]{1,32}))?")
+
+
+@bp.post("/history/filter")
+@needs(HISTORY_PAGE)
+def filter_history() -> str | BaseResponse:
+    """The history's filter without the script: it is part of the prompt form, so the
+    prompt being typed comes along and the page it was on is shown again with it, the
+    list filtered (or cleared). Enter in a field of that form lands here too: it filters
+    when the filter was changed, else it generates (the form again, as its own button
+    sends it)."""
+    sent = request.form
+    action = sent.get("history", "")
+    query = sent.get("q", "")
+    if action == "enter" and query.strip() == sent.get("shown_q", "").strip():
+        return redirect(url_for("ui.submit"), code=307)  # the same POST, to generate
+    listed = _LISTED_ON.fullmatch(sent.get("here", ""))
+    here = listed.group(0) if listed else url_for("ui.index")
+    listing = recent_answers("" if action == "clear" else query, here)
+    form = prompt_form()
+    if listed and listed.group("answer"):
+        return _answer_view(listed.group("answer"), form, listing)
+    return page("index.html", form=form, examples=EXAMPLES, **listing)
 
 
 @bp.get("/a/<answer_id>/live")

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import orjson
 from flask import (
     Blueprint,
     Response,
@@ -38,6 +40,7 @@ from wtforms import (
 from wtforms.validators import DataRequired, Length, Optional
 
 from webapp.answers.jobs import FOLLOWER_WRITE_STALL, Numbered
+from webapp.answers.store import now
 from webapp.config import Config
 from webapp.errors import AppError, BadRequest, ClientTooSlow
 from webapp.relay import formats
@@ -59,6 +62,7 @@ from webapp.web.service import (
     read_json_body,
     recorder,
     run_detached,
+    store,
 )
 from webapp.web.signins import session_key
 
@@ -331,18 +335,24 @@ def _signin_page(form: SignInForm, error: str | None) -> str:
 HISTORY_LIST = 20
 
 
-def recent_answers() -> dict[str, Any]:
+def recent_answers(query: str | None = None, here: str | None = None) -> dict[str, Any]:
     """The list beside the form, as the templates take it: the owner's answers
-    (`history`, None: HISTORY=off), newest first after `?before=`, filtered by `?q=`
-    (`query`), and the cursor of the older ones (`older`, None on the last page)."""
+    (`history`, None: HISTORY=off), newest first after `?before=`, filtered by `query`
+    (else `?q=`), the cursor of the older ones (`older`, None on the last page), and the
+    page it is listed on (`history_here`: the page a filter lists again)."""
     history = recorder()
-    query = request.args.get("q", "")[:200]
+    if here is None:
+        here = request.path if request.method == "GET" else url_for("ui.index")
+    before = request.args.get("before") or None
+    if query is None:
+        query = request.args.get("q", "")
+    else:
+        before = None  # a new filter lists from the newest
+    query = query.strip()[:200]
     if history is None:
-        return {"history": None, "query": query, "older": None}
-    found, older = history.store.page(
-        owner(), query=query, limit=HISTORY_LIST, before=request.args.get("before") or None
-    )
-    return {"history": found, "query": query, "older": older}
+        return {"history": None, "query": query, "older": None, "history_here": here}
+    found, older = history.store.page(owner(), query=query, limit=HISTORY_LIST, before=before)
+    return {"history": found, "query": query, "older": older, "history_here": here}
 
 
 @bp.get("/")
@@ -493,6 +503,27 @@ def reattach(answer_id: str) -> Response:
     """The page picks an answer up again (a reload, a dropped connection): the
     events after `?after=` characters, then the live ones, as /ui/stream sends them."""
     return follow_counted(answer_id, events_after(), lambda f: _page_stream(f.events, f.text))
+
+
+# How far back a page that was reloaded before it learnt its answer's id looks for it.
+STARTED_WITHIN = 120.0
+
+
+@bp.get("/ui/answers/started")
+@needs(HISTORY_PAGE)
+def started_answers() -> Response:
+    """The owner's answers begun in the last `?within=` seconds (newest first, a few at
+    most): the page reloaded before its answer's id reached it finds that answer here
+    by its prompt (static/app.js), and follows it."""
+    raw = request.args.get("within", "10")
+    try:
+        within = min(max(float(raw), 0.0), STARTED_WITHIN)
+    except ValueError:
+        raise BadRequest("within: must be a number of seconds.") from None
+    found, _ = store().page(owner(), limit=5)  # this worker's queued rows first
+    since = now() - timedelta(seconds=within)
+    recent = [{"id": a.id, "prompt": a.prompt} for a in found if a.created_at >= since]
+    return Response(orjson.dumps({"answers": recent}), mimetype="application/json")
 
 
 def _with_blocks(
