@@ -305,8 +305,17 @@
       settledTo += end;
     }
     renderTail(text.slice(settledTo));
-    if (atBottom && controller) window.scrollTo(0, document.documentElement.scrollHeight);
+    if (atBottom && controller) keepEndInView();
   }
+
+  // Following the stream keeps the answer's end in view, just above Stop: not the page's
+  // bottom, where the history (below the answer on a phone) would take the screen.
+  function keepEndInView() {
+    const room = stopButton.hidden ? window.innerHeight : stopButton.getBoundingClientRect().top;
+    const over = answer.getBoundingClientRect().bottom - (room - 12);
+    if (over > 0) window.scrollBy(0, over);
+  }
+  const endInView = () => answer.getBoundingClientRect().bottom <= window.innerHeight + 80;
 
   function renderTail(rest) {
     if (rest.startsWith("```")) {
@@ -962,11 +971,8 @@
   });
   // Regenerate asks again with what the form says now (edited or not).
   regenButton.addEventListener("click", () => !controller && generate(params(), false));
-  // Follow the stream unless the reader scrolled up to read.
-  window.addEventListener("scroll", () => {
-    const doc = document.documentElement;
-    follow = window.innerHeight + window.scrollY >= doc.scrollHeight - 80;
-  }, { passive: true });
+  // Follow the stream unless the reader scrolled up to read (its end out of view).
+  window.addEventListener("scroll", () => { follow = endInView(); }, { passive: true });
   resume();
   recoverPending();
   // Copy brings in what has arrived first (static/codeblocks.js has Copy and Run).

@@ -172,22 +172,53 @@ def test_a_failed_request_leaves_the_previous_answer(open_page: Any, fake: FakeU
     assert "def is_palindrome" in page.inner_text("#answer")
 
 
+# Links whose centre is on screen but under something else (the fixed Stop, say).
+COVERED_LINKS = """() => [...document.querySelectorAll("a[href]")].filter((a) => {
+    const box = a.getBoundingClientRect();
+    const x = box.left + box.width / 2, y = box.top + box.height / 2;
+    if (!box.width || x < 0 || y < 0 || x >= innerWidth || y >= innerHeight) return false;
+    const top = document.elementFromPoint(x, y);
+    return !(top && (top === a || a.contains(top)));
+}).map((a) => a.textContent.trim() || a.href)"""
+# The share of the screen the history box takes, and where the answer's end is.
+ON_SCREEN = """() => {
+    const aside = document.querySelector("aside.history").getBoundingClientRect();
+    const shown = Math.max(0, Math.min(aside.bottom, innerHeight) - Math.max(aside.top, 0));
+    const end = document.getElementById("answer").getBoundingClientRect().bottom;
+    const stop = document.getElementById("stop").getBoundingClientRect();
+    return { history: shown / innerHeight, end, stopTop: stop.top, height: innerHeight };
+}"""
+
+
 def test_stop_stays_on_screen_and_the_page_follows_on_a_phone(
     open_page: Any, fake: FakeUpstream
 ) -> None:
-    page = open_page(viewport=PHONE)
+    phone = {"width": 390, "height": 844}
+    page = open_page(viewport=phone, has_touch=True, is_mobile=True)
+    for n in range(3):  # links in the history box, under the answer on a phone
+        submit(page, f"Listed {n}, a prompt long enough to fill a line or two [[fake tokens=2]]")
+        page.wait_for_selector("#saved-link")
+    assert page.is_hidden("kbd")  # no Enter/Esc on a touch screen to press as told
     submit(page, "Endless [[fake forever=1 delay=0.005 pad=6]]")
     wait_until(page, "document.documentElement.scrollHeight > 2 * window.innerHeight")
-    time.sleep(0.5)
-    box = page.query_selector("#stop").bounding_box()
-    assert box["y"] >= 0 and box["y"] + box["height"] <= PHONE["height"]
-    at_bottom = page.evaluate(
-        "window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 200"
-    )
-    assert at_bottom  # the page followed the stream
+    for _ in range(5):  # while it follows the stream
+        time.sleep(0.3)
+        box = page.query_selector("#stop").bounding_box()
+        assert box["y"] >= 0 and box["y"] + box["height"] <= phone["height"]
+        seen = page.evaluate(ON_SCREEN)
+        # The streaming text's end is in view, above Stop; not the page's bottom.
+        assert 0 < seen["end"] <= seen["stopTop"], seen
+        assert seen["history"] < 0.15, seen
+        assert page.evaluate(COVERED_LINKS) == []
     page.screenshot(path=str(SHOTS / "page-phone-streaming.png"))
+    # Read down to the history while it streams: Stop covers none of its links.
+    page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
+    time.sleep(0.3)
+    assert page.is_visible(".history-list a")
+    assert page.evaluate(COVERED_LINKS) == []
     page.click("#stop")
     wait_idle(page)
+    assert page.evaluate(COVERED_LINKS) == []
 
 
 def test_a_mistyped_address_is_a_page_for_browsers_and_json_for_scripts(
