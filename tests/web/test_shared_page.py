@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import IN_CI, ROOT, Server
 from tests.fake_upstream import FakeUpstream
 from tests.helpers import wait_idle
-from tests.web.test_page import DESKTOP, PHONE, wait_until
+from tests.web.test_page import DESKTOP, PHONE, SHOTS, audit, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -192,3 +192,50 @@ def test_the_compare_page_follows_a_version_being_written_then_compares(
         reader.click("nav.versions a:has-text('Version 2')")
         reader.wait_for_selector("#answer:not([data-running])", state="attached")
         assert reader.inner_text("#answer").split() == WHOLE, "never cut"
+
+
+EVERYTHING = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_shared_compare_and_docs_have_no_audit_finding_of_any_impact(
+    context_for: Any, short_grace: Server, fake: FakeUpstream, scheme: str, size: str
+) -> None:
+    viewport = DESKTOP if size == "desktop" else PHONE
+    options = {"color_scheme": scheme, "viewport": viewport}
+    docs = context_for(**options).new_page()
+    docs.goto(short_grace.url + "/docs")
+    assert audit(docs, EVERYTHING) == [], "the API docs"
+    owner = context_for(**options).new_page()
+    path = start(owner, short_grace, f"Slugs, audited {size} {scheme} [[fake answer=markdown]]")
+    wait_idle(owner)
+    owner.goto(short_grace.url + path)
+    owner.fill("#prompt", "Shorter, audited [[fake answer=code delay=0.1]]")
+    owner.press("#prompt", "Control+Enter")
+    owner.wait_for_url(re.compile(rf"/a/(?!{path.rsplit('/', 1)[1]}$)[\w-]+$"))
+    owner.click("#share-button")
+    link = owner.get_attribute("#share-url", "href")
+    compare = owner.context.new_page()
+    action = owner.get_attribute("form.compare", "action")
+    compare.goto(short_grace.url + action, wait_until="commit")
+    shared = context_for(**options).new_page()
+    shared.goto(link, wait_until="commit")
+    # During the answer: each page shows it as it comes.
+    compare.wait_for_selector("#live-version")
+    assert audit(compare, EVERYTHING) == [], "the compare page, during"
+    shared.wait_for_selector("#live-answer")
+    assert audit(shared, EVERYTHING) == [], "a shared answer, during"
+    # After it: the comparison, and the answer with its Copy, Run and downloads.
+    compare.wait_for_selector("#diff", timeout=20_000)
+    assert audit(compare, EVERYTHING) == [], "the compare page, after"
+    shared.wait_for_selector("#answer .rendered", timeout=20_000)
+    assert audit(shared, EVERYTHING) == [], "a shared answer, after"
+    shared.reload()  # as it is stored, with the script's buttons
+    shared.wait_for_selector("figure.codeblock button.copy")
+    assert audit(shared, EVERYTHING) == [], "a shared answer, stored"
+    assert shared.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+    shared.screenshot(path=str(SHOTS / f"history-shared-{size}-{scheme}.png"), full_page=True)
+    compare.reload()
+    assert audit(compare, EVERYTHING) == [], "the compare page, stored"
+    compare.screenshot(path=str(SHOTS / f"history-compare-{size}-{scheme}.png"), full_page=True)
