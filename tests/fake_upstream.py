@@ -95,10 +95,14 @@ ANSWERS = {
         "And a test for it:\n\n```python test_calc.py\nfrom calc import add\n\n\n"
         "def test_add():\n    assert add(2, 3) == 5\n```\n"
     ),
-    # One block that does not name its file: with one attachment, it is that file.
-    "edit_unnamed": (
-        "```python\ndef add(a, b):\n    # adds\n    return a + b\n```\nDone.\n"
+    # A second refinement of "edit"'s `calc.py`: it adds `sub`.
+    "edit2": (
+        "```python calc.py\ndef add(a: int, b: int) -> int:\n"
+        '    """Return the sum of a and b."""\n    return a + b\n\n\n'
+        "def sub(a: int, b: int) -> int:\n    return a - b\n```\n"
     ),
+    # One block that does not name its file: with one attachment, it is that file.
+    "edit_unnamed": ("```python\ndef add(a, b):\n    # adds\n    return a + b\n```\nDone.\n"),
     "xss": (
         "Careful: <script>window.__pwned = 1</script> and "
         '<img src=x onerror="window.__pwned = 2"> are just text.\n\n'

@@ -44,6 +44,7 @@ _ZERO_ALLOWED = frozenset(
         "history_days",
         "history_max_answers",
         "max_files",
+        "history_max_file_bytes",
     }
 )
 
@@ -98,9 +99,7 @@ class Config:
     max_body_bytes: int = _setting(
         1_048_576, "Largest request body accepted (413 above); attached files travel in it."
     )
-    max_files: int = _setting(
-        8, "Files one request may attach (`files`); 0 turns attaching off."
-    )
+    max_files: int = _setting(8, "Files one request may attach (`files`); 0 turns attaching off.")
     max_file_bytes: int = _setting(
         100_000, "Largest attached file, in bytes of UTF-8 text (400 `file_too_large` above)."
     )
@@ -238,6 +237,11 @@ class Config:
         "Answers kept per owner: past it, the oldest are deleted as new ones are written "
         "(none still running); a conversation loses its oldest versions first, and a "
         "follow-up builds on those left. 0 keeps them all.",
+    )
+    history_max_file_bytes: int = _setting(
+        50_000_000,
+        "Bytes of attached and answered files kept per owner (each content counted once); "
+        "past it, a request that attaches more is a 400 `files_full`. 0: no bound.",
     )
     data_dir: str = _setting(
         "~/.local/share/streaming-codegen",

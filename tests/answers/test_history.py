@@ -314,7 +314,7 @@ def test_the_migrations_build_exactly_the_models(database_url: str) -> None:
         context = MigrationContext.configure(connection)
         assert compare_metadata(context, Base.metadata) == []
         revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert revision == "0005"
+    assert revision == "0006"
     store.close()
 
 
@@ -330,7 +330,7 @@ def test_a_database_of_the_first_release_is_upgraded_at_start_up(database_url: s
     store = Store.open(database_url)
     with store.engine.connect() as connection:
         revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert revision == "0005"
+    assert revision == "0006"
     assert store.cancel_requested() == [row.id]
     store.close()
 

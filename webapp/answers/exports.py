@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import zipfile
 from dataclasses import dataclass
+from typing import Any
 
 from webapp import diffs
 from webapp.diffs import DIFF_TIMEOUT as DIFF_TIMEOUT
@@ -20,6 +21,9 @@ from webapp.relay.codeblocks import EXTENSIONS
 
 # A zip of an answer: an answer has at most MAX_ANSWER_CHARS of text, so this bounds it too.
 ZIP_NAME = "answer-{id}.zip"
+
+
+PATCH_NAME = "changes.patch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,16 @@ def zip_of(files: list[CodeFile]) -> bytes:
         for file in files:
             archive.writestr(file.name, file.content)
     return buffer.getvalue()
+
+
+def patch_of(changes: list[dict[str, Any]]) -> str:
+    """An answer's file changes as one patch (`git apply` takes it at the files' folder)."""
+    return "".join(entry.get("diff") or "" for entry in changes)
+
+
+def changes_zip(new_versions: list[CodeFile], changes: list[dict[str, Any]]) -> bytes:
+    """The files an answer changed or made, as they now are, and `changes.patch`."""
+    return zip_of([*new_versions, CodeFile(PATCH_NAME, patch_of(changes))])
 
 
 def comparable_code(text: str, blocks: list[dict[str, str]]) -> list[str]:

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import gevent
 
 from webapp.answers.eventlog import EventLog, RedisUnavailable
+from webapp.answers.files import AnswerFiles, FileStore
 from webapp.answers.jobs import FOLLOWER_WRITE_STALL, Jobs, Numbered, follow_stored, writes_bounded
 from webapp.answers.recording import COALESCE, QUIET_WAIT, SAVE_INTERVAL, Recorder
 from webapp.answers.store import (
@@ -41,7 +42,8 @@ from webapp.answers.store import (
     now,
 )
 from webapp.config import Config
-from webapp.errors import Conflict, HistoryUnavailable, NotFound
+from webapp.errors import BadRequest, Conflict, HistoryUnavailable, NotFound
+from webapp.relay.attachments import Attachment
 from webapp.relay.events import PING
 from webapp.relay.generation import Turn
 
@@ -68,6 +70,8 @@ class Earlier:
     turns: list[Turn]
     continues: StoredAnswer | None = None
     parent_id: str | None = None
+    # The files it carries on from: a Continue's own, a follow-up's parent's latest.
+    files: list[Attachment] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +149,7 @@ class Answers:
         self.recorder = recorder
         self.config = config
         self.freshness = Freshness(recorder, config)
+        self._file_store: FileStore | None = None
 
     # Reading ------------------------------------------------------------------------
 
@@ -185,7 +190,12 @@ class Answers:
         versions = self.store().versions(owner, continued.conversation_id)
         ids = [v.id for v in versions]
         earlier = versions[: ids.index(continued.id)][-MAX_TURNS:] if continued.id in ids else []
-        return Earlier([(v.prompt, v.text) for v in earlier if v.text], continues=continued)
+        held = self._files().of(owner, continued.id)
+        return Earlier(
+            [(v.prompt, v.text) for v in earlier if v.text],
+            continues=continued,
+            files=[Attachment(f.name, f.content) for f in held.attached],
+        )
 
     def following(self, conversation_id: str, owner: str) -> Earlier:
         """A follow-up in one of the owner's conversations: its latest turns, each one
@@ -208,7 +218,38 @@ class Answers:
                 "conversation_id: there is no conversation of yours with that id.",
                 code="conversation_not_found",
             )
-        return Earlier([(v.prompt, v.text) for v in versions if v.text], parent_id=versions[-1].id)
+        parent = versions[-1].id
+        return Earlier(
+            [(v.prompt, v.text) for v in versions if v.text],
+            parent_id=parent,
+            files=self._files().of(owner, parent).latest(),
+        )
+
+    def files_of(self, answer_id: str, owner: str) -> AnswerFiles:
+        """One of the owner's answers' files (a 404 as `answer_of`)."""
+        self.answer_of(answer_id, owner)
+        return self._files().of(owner, answer_id)
+
+    def make_room(self, owner: str, adding: Sequence[Attachment]) -> None:
+        """HISTORY_MAX_FILE_BYTES: a 400 `files_full` when the owner's stored files and
+        these new ones would pass it (delete answers to make room)."""
+        limit = self.config.history_max_file_bytes
+        if not limit or self.recorder is None or not adding:
+            return
+        new = sum(len(f.content.encode("utf-8", "surrogatepass")) for f in adding)
+        held = self._files().bytes_held(owner)
+        if held + new > limit:
+            raise BadRequest(
+                f"files: your history holds {held:,} bytes of files; these {new:,} more would "
+                f"pass its limit of {limit:,}. Delete answers with files to make room.",
+                code="files_full",
+            )
+
+    def _files(self) -> FileStore:
+        stored = self.store()  # flushes this worker's queued writes, as every read does
+        if self._file_store is None:
+            self._file_store = FileStore(stored.engine)
+        return self._file_store
 
     def locate(self, answer_id: str, owner: str) -> StoredAnswer | None:
         """One of the owner's answers, from the database; None when only Redis knows it

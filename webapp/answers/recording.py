@@ -40,10 +40,13 @@ from typing import NamedTuple
 import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
+from sqlalchemy.engine import Connection
 
+from webapp.answers import files
 from webapp.answers.store import FinishedAnswer, NewAnswer, Store, StoredAnswer
 from webapp.errors import HistoryUnavailable
 from webapp.quiet import until_quiet
+from webapp.relay.attachments import Attachment, changes, new_versions
 from webapp.relay.codeblocks import extract_code_blocks
 from webapp.relay.events import Done
 from webapp.relay.generation import Relay
@@ -161,6 +164,7 @@ class Recorder:
                 conversation_id=conversation_id,
                 parent_id=parent_id,
             )
+            new.files = relay.attachments
             recording = Recording(new.id, owner, relay)
             self._queued.append((new, recording))
             ids = Recorded(new.id, new.conversation_id)
@@ -202,7 +206,7 @@ class Recorder:
         if not queued and not ended:
             return
         try:
-            self.store.write([new for new, _ in queued], ended)
+            self.store.write([new for new, _ in queued], ended, _files_of(queued, ended))
         except HistoryUnavailable:
             self.upkeep.failed("create" if queued else "finish")
             for _, recording in queued:
@@ -241,11 +245,19 @@ class Recorder:
         if continued is not None and continued.usage and usage:
             usage = {k: usage.get(k, 0) + continued.usage.get(k, 0) for k in usage}
         final, end = relay.final, relay.end
+        changed: list[dict[str, object]] | None = None
         if isinstance(end, Done) and continued is None:
             # The client was told these; the same text, so the same blocks.
-            blocks, timing = end.code_blocks, end.timing
+            blocks, timing, changed = end.code_blocks, end.timing, end.files
         else:  # a Continue's blocks span the stored text too; a failure sent none
             blocks, timing = extract_code_blocks(text), relay.timing()
+            if relay.attachments and relay.outcome == "ok":
+                changed = changes(text, blocks, relay.attachments)
+        results: list[Attachment] = []
+        if changed:
+            names = {entry["name"] for entry in changed}
+            versions = new_versions(blocks, relay.attachments)
+            results = [file for file in versions if file.name in names]
         self._ended.append(
             FinishedAnswer(
                 recording.answer_id,
@@ -256,6 +268,8 @@ class Recorder:
                 usage,
                 relay.cost_usd,
                 timing,
+                changed if relay.attachments else None,
+                tuple(results),
             )
         )
         if self._writer is None or self._writer.dead:
@@ -401,3 +415,23 @@ class Upkeep:
     def failed(self, operation: str) -> None:
         log.exception("history write failed", extra={"fields": {"operation": operation}})
         self.on_failure(operation)
+
+
+def _files_of(
+    queued: list[tuple[NewAnswer, Recording]], ended: list[FinishedAnswer]
+) -> Callable[[Connection], None] | None:
+    """What Store.write also writes: the new answers' attachments and the versions
+    the ended ones gave (None, the usual case, when there are none)."""
+    attached = [(new.id, new.files) for new, _ in queued if new.files]
+    given = [(end.id, end.results) for end in ended if end.results]
+    if not attached and not given:
+        return None
+
+    def write(connection: Connection) -> None:
+        for answer_id, held in attached:
+            files.link(connection, answer_id, files.ATTACHED, held)
+        for answer_id, held in given:
+            files.unlink(connection, answer_id, files.RESULT)  # a Continue's: the new ones
+            files.link(connection, answer_id, files.RESULT, held)
+
+    return write

@@ -55,6 +55,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from webapp.errors import HistoryUnavailable
 from webapp.ids import made_at, sortable_id
 from webapp.quiet import Stock
+from webapp.relay.attachments import Attachment
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 # Any constant works: it names the lock that serialises migrations on PostgreSQL.
@@ -172,6 +173,8 @@ class AnswerRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime)
     # A reader on another worker follows it through this row (webapp/answers/jobs.py).
     followed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Its `done` event's `files`: each attached file it changed, with the diff.
+    file_changes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
     # The rows a worker polls for a Stop sent to another worker: almost always none,
     # so the poll costs the same with 3 answers running or 3,000, and a big history.
@@ -231,6 +234,11 @@ _OLDEST_ENDED = (
     )
     .order_by(ANSWERS.c.created_at, ANSWERS.c.id)
     .limit(PRUNE_BATCH)
+)
+# Contents of files no answer links to (webapp/answers/files.py), after deletes.
+_ORPHAN_FILES = text(
+    "DELETE FROM file_contents WHERE NOT EXISTS"
+    " (SELECT 1 FROM answer_files WHERE answer_files.sha256 = file_contents.sha256)"
 )
 _DELETE_ANSWERS = ANSWERS.delete().where(ANSWERS.c.id.in_(bindparam("ids", expanding=True)))
 _DELETE_EMPTIED = _CONVERSATIONS.delete().where(
@@ -294,6 +302,7 @@ class NewAnswer:
     max_tokens: int
     parent_id: str | None
     started: float  # time.time(): a datetime costs ~5 us more to make, in a busy worker
+    files: tuple[Attachment, ...] = ()  # attached (webapp/answers/files.py writes them)
 
     def rows(self) -> tuple[tuple[Any, ...] | None, tuple[Any, ...]]:
         """BulkSQL.insert_conversation's values (None when it joins a conversation)
@@ -330,6 +339,9 @@ class FinishedAnswer:
     usage: dict[str, int] | None
     cost_usd: float | None
     timing: dict[str, float] | None
+    file_changes: list[dict[str, Any]] | None = None
+    # The new versions of files it gave (webapp/answers/files.py writes them).
+    results: tuple[Attachment, ...] = ()
 
     def row(self, stamp: str) -> tuple[Any, ...]:
         """BulkSQL.finish's values."""
@@ -341,6 +353,7 @@ class FinishedAnswer:
             None if self.usage is None else json_text(self.usage),
             self.cost_usd,
             None if self.timing is None else json_text(self.timing),
+            None if self.file_changes is None else json_text(self.file_changes),
             stamp,
             self.id,
         )
@@ -378,7 +391,7 @@ class BulkSQL:
         self.finish = (
             f"UPDATE answers SET text = {mark}, code_blocks = {mark}, finish_reason = {mark},"
             f" outcome = {mark}, usage = {mark}, cost_usd = {mark}, timing = {mark},"
-            f" updated_at = {mark} WHERE id = {mark}"
+            f" file_changes = {mark}, updated_at = {mark} WHERE id = {mark}"
         )
         # The text is cut to what the recorder knows was saved, then added to: run
         # twice (a commit whose acknowledgement was lost, then retried), it adds once.
@@ -413,6 +426,7 @@ class StoredAnswer:
     share_id: str | None
     created_at: datetime
     updated_at: datetime
+    file_changes: list[dict[str, Any]] | None = None
 
     @classmethod
     def of(cls, row: AnswerRow) -> StoredAnswer:
@@ -430,6 +444,7 @@ class StoredAnswer:
         body["created_at"] = self.created_at.isoformat() + "Z"
         body["updated_at"] = self.updated_at.isoformat() + "Z"
         body["shared"] = body.pop("share_id") is not None
+        body["files"] = body.pop("file_changes") or []
         return body
 
 
@@ -613,7 +628,15 @@ class _Listing(_Base):
 
 class _Keeping(_Base):
     """The store's upkeep: what an owner does to their answers (delete, share) and the
-    bounds kept on them (HISTORY_MAX_ANSWERS, HISTORY_DAYS)."""
+    bounds kept on them (HISTORY_MAX_ANSWERS, HISTORY_DAYS). A deleted answer's files
+    go with it (webapp/answers/files.py)."""
+
+    def _drop_orphan_files(self) -> None:
+        """Delete the file contents no answer links to any more. Its own transaction,
+        after the delete: an attach racing it keeps its content (the link's row lock),
+        and at worst this waits for the next delete."""
+        with contextlib.suppress(SQLAlchemyError), self.engine.begin() as connection:
+            connection.execute(_ORPHAN_FILES)
 
     @translated
     def delete_answer(self, owner: str, answer_id: str) -> bool:
@@ -633,7 +656,8 @@ class _Keeping(_Base):
             )
             if not left:
                 session.execute(delete(Conversation).where(Conversation.id == conversation_id))
-            return True
+        self._drop_orphan_files()
+        return True
 
     @translated
     def delete_conversation(self, owner: str, conversation_id: str) -> bool:
@@ -649,7 +673,9 @@ class _Keeping(_Base):
                     Conversation.id == conversation_id, Conversation.owner == owner
                 )
             )
-            return bool(gone)
+        if gone:
+            self._drop_orphan_files()
+        return bool(gone)
 
     @translated
     def share(self, owner: str, answer_id: str) -> str | None:
@@ -703,6 +729,8 @@ class _Keeping(_Base):
                     _DELETE_EMPTIED, {"ids": list({d.conversation_id for d in doomed})}
                 )
                 gone += len(doomed)
+        if gone:
+            self._drop_orphan_files()
         return gone
 
     @translated
@@ -724,7 +752,8 @@ class _Keeping(_Base):
                     .exists(),
                 )
             )
-            return len(ids)
+        self._drop_orphan_files()
+        return len(ids)
 
 
 class Store(_Listing, _Keeping):
@@ -785,9 +814,14 @@ class Store(_Listing, _Keeping):
         )
 
     @translated
-    def write(self, answers: list[NewAnswer], ends: list[FinishedAnswer]) -> None:
+    def write(
+        self,
+        answers: list[NewAnswer],
+        ends: list[FinishedAnswer],
+        also: Callable[[Connection], None] | None = None,
+    ) -> None:
         """New answers (and their new conversations), then the last state of ended
-        ones: one transaction for all."""
+        ones, then `also` (their files: webapp/answers/files.py): one transaction."""
         rows = [a.rows() for a in answers]
         conversations = [conversation for conversation, _ in rows if conversation]
         with self.engine.begin() as connection:
@@ -798,6 +832,8 @@ class Store(_Listing, _Keeping):
             if ends:
                 stamp = stamp_text(time.time())
                 connection.exec_driver_sql(self._sql.finish, [end.row(stamp) for end in ends])
+            if also is not None:
+                also(connection)
 
     @translated
     def save_growth(self, growth: list[tuple[str, int, str]]) -> None:

@@ -1,7 +1,10 @@
 """The history API: the owner's answers as JSON, deletion and share links.
 
     GET    /answers                  newest first (?q= filter, ?limit=, ?before= cursor)
-    GET    /answers/<id>             one answer
+    GET    /answers/<id>             one answer (with `attachments`, `results` and `files`)
+    GET    /answers/<id>/files/<name>  a file as the answer left it (?version=attached)
+    GET    /answers/<id>/changes.patch the diffs of the files it changed, one patch
+    GET    /answers/<id>/changes.zip   the files it changed or made, and that patch
     DELETE /answers/<id>             204
     POST   /answers/<id>/share       {"share_id", "share_url"}
     DELETE /answers/<id>/share       204 (the link is a 404 from then on)
@@ -22,6 +25,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, g, request, url_for
 
+from webapp.answers import exports
 from webapp.answers.life import Followed
 from webapp.answers.store import MAX_PAGE_SIZE, PAGE_SIZE
 from webapp.errors import BadRequest, NotFound
@@ -76,7 +80,50 @@ def list_answers() -> Response:
 @bp.get("/answers/<answer_id>")
 def get_answer(answer_id: str) -> Response:
     # As it ended, when it just ended on another worker (a script reads it at once).
-    return _json(answer_of(answer_id, ended=True).to_json())
+    body = answer_of(answer_id, ended=True).to_json()
+    held = answers().files_of(answer_id, owner())
+    body["attachments"] = [file.to_json() for file in held.attached]
+    body["results"] = [file.to_json() for file in held.results]
+    return _json(body)
+
+
+@bp.get("/answers/<answer_id>/files/<name>")
+def answer_file(answer_id: str, name: str) -> Response:
+    version = request.args.get("version", "latest")
+    if version not in ("latest", "attached"):
+        raise BadRequest("version: must be latest or attached.")
+    held = answers().files_of(answer_id, owner())
+    found = held.find(name, "attached") if version == "attached" else None
+    if version == "latest":
+        found = held.find(name, "result") or held.find(name, "attached")
+    if found is None:
+        raise NotFound(f"This answer has no file named {name!r}.", code="file_not_found")
+    return _download(found.content.encode(), name, "text/plain; charset=utf-8")
+
+
+@bp.get("/answers/<answer_id>/changes.patch")
+def answer_patch(answer_id: str) -> Response:
+    answer = answer_of(answer_id, ended=True)
+    patch = exports.patch_of(answer.file_changes or [])
+    return _download(patch.encode(), f"answer-{answer_id}.patch", "text/x-diff; charset=utf-8")
+
+
+@bp.get("/answers/<answer_id>/changes.zip")
+def answer_changes_zip(answer_id: str) -> Response:
+    answer = answer_of(answer_id, ended=True)
+    held = answers().files_of(answer_id, owner())
+    new = [exports.CodeFile(file.name, file.content) for file in held.results]
+    body = exports.changes_zip(new, answer.file_changes or [])
+    return _download(body, f"answer-{answer_id}-changes.zip", "application/zip")
+
+
+def _download(body: bytes, name: str, mimetype: str) -> Response:
+    response = Response(body, mimetype=mimetype)
+    # The name is the owner's own and one plain segment (webapp/relay/attachments.py);
+    # Werkzeug quotes it (and adds filename* for what is not ASCII).
+    response.headers.set("Content-Disposition", "attachment", filename=name)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 @bp.delete("/answers/<answer_id>")

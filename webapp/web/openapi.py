@@ -127,6 +127,16 @@ class StoredAnswer(BaseModel):
     shared: bool
     created_at: str
     updated_at: str
+    files: list[FileChange] = Field(description="As the `done` event's: the diffs.")
+    attachments: list[StoredFileInfo] = Field(description="The files it was given.")
+    results: list[StoredFileInfo] = Field(description="The new versions it gave.")
+
+
+class StoredFileInfo(BaseModel):
+    name: str
+    role: Literal["attached", "result"]
+    size: int = Field(description="Bytes of UTF-8.")
+    sha256: str
 
 
 class AnswerSummary(BaseModel):
@@ -437,6 +447,62 @@ HISTORY_PATHS: dict[str, Any] = {
             "summary": "Delete one of your answers",
             "parameters": [_ANSWER_ID],
             "responses": {**_GONE, **_failures("401", "404")},
+        },
+    },
+    "/answers/{answer_id}/files/{name}": {
+        "get": {
+            "operationId": "answerFile",
+            "summary": "A file of the answer: as it left it (default), or as attached",
+            "parameters": [
+                _ANSWER_ID,
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "version",
+                    "in": "query",
+                    "schema": {"enum": ["latest", "attached"], "default": "latest"},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "The file (an attachment download)",
+                    "headers": _REQUEST_ID,
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                **_failures("400", "401", "404"),
+            },
+        },
+    },
+    "/answers/{answer_id}/changes.patch": {
+        "get": {
+            "operationId": "answerPatch",
+            "summary": "The diffs of the files the answer changed or made, as one patch",
+            "description": "`git apply` takes it in the folder of the attached files.",
+            "parameters": [_ANSWER_ID],
+            "responses": {
+                "200": {
+                    "description": "The patch (empty when nothing changed)",
+                    "headers": _REQUEST_ID,
+                    "content": {"text/x-diff": {"schema": {"type": "string"}}},
+                },
+                **_failures("401", "404"),
+            },
+        },
+    },
+    "/answers/{answer_id}/changes.zip": {
+        "get": {
+            "operationId": "answerChangesZip",
+            "summary": "The files the answer changed or made, as they now are, and the patch",
+            "parameters": [_ANSWER_ID],
+            "responses": {
+                "200": {
+                    "description": "A zip",
+                    "headers": _REQUEST_ID,
+                    "content": {
+                        "application/zip": {"schema": {"type": "string", "format": "binary"}}
+                    },
+                },
+                **_failures("401", "404"),
+            },
         },
     },
     "/answers/{answer_id}/share": {

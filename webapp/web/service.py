@@ -14,12 +14,12 @@ from flask import Flask, current_app, g, request, session
 from flask.sessions import SessionMixin
 
 from webapp.answers.jobs import Job, Jobs
-from webapp.answers.life import Answers
+from webapp.answers.life import Answers, Earlier
 from webapp.answers.recording import Recorder
 from webapp.answers.store import Store, StoredAnswer
 from webapp.errors import BadRequest, Unauthorized, UnsupportedMediaType
 from webapp.ids import random_id
-from webapp.relay.attachments import decoded
+from webapp.relay.attachments import Attachment, decoded
 from webapp.relay.generation import GenerationService, Relay
 from webapp.relay.schema import GenerateCodeRequest
 from webapp.sockets import peer_closed
@@ -135,6 +135,9 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
     elif params.conversation_id is not None:
         earlier = answers().following(params.conversation_id, owner())
     continued = earlier.continues if earlier is not None else None
+    files = carried_files(params, earlier)
+    if params.attachments and recorder() is not None:
+        answers().make_room(owner(), params.attachments)
     if continued is not None:  # a Continue carries on the stored prompt
         prompt, language = continued.prompt, continued.language
         if model is None and continued.model in generation().provider.models:
@@ -149,7 +152,7 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
         client=g.client_id,
         turns=earlier.turns if earlier is not None else None,
         partial=continued.text if continued else None,
-        files=params.attachments,
+        files=files,
     )
     relay.watch_client(client_socket())
     limits = guard()
@@ -230,13 +233,24 @@ def form_body() -> dict[str, object]:
     return body
 
 
+def carried_files(params: GenerateCodeRequest, earlier: Earlier | None) -> list[Attachment]:
+    """The files an answer works on: a Continue's own; a follow-up's conversation's
+    latest, each replaced by a new attachment of the same name; else its attachments."""
+    if earlier is None or not earlier.files:
+        return list(params.attachments)
+    given = {file.name: file for file in params.attachments}
+    files = [given.pop(file.name, file) for file in earlier.files]
+    return files + list(given.values())
+
+
 def read_json_body() -> object:
     """The request body as JSON (orjson: deep nesting is an error, not a crash)."""
     # Only JSON: a cross-site form can post text/plain without a CORS preflight,
     # and that must not drive generation on the operator's key.
     if request.mimetype != "application/json":
         raise UnsupportedMediaType(
-            "Send the body as JSON, with the header Content-Type: application/json."
+            "Send the body as JSON (Content-Type: application/json), or as a form with files "
+            "(multipart/form-data)."
         )
     raw = request.get_data(cache=False)  # bounded by MAX_BODY_BYTES when it was read
     if not raw.strip():
