@@ -2,6 +2,7 @@
 
     python -m bench.eval [--url http://localhost:8000] [--subset even|odd|all] [--limit N]
     python -m bench.eval --direct            # the same GGUF through llama-cpp-python, bare
+    python -m bench.eval --task edit [--direct]    # edit an attached file (bench/edit.py)
     python -m bench.eval --compare A.json B.json   # two runs, problem by problem
 
 Each problem is asked as a person would ("Complete this Python function", its
@@ -16,6 +17,10 @@ that a figure reported from it stays honest. Without `--url`, the app is
 started the way `make run` starts it (the embedded model when no key is set).
 `--direct` is the baseline: the model file through llama-cpp-python with its
 own chat template, no system prompt, greedy. Results go to bench/results-eval-*.json.
+
+`--task edit` attaches each problem's canonical solution and asks for a change
+that keeps its behaviour (bench/edit.py); streams are never cut there, since the
+`done` event carries the app's diff.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from math import comb, sqrt
 from pathlib import Path
@@ -37,6 +43,7 @@ from typing import Any
 
 import requests
 
+from bench import edit
 from bench.sandbox import Outcome, run_program
 from webapp.relay.codeblocks import FENCE
 
@@ -84,26 +91,51 @@ class Answer:
     tokens: int
     seconds: float
     text: str = field(repr=False, default="")
+    named: bool | None = None  # edit task: the answer's block was attributed to the file
+    diff: str = field(repr=False, default="")
+
+
+@dataclass
+class Reply:
+    """One answer as it arrived: its text, time to first token and tokens; through the
+    API also its `done` event, or the error that ended it (a refusal, an error event)."""
+
+    text: str
+    ttft_s: float | None
+    tokens: int
+    done: dict[str, Any] | None = None
+    error: str = ""
 
 
 def ask_api(
-    url: str, prompt: str, max_tokens: int, cut: bool, language: str | None = "Python"
-) -> tuple[str, float | None, int]:
-    """(text, time to first token, tokens) from the API's NDJSON stream."""
+    url: str,
+    prompt: str,
+    max_tokens: int,
+    cut: bool,
+    language: str | None = "Python",
+    files: dict[str, str] | None = None,
+) -> Reply:
+    """The answer from the API's NDJSON stream, `files` attached (name: content)."""
     started = time.monotonic()
     first: float | None = None
     parts: list[str] = []
     tokens = 0
+    done: dict[str, Any] | None = None
+    body: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens}
+    if language:
+        body["language"] = language
+    if files:
+        body["files"] = [{"name": name, "content": text} for name, text in files.items()]
     with requests.post(
         url.rstrip("/") + "/generate-code/",
-        json={"prompt": prompt, "max_tokens": max_tokens}
-        | ({"language": language} if language else {}),
+        json=body,
         headers={"Accept": "application/x-ndjson"},
         stream=True,
         timeout=(10, 300),
     ) as response:
         if response.status_code != 200:
-            return f"[HTTP {response.status_code}] {response.text[:200]}", None, 0
+            error = f"[HTTP {response.status_code}] {response.text[:200]}"
+            return Reply(error, None, 0, error=error)
         for line in response.iter_lines():
             event = json.loads(line)
             if event["type"] == "delta":
@@ -114,10 +146,16 @@ def ask_api(
                 if cut and "```" in event["text"]:
                     closed = [m for m in FENCE.finditer("".join(parts)) if m.group(3)]
                     if closed:
-                        break  # the first block is complete: the rest is explanation
+                        # The first block is complete: the rest is explanation.
+                        return Reply("".join(parts), first, tokens)
             elif event["type"] == "done":
+                done = event
                 tokens = event["usage"].get("completion_tokens", tokens)
-    return "".join(parts), first, tokens
+            elif event["type"] == "error":
+                return Reply("".join(parts), first, tokens, error=str(event.get("code")))
+    if done is None:
+        return Reply("".join(parts), first, tokens, error="the stream ended without `done`")
+    return Reply("".join(parts), first, tokens, done)
 
 
 class Direct:
@@ -137,7 +175,7 @@ class Direct:
             verbose=False,
         )
 
-    def ask(self, prompt: str, max_tokens: int, cut: bool) -> tuple[str, float | None, int]:
+    def ask(self, prompt: str, max_tokens: int, cut: bool) -> Reply:
         started = time.monotonic()
         first: float | None = None
         parts: list[str] = []
@@ -156,7 +194,7 @@ class Direct:
             parts.append(text)
             if cut and "```" in text and any(m.group(3) for m in FENCE.finditer("".join(parts))):
                 break
-        return "".join(parts), first, len(parts)
+        return Reply("".join(parts), first, len(parts))
 
 
 def start_app() -> tuple[subprocess.Popen[bytes], str]:
@@ -186,29 +224,74 @@ def start_app() -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the app did not start within 300 s")
 
 
-def run(args: argparse.Namespace) -> list[Answer]:
-    chosen = problems(args.subset)[: args.limit or None]
+Ask = Callable[[dict[str, Any]], Reply]
+
+
+def asker(args: argparse.Namespace) -> Ask:
+    """How one problem is asked: through the API or the bare model, for the task."""
+    language = None if args.no_language else "Python"
     if args.direct:
         direct = Direct()
-        ask = direct.ask
-    else:
-        url = args.url
-        language = None if args.no_language else "Python"
-        ask = lambda prompt, max_tokens, cut: ask_api(url, prompt, max_tokens, cut, language)  # noqa: E731
+        if args.task == "edit":
+            return lambda p: direct.ask(
+                edit.user_message(edit.EDIT_REQUEST, {edit.NAME: edit.attachment(p)}, language),
+                args.max_tokens,
+                cut=False,
+            )
+        return lambda p: direct.ask(QUESTION.format(prompt=p["prompt"]), args.max_tokens, args.cut)
+    if args.task == "edit":
+        return lambda p: ask_api(
+            args.url,
+            edit.EDIT_REQUEST,
+            args.max_tokens,
+            cut=False,
+            language=language,
+            files={edit.NAME: edit.attachment(p)},
+        )
+    return lambda p: ask_api(
+        args.url, QUESTION.format(prompt=p["prompt"]), args.max_tokens, args.cut, language
+    )
+
+
+def judged(problem: dict[str, Any], reply: Reply, task: str) -> Answer:
+    """The reply's verdict, as an Answer (timing filled in by the caller)."""
+    if task == "complete":
+        outcome = judge(problem, reply.text)
+        return Answer(problem["task_id"], outcome.kind, outcome.detail, reply.ttft_s, 0, 0.0)
+    if reply.error:
+        return Answer(problem["task_id"], "error", reply.error, reply.ttft_s, 0, 0.0)
+    if reply.done is not None:  # the app's own blocks and diffs
+        blocks, files = reply.done.get("code_blocks", []), reply.done.get("files", [])
+    else:  # the bare model: the same attribution and diff, applied here
+        blocks, files = edit.answered(reply.text, {edit.NAME: edit.attachment(problem)})
+    verdict = edit.judge_edit(problem, blocks, files)
+    return Answer(
+        problem["task_id"],
+        verdict.kind,
+        verdict.detail,
+        reply.ttft_s,
+        0,
+        0.0,
+        named=verdict.named,
+        diff=verdict.diff,
+    )
+
+
+def run(args: argparse.Namespace) -> list[Answer]:
+    chosen = problems(args.subset)[: args.limit or None]
+    ask = asker(args)
     answers = []
     for index, problem in enumerate(chosen, start=1):
         started = time.monotonic()
-        text, first, tokens = ask(
-            QUESTION.format(prompt=problem["prompt"]), args.max_tokens, args.cut
-        )
-        seconds = time.monotonic() - started
-        outcome = judge(problem, text)
-        answers.append(
-            Answer(problem["task_id"], outcome.kind, outcome.detail, first, tokens, seconds, text)
-        )
+        reply = ask(problem)
+        answer = judged(problem, reply, args.task)
+        answer.seconds = time.monotonic() - started
+        answer.tokens, answer.text = reply.tokens, reply.text
+        answers.append(answer)
         passed = sum(a.kind == "passed" for a in answers)
         print(
-            f"[{index}/{len(chosen)}] {problem['task_id']}: {outcome.kind} ({passed}/{index})",
+            f"[{index}/{len(chosen)}] {problem['task_id']}: {answer.kind} ({passed}/{index})"
+            + (f": {answer.detail}" if answer.kind == "error" else ""),
             flush=True,
         )
     return answers
@@ -222,32 +305,47 @@ def report(answers: list[Answer], args: argparse.Namespace, label: str) -> dict[
         for a in answers
         if a.ttft_s is not None and a.seconds - a.ttft_s > 0 and a.tokens > 1
     ]
+    low, high = wilson(passed, len(answers))
     summary = {
         "label": label,
+        "task": args.task,
         "subset": args.subset,
         "problems": len(answers),
+        "passed": passed,
         "pass_at_1": round(100 * passed / max(1, len(answers)), 1),
+        "interval": (round(100 * low, 1), round(100 * high, 1)),
         "mean_ttft_s": round(statistics.mean(ttfts), 3) if ttfts else None,
         "tokens_per_s": round(statistics.median(rates), 1) if rates else None,
-        "cut_after_first_block": args.cut,
+        "cut_after_first_block": args.cut and args.task == "complete",
         "failures": dict(Counter(a.kind for a in answers if a.kind != "passed")),
     }
-    print(f"\n{label}, {args.subset} half ({len(answers)} problems)")
-    print("| what | pass@1 | mean TTFT | tokens/s | failures |\n| --- | --- | --- | --- | --- |")
+    if args.task == "edit":
+        summary["named"] = sum(bool(a.named) for a in answers)
+    subset = ("all" if args.subset == "all" else f"{args.subset} half") + (
+        f", first {args.limit}" if args.limit else ""
+    )
+    print(f"\n{label}, {args.task} task, {subset} ({len(answers)} problems)")
+    rate = "edit pass rate" if args.task == "edit" else "pass@1"
+    print(f"| what | {rate} | 95% interval | mean TTFT | tokens/s | failures |")
+    print("| --- | --- | --- | --- | --- | --- |")
     failures = ", ".join(f"{k} {v}" for k, v in sorted(summary["failures"].items())) or "none"
     print(
-        f"| {label} | {summary['pass_at_1']}% | {summary['mean_ttft_s']} s | "
+        f"| {label} | {passed}/{len(answers)}, {summary['pass_at_1']}% | "
+        f"{summary['interval'][0]}-{summary['interval'][1]}% | {summary['mean_ttft_s']} s | "
         f"{summary['tokens_per_s']} | {failures} |"
     )
-    if args.cut:
+    if args.task == "edit":
+        print(
+            f"({summary['named']} of {len(answers)} answers gave a block attributed to "
+            f"{edit.NAME}; the others were judged on their first Python block)"
+        )
+    elif args.cut:
         print(
             "(each answer was cut once its first code block closed; tokens/s counts stream reads)"
         )
-    out = (
-        ROOT
-        / "bench"
-        / f"results-eval-{label.replace(' ', '_')}-{args.subset}-{int(time.time())}.json"
-    )
+    task = "" if args.task == "complete" else f"{args.task}-"
+    name = f"results-eval-{task}{label.replace(' ', '_')}-{args.subset}-{int(time.time())}.json"
+    out = ROOT / "bench" / name
     out.write_text(
         json.dumps({"summary": summary, "answers": [asdict(a) for a in answers]}, indent=1)
     )
@@ -323,7 +421,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--url", help="a running app; default: start one as make run does")
     parser.add_argument("--subset", choices=("even", "odd", "all"), default="even")
     parser.add_argument("--limit", type=int, default=0, help="only the first N problems")
-    parser.add_argument("--max-tokens", type=int, default=768)
+    parser.add_argument(
+        "--task",
+        choices=("complete", "edit"),
+        default="complete",
+        help="complete a function (pass@1), or edit an attached file and keep its behaviour",
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=0, help="default: 768 to complete, 1024 to edit"
+    )
     parser.add_argument("--no-cut", dest="cut", action="store_false")
     parser.add_argument("--direct", action="store_true", help="the bare model, no app")
     parser.add_argument(
@@ -339,6 +445,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.compare:
         return print_comparison(args.compare)
+    args.max_tokens = args.max_tokens or (1024 if args.task == "edit" else 768)
     process = None
     if not args.direct and not args.url:
         process, args.url = start_app()

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from bench import edit
 from bench import eval as humaneval
 from bench.sandbox import run_program
+from tests import fake_upstream
 from tests.conftest import IN_CI, ROOT, Server
 from tests.fake_upstream import FakeUpstream
 
@@ -70,13 +73,13 @@ def test_writes_outside_its_folder_and_the_network_are_refused(tmp_path: Path) -
 
 
 def test_the_api_is_asked_as_a_person_would(server: Server, fake: FakeUpstream) -> None:
-    text, first, tokens = humaneval.ask_api(
+    reply = humaneval.ask_api(
         server.url, "Complete this [[fake answer=code delay=0.02]]", 200, cut=True
     )
-    assert "def is_palindrome" in text and first is not None and tokens > 3
-    assert "punctuation is dropped" not in text  # cut once the first block closed
-    whole, _, _ = humaneval.ask_api(server.url, "Again [[fake answer=code]]", 200, cut=False)
-    assert "It **normalises**" in whole
+    assert "def is_palindrome" in reply.text and reply.ttft_s is not None and reply.tokens > 3
+    assert "punctuation is dropped" not in reply.text  # cut once the first block closed
+    whole = humaneval.ask_api(server.url, "Again [[fake answer=code]]", 200, cut=False)
+    assert "It **normalises**" in whole.text and whole.done is not None
     assert requests.get(server.url + "/healthz", timeout=5).ok
 
 
@@ -102,3 +105,155 @@ def test_two_runs_are_compared_problem_by_problem(tmp_path: Path) -> None:
     (tmp_path / "b.json").write_text(json.dumps(b))
     printed = humaneval.main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     assert printed["p_value"] == compared["p_value"]
+
+
+# -- the edit task: an attached solution, changed without changing what it does --
+
+
+@pytest.fixture()
+def roomy(serve: Callable[..., Server], fake: FakeUpstream) -> Server:
+    """The app with room for a solution attached (the tests' default is 200 tokens)."""
+    return serve(MAX_PROMPT_TOKENS="4000")
+
+
+def commented(problem: dict[str, Any]) -> str:
+    """The attached solution with a comment added: an edit that keeps its behaviour."""
+    lines = edit.attachment(problem).splitlines()
+    body = next(i for i, line in enumerate(lines) if line.strip() == '"""' and i > 2) + 1
+    return "\n".join([*lines[:body], "    # Compare every pair of numbers.", *lines[body:]])
+
+
+def edited(code: str, opening: str = "python solution.py") -> str:
+    return f"Here is the new file:\n\n```{opening}\n{code}\n```\n\nI added comments."
+
+
+def verdict(problem: dict[str, Any], text: str) -> edit.EditVerdict:
+    blocks, files = edit.answered(text, {edit.NAME: edit.attachment(problem)})
+    return edit.judge_edit(problem, blocks, files)
+
+
+def test_every_attached_solution_passes_its_tests_unchanged(
+    problems: list[dict[str, Any]],
+) -> None:
+    """So an edit that fails broke the file; one that returns it as it was is `unchanged`."""
+    for problem in problems[::8]:
+        solution = edit.attachment(problem)
+        assert edit.run_file(problem, solution).kind == "passed", problem["task_id"]
+        assert verdict(problem, edited(solution)).kind == "unchanged", problem["task_id"]
+
+
+def test_an_edit_passes_when_its_file_changed_and_still_passes(
+    problems: list[dict[str, Any]],
+) -> None:
+    problem = problems[0]
+    good = verdict(problem, edited(commented(problem)))
+    assert (good.kind, good.named) == ("passed", True)
+    assert "+    # Compare every pair of numbers." in good.diff
+    assert good.diff.startswith("--- a/solution.py\n+++ b/solution.py\n")
+
+    broken = commented(problem).replace("return True", "return False")
+    assert verdict(problem, edited(broken)).kind == "wrong_answer"
+    # The file is the whole program: a version without its import fails.
+    alone = commented(problem).replace("from typing import List\n", "")
+    assert verdict(problem, edited(alone)).kind == "wrong_answer"
+    assert verdict(problem, edited("def has_close_elements(:")).kind == "syntax_error"
+    assert verdict(problem, "I would add comments.").kind == "no_code_block"
+    # A diff of blank lines and trailing spaces is not the change asked for.
+    spaced = edit.attachment(problem).replace("\n\n", "\n\n\n").replace(":\n", ":  \n")
+    assert verdict(problem, edited(spaced)).kind == "unchanged"
+
+
+def test_the_block_judged_is_the_one_the_answer_names(problems: list[dict[str, Any]]) -> None:
+    problem = problems[0]
+    good = commented(problem)
+    # A snippet first, then the file named on its fence: the file is judged.
+    snippet = "```python\nprint(has_close_elements([1.0], 0.5))\n```\n\n"
+    named = verdict(problem, snippet + edited(good))
+    assert (named.kind, named.named) == ("passed", True)
+    # Unnamed, the one Python block is the file's new version (the app's rule too).
+    assert verdict(problem, edited(good, opening="python")).named
+    # A block named after another file: judged on the first Python block, not named.
+    other = verdict(problem, edited(good, opening="python helpers.py"))
+    assert (other.kind, other.named) == ("passed", False)
+
+
+def test_the_bare_model_gets_the_message_the_app_builds(
+    roomy: Server, fake: FakeUpstream, problems: list[dict[str, Any]]
+) -> None:
+    solution = edit.attachment(problems[0])
+    reply = humaneval.ask_api(
+        roomy.url,
+        "Add comments [[fake answer=code]]",
+        200,
+        cut=False,
+        files={edit.NAME: solution},
+    )
+    assert reply.error == "" and reply.done is not None
+    [record] = fake.records_for("Add comments")
+    sent = record.body["messages"][-1]["content"]
+    assert sent == edit.user_message(
+        "Add comments [[fake answer=code]]", {edit.NAME: solution}, "Python"
+    )
+    assert "```python solution.py\n" + solution + "```" in sent
+    # The app's blocks and diffs are what `answered` finds in the same text.
+    blocks, files = edit.answered(reply.text, {edit.NAME: solution})
+    assert reply.done["code_blocks"] == blocks and reply.done["files"] == files
+
+
+def run_edit_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> Any:
+    monkeypatch.setattr(humaneval, "ROOT", tmp_path)  # results land here, not in bench/
+    (tmp_path / "bench").mkdir()
+    summary = humaneval.main(["--task", "edit", "--subset", "all", "--limit", "2", *argv])
+    [written] = (tmp_path / "bench").glob("results-eval-edit-*.json")
+    return summary, json.loads(written.read_text())
+
+
+def test_the_edit_task_through_the_api(
+    roomy: Server,
+    fake: FakeUpstream,
+    problems: list[dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Problem 0 answered with a commented version (passes), problem 1 with the file
+    as it was (unchanged): the API's own diffs decide, and both are counted."""
+    monkeypatch.setitem(fake_upstream.ANSWERS, "edit0", edited(commented(problems[0])))
+    monkeypatch.setitem(fake_upstream.ANSWERS, "edit1", edited(edit.attachment(problems[1])))
+    asked = []
+
+    def scripted(url: str, prompt: str, *args: Any, **kwargs: Any) -> humaneval.Reply:
+        solution = kwargs["files"][edit.NAME]
+        which = next(i for i, p in enumerate(problems[:2]) if edit.attachment(p) == solution)
+        asked.append(prompt)
+        return ask_api(url, f"{prompt} [[fake answer=edit{which}]]", *args, **kwargs)
+
+    ask_api = humaneval.ask_api
+    monkeypatch.setattr(humaneval, "ask_api", scripted)
+    summary, written = run_edit_task(
+        tmp_path, monkeypatch, ["--url", roomy.url, "--max-tokens", "500"]
+    )
+    assert asked == [edit.EDIT_REQUEST] * 2
+    assert (summary["passed"], summary["failures"], summary["named"]) == (1, {"unchanged": 1}, 2)
+    assert summary["interval"][0] < 50.0 < summary["interval"][1]
+    first = written["answers"][0]
+    assert first["kind"] == "passed" and "+    # Compare every pair" in first["diff"]
+
+
+def test_the_edit_task_with_the_bare_model(
+    problems: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--direct: the app's user message, and the app's attribution and diff applied here."""
+    asked: list[str] = []
+
+    class Bare:
+        def ask(self, prompt: str, max_tokens: int, cut: bool) -> humaneval.Reply:
+            asked.append(prompt)
+            code = commented(problems[0]) if len(asked) == 1 else "x = 1"  # a broken edit
+            return humaneval.Reply(edited(code), 0.1, 50)
+
+    monkeypatch.setattr(humaneval, "Direct", Bare)
+    summary, _ = run_edit_task(tmp_path, monkeypatch, ["--direct"])
+    assert asked[0] == edit.user_message(
+        edit.EDIT_REQUEST, {edit.NAME: edit.attachment(problems[0])}, "Python"
+    )
+    assert summary["passed"] == 1 and summary["failures"] == {"wrong_answer": 1}
