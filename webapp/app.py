@@ -239,7 +239,9 @@ def build_answers(app: Flask, config: Config) -> None:
         recorder.upkeep.purge_now()
         app.extensions["history"] = recorder
     app.extensions["jobs"] = jobs
-    app.extensions["answers"] = Answers(jobs=jobs, recorder=recorder, config=config)
+    app.extensions["answers"] = Answers(
+        jobs=jobs, recorder=recorder, config=config, generation=app.extensions["generation"]
+    )
 
 
 def register_routes(app: Flask) -> None:
@@ -267,13 +269,13 @@ def add_headers(response: Response) -> Response:
     headers = response.headers
     values = g._get_current_object()  # once: each use of the proxy looks it up
     headers["X-Request-ID"] = values.get("request_id", "")
-    recorded = values.get("recorded")
-    if recorded:
+    answer = values.get("answer")  # an answer this request started (webapp/web/service.py)
+    if answer is not None and answer.recorded:
         # `add`, not `[...] =`: nothing set them before, so no scan to replace.
-        headers.add("X-Answer-ID", recorded.answer_id)
-        headers.add("X-Conversation-ID", recorded.conversation_id)
-        if values.history_trimmed:
-            headers["X-History-Trimmed"] = str(values.history_trimmed)
+        headers.add("X-Answer-ID", answer.recorded.answer_id)
+        headers.add("X-Conversation-ID", answer.recorded.conversation_id)
+        if answer.trimmed:
+            headers["X-History-Trimmed"] = str(answer.trimmed)
     # No view sets its own, so one look decides for all.
     if "Content-Security-Policy" not in headers:
         headers.extend(_SECURITY_ITEMS)

@@ -1,8 +1,7 @@
 """An answer's life after it starts, in one place: find it, follow it, stop it.
 
     Answers.answer_of(id, owner)             the stored answer, or a 404
-    Answers.continuing(id, owner)            what a Continue of it builds on
-    Answers.following(conversation, owner)   what a follow-up in it builds on
+    Answers.start(params, owner, ...)        a new answer (webapp/answers/starting.py)
     Answers.follow(id, owner, after, gone)   its events after `after` characters
     Answers.cancel(id, owner)                Stop, wherever it runs
 
@@ -22,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 import gevent
@@ -32,20 +31,20 @@ from webapp.answers.eventlog import EventLog, RedisUnavailable
 from webapp.answers.files import AnswerFiles, FileStore
 from webapp.answers.jobs import FOLLOWER_WRITE_STALL, Jobs, Numbered, follow_stored, writes_bounded
 from webapp.answers.recording import COALESCE, QUIET_WAIT, SAVE_INTERVAL, Recorder
+from webapp.answers.starting import Started, Starter
 from webapp.answers.store import (
     CANCELLING,
     INTERRUPTED,
-    MAX_TURNS,
     Store,
     StoredAnswer,
     may_be_new,
     now,
 )
 from webapp.config import Config
-from webapp.errors import BadRequest, Conflict, HistoryUnavailable, NotFound
-from webapp.relay.attachments import Attachment
+from webapp.errors import HistoryUnavailable, NotFound
 from webapp.relay.events import PING
-from webapp.relay.generation import Turn
+from webapp.relay.generation import GenerationService
+from webapp.relay.schema import GenerateCodeRequest
 
 # The worker running an answer writes its row COALESCE after the start and its end
 # COALESCE after the end, up to QUIET_WAIT later when busy, and its client can hear
@@ -60,18 +59,6 @@ FRESH_POLL = 0.1
 MOST_WAITING = 32
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Earlier:
-    """What a new answer builds on: the earlier turns of its conversation, and the
-    answer it continues (a Continue) or follows (a follow-up's parent)."""
-
-    turns: list[Turn]
-    continues: StoredAnswer | None = None
-    parent_id: str | None = None
-    # The files it carries on from: a Continue's own, a follow-up's parent's latest.
-    files: list[Attachment] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +131,43 @@ class Answers:
     HISTORY=off) and the settings. Every read flushes this worker's queued writes
     first, so an answer that just started here is in what is read."""
 
-    def __init__(self, *, jobs: Jobs, recorder: Recorder | None, config: Config) -> None:
+    def __init__(
+        self,
+        *,
+        jobs: Jobs,
+        recorder: Recorder | None,
+        config: Config,
+        generation: GenerationService,
+    ) -> None:
         self.jobs = jobs
         self.recorder = recorder
         self.config = config
         self.freshness = Freshness(recorder, config)
         self._file_store: FileStore | None = None
+        self._starter = Starter(self, generation)
+
+    # Starting -----------------------------------------------------------------------
+
+    def start(
+        self,
+        params: GenerateCodeRequest,
+        owner: str,
+        *,
+        request_id: str,
+        client: str,
+        client_socket: object = None,
+        admit: Callable[[], Callable[[], None]] | None = None,
+    ) -> Started:
+        """A new answer, the owner's (webapp/answers/starting.py): what it builds on, its
+        relay (not started yet) and its record."""
+        return self._starter.start(
+            params,
+            owner,
+            request_id=request_id,
+            client=client,
+            client_socket=client_socket,
+            admit=admit,
+        )
 
     # Reading ------------------------------------------------------------------------
 
@@ -178,74 +196,13 @@ class Answers:
             raise NotFound("There is no answer of yours with that id.")
         return found
 
-    def continuing(self, answer_id: str, owner: str) -> Earlier:
-        """A Continue of one of the owner's answers: 409 unless it may be carried on
-        (cut at its max_tokens, or interrupted); the turns before it."""
-        continued = self.answer_of(answer_id, owner, ended=True)
-        if not continued.continuable:
-            raise Conflict(
-                "continue_answer: only an answer that stopped at its max_tokens can be "
-                "continued; this one ended on its own.",
-            )
-        versions = self.store().versions(owner, continued.conversation_id)
-        ids = [v.id for v in versions]
-        earlier = versions[: ids.index(continued.id)][-MAX_TURNS:] if continued.id in ids else []
-        held = self._files().of(owner, continued.id)
-        return Earlier(
-            [(v.prompt, v.text) for v in earlier if v.text],
-            continues=continued,
-            files=[Attachment(f.name, f.content) for f in held.attached],
-        )
-
-    def following(self, conversation_id: str, owner: str) -> Earlier:
-        """A follow-up in one of the owner's conversations: its latest turns, each one
-        whole (one that just ended on another worker is waited for); else a 404."""
-        stored = self.store()
-
-        def read() -> list[StoredAnswer]:
-            return stored.versions(owner, conversation_id, newest=MAX_TURNS)
-
-        versions = read()
-        versions = self.freshness.fresh(
-            read,
-            lambda found: bool(found) and all(map(self.freshness.settled, found)),
-            versions,
-            row_id=conversation_id,
-            missing=not versions,
-        )
-        if not versions:
-            raise NotFound(
-                "conversation_id: there is no conversation of yours with that id.",
-                code="conversation_not_found",
-            )
-        parent = versions[-1].id
-        return Earlier(
-            [(v.prompt, v.text) for v in versions if v.text],
-            parent_id=parent,
-            files=self._files().of(owner, parent).latest(),
-        )
-
     def files_of(self, answer_id: str, owner: str) -> AnswerFiles:
         """One of the owner's answers' files (a 404 as `answer_of`)."""
         self.answer_of(answer_id, owner)
-        return self._files().of(owner, answer_id)
+        return self.files().of(owner, answer_id)
 
-    def make_room(self, owner: str, adding: Sequence[Attachment]) -> None:
-        """HISTORY_MAX_FILE_BYTES: a 400 `files_full` when the owner's stored files and
-        these new ones would pass it (delete answers to make room)."""
-        limit = self.config.history_max_file_bytes
-        if not limit or self.recorder is None or not adding:
-            return
-        new = sum(len(f.content.encode("utf-8", "surrogatepass")) for f in adding)
-        held = self._files().bytes_held(owner)
-        if held + new > limit:
-            raise BadRequest(
-                f"files: your history holds {held:,} bytes of files; these {new:,} more would "
-                f"pass its limit of {limit:,}. Delete answers with files to make room.",
-                code="files_full",
-            )
-
-    def _files(self) -> FileStore:
+    def files(self) -> FileStore:
+        """The answers' files (webapp/answers/files.py), after this worker's writes."""
         stored = self.store()  # flushes this worker's queued writes, as every read does
         if self._file_store is None:
             self._file_store = FileStore(stored.engine)

@@ -14,12 +14,13 @@ from flask import Flask, current_app, g, request, session
 from flask.sessions import SessionMixin
 
 from webapp.answers.jobs import Job, Jobs
-from webapp.answers.life import Answers, Earlier
+from webapp.answers.life import Answers
 from webapp.answers.recording import Recorder
+from webapp.answers.starting import Started
 from webapp.answers.store import Store, StoredAnswer
 from webapp.errors import BadRequest, Unauthorized, UnsupportedMediaType
 from webapp.ids import random_id
-from webapp.relay.attachments import Attachment, decoded
+from webapp.relay.attachments import decoded
 from webapp.relay.generation import GenerationService, Relay
 from webapp.relay.schema import GenerateCodeRequest
 from webapp.sockets import peer_closed
@@ -98,7 +99,8 @@ def jobs() -> Jobs:
 def detach(relay: Relay) -> bool:
     """Make a new answer resumable, before it starts: its end is the job's to decide
     (RESUME_GRACE), not this response's. False when it cannot be (history off)."""
-    if not g.get("recorded"):
+    answer: Started | None = g.get("answer")
+    if answer is None or answer.recorded is None:
         return False
     relay.watch_client(None)
     return True
@@ -107,8 +109,11 @@ def detach(relay: Relay) -> bool:
 def run_detached(relay: Relay) -> Job:
     """The started answer as a job: this response reads it (`job.driven()`), later
     ones follow it."""
-    prefix = g.get("continued_text", "")
-    return jobs().start(relay, g.recorded.answer_id, owner(), prefix, client_socket())
+    answer: Started = g.answer
+    assert answer.recorded is not None  # detach() said so
+    return jobs().start(
+        relay, answer.recorded.answer_id, owner(), answer.continued_text, client_socket()
+    )
 
 
 def client_socket() -> object:
@@ -125,54 +130,30 @@ def client_gone() -> Callable[[], bool]:
 
 
 def new_relay(params: GenerateCodeRequest) -> Relay:
-    """A Relay for validated parameters, holding one of the client's stream slots,
-    recorded in the history (a follow-up or a Continue builds on what is stored).
-    Sets g.answer_id and g.conversation_id for the response headers."""
-    prompt, language, model = params.prompt, params.language, params.model
-    earlier = None  # what it builds on (webapp/answers/life.py)
-    if params.continue_answer is not None:
-        earlier = answers().continuing(params.continue_answer, owner())
-    elif params.conversation_id is not None:
-        earlier = answers().following(params.conversation_id, owner())
-    continued = earlier.continues if earlier is not None else None
-    files = carried_files(params, earlier)
-    if params.attachments and recorder() is not None:
-        answers().make_room(owner(), params.attachments)
-    if continued is not None:  # a Continue carries on the stored prompt
-        prompt, language = continued.prompt, continued.language
-        if model is None and continued.model in generation().provider.models:
-            model = continued.model
-    relay = generation().relay(
-        g.request_id,
-        prompt,
-        language=language,
-        model=model,
-        temperature=params.temperature,
-        max_tokens=params.max_tokens,
-        client=g.client_id,
-        turns=earlier.turns if earlier is not None else None,
-        partial=continued.text if continued else None,
-        files=files,
+    """Start an answer for validated parameters (webapp/answers/starting.py), holding one
+    of the client's stream slots. `g.answer` keeps it for the response (its headers,
+    a Continue's text); the relay is returned to be started and read."""
+    limits, client = guard(), g.client_id
+
+    def admit() -> Callable[[], None]:
+        slot = limits.acquire_stream(client)
+        return lambda: limits.release_stream(slot)
+
+    started = answers().start(
+        params,
+        owner(),
+        request_id=g.request_id,
+        client=client,
+        client_socket=client_socket(),
+        admit=admit,
     )
-    relay.watch_client(client_socket())
-    limits = guard()
-    slot = limits.acquire_stream(g.client_id)
-    relay.cleanups.append(lambda: limits.release_stream(slot))
-    history = recorder()
-    if history is not None:
-        values = g._get_current_object()  # once: each use of the proxy looks it up
-        values.recorded = history.begin(
-            relay,
-            owner(),
-            prompt=prompt,
-            language=language,
-            conversation_id=continued.conversation_id if continued else params.conversation_id,
-            parent_id=earlier.parent_id if earlier is not None else None,
-            continues=continued,
-        )
-        values.history_trimmed = relay.trimmed_turns
-    g.continued_text = continued.text if continued else ""
-    return relay
+    values = g._get_current_object()  # once: each use of the proxy looks it up
+    values.answer = started
+    # The page's routes still read these three (webapp/web/ui.py).
+    values.recorded = started.recorded
+    values.history_trimmed = started.trimmed
+    values.continued_text = started.continued_text
+    return started.relay
 
 
 # What a multipart form may carry besides its `files` parts, and how each is read.
@@ -231,16 +212,6 @@ def form_body() -> dict[str, object]:
         for number, (name, raw) in enumerate(uploads)
     ]
     return body
-
-
-def carried_files(params: GenerateCodeRequest, earlier: Earlier | None) -> list[Attachment]:
-    """The files an answer works on: a Continue's own; a follow-up's conversation's
-    latest, each replaced by a new attachment of the same name; else its attachments."""
-    if earlier is None or not earlier.files:
-        return list(params.attachments)
-    given = {file.name: file for file in params.attachments}
-    files = [given.pop(file.name, file) for file in earlier.files]
-    return files + list(given.values())
 
 
 def read_json_body() -> object:
