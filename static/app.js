@@ -237,7 +237,7 @@
       pre.scrollLeft = old.scrollLeft;
       if (focused) pre.focus({ preventScroll: true }); // a keyboard reader stays where they were
       fig.classList.remove("streaming");
-      window.codeBlocks.addRunButton(fig);
+      window.codeBlocks.decorate(fig);
     }
   }
 
@@ -372,7 +372,7 @@
       fig.replaceWith(figures[i]);
     });
     answer.replaceChildren(holder.content);
-    answer.querySelectorAll("figure.codeblock").forEach(window.codeBlocks.addRunButton);
+    answer.querySelectorAll("figure.codeblock").forEach(window.codeBlocks.decorate);
     tail = null;
     final = true;
     // A figure moved out and back loses focus: give it back (a Copy, a code block).

@@ -1,6 +1,7 @@
 // Code blocks on every page that shows an answer (the form's, an answer's own, a shared
-// one): Copy, and Run for Python where Pyodide is installed. Loaded before app.js, which
-// streams answers and calls codeBlocks.addRunButton on each block it closes.
+// one): Copy, and Run for Python where Pyodide is installed. Loaded before previews.js
+// (Preview and Run for web code, which adds itself to `decorators`) and app.js, which
+// streams answers and calls codeBlocks.decorate on each block it closes.
 "use strict";
 window.codeBlocks = (function () {
   document.documentElement.classList.add("js");
@@ -132,7 +133,12 @@ window.codeBlocks = (function () {
   }
 
   const api = {
-    addRunButton,
+    // A closed block's buttons: Python's Run here, others from `decorators`.
+    decorate: (fig) => {
+      addRunButton(fig);
+      for (const add of api.decorators) add(fig);
+    },
+    decorators: [],
     // Set by a page that streams: brings what has arrived into the page before a Copy.
     beforeCopy: () => {},
   };
@@ -154,7 +160,7 @@ window.codeBlocks = (function () {
     copy(button);
   });
   // A stored answer's blocks (or a shared one's) can run too.
-  const blocksNow = () => document.querySelectorAll(".answer figure.codeblock").forEach(addRunButton);
+  const blocksNow = () => document.querySelectorAll(".answer figure.codeblock").forEach(api.decorate);
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", blocksNow);
   else blocksNow();
   return api;

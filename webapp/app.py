@@ -73,6 +73,18 @@ RUNNER_POLICY = (
     "worker-src blob:; connect-src {static}pyodide/; base-uri 'none'; form-action 'none'; "
     "frame-ancestors 'self'"
 )
+# Preview and Run for web code (HTML, SVG, CSS, JavaScript) happen in the preview
+# document, at an opaque origin as the runner's: the code may run inline scripts and
+# styles and its own workers (blob:), and load nothing at all: no network, no app route,
+# no other origin. Only the page may frame it.
+PREVIEW_DOCUMENT = "preview.html"
+PREVIEW_POLICY = (
+    "sandbox allow-scripts; default-src 'none'; "
+    "script-src 'unsafe-inline' blob: {static}preview-frame.js; style-src 'unsafe-inline'; "
+    "img-src data: blob:; font-src data:; media-src data: blob:; connect-src 'none'; "
+    "worker-src blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+)
+SANDBOXED_DOCUMENTS = {RUNNER_DOCUMENT: RUNNER_POLICY, PREVIEW_DOCUMENT: PREVIEW_POLICY}
 # From that opaque origin every load is cross-origin: the files it loads (public
 # static files) allow any origin to read them. The app's routes never do.
 RUNNER_FILES = ("run-worker.js", "pyodide/")
@@ -282,9 +294,10 @@ def add_headers(response: Response) -> Response:
         if request.endpoint == "static":
             # As the static view resolves it: a raw prefix would match `pyodide/../x`.
             file = posixpath.normpath((request.view_args or {}).get("filename", ""))
-            if file == RUNNER_DOCUMENT:
+            policy = SANDBOXED_DOCUMENTS.get(file)
+            if policy is not None:
                 static = request.host_url + "static/"
-                headers["Content-Security-Policy"] = RUNNER_POLICY.format(static=static)
+                headers["Content-Security-Policy"] = policy.format(static=static)
                 headers["X-Frame-Options"] = "SAMEORIGIN"
             elif file.startswith(RUNNER_FILES):
                 headers["Access-Control-Allow-Origin"] = "*"
