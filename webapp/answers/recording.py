@@ -240,38 +240,7 @@ class Recorder:
             return
         if recording.lost:
             return
-        text = recording.text()
-        usage = relay.usage
-        if continued is not None and continued.usage and usage:
-            usage = {k: usage.get(k, 0) + continued.usage.get(k, 0) for k in usage}
-        final, end = relay.final, relay.end
-        changed: list[dict[str, object]] | None = None
-        if isinstance(end, Done) and continued is None:
-            # The client was told these; the same text, so the same blocks.
-            blocks, timing, changed = end.code_blocks, end.timing, end.files
-        else:  # a Continue's blocks span the stored text too; a failure sent none
-            blocks, timing = extract_code_blocks(text), relay.timing()
-            if relay.attachments and relay.outcome == "ok":
-                changed = changes(text, blocks, relay.attachments)
-        results: list[Attachment] = []
-        if changed:
-            names = {entry["name"] for entry in changed}
-            versions = new_versions(blocks, relay.attachments)
-            results = [file for file in versions if file.name in names]
-        self._ended.append(
-            FinishedAnswer(
-                recording.answer_id,
-                text,
-                blocks,
-                final.finish_reason if final else None,
-                relay.outcome,
-                usage,
-                relay.cost_usd,
-                timing,
-                changed if relay.attachments else None,
-                tuple(results),
-            )
-        )
+        self._ended.append(finished(recording, continued))
         if self._writer is None or self._writer.dead:
             self._writer = gevent.spawn(self._write)
         self._wake.set()
@@ -415,6 +384,42 @@ class Upkeep:
     def failed(self, operation: str) -> None:
         log.exception("history write failed", extra={"fields": {"operation": operation}})
         self.on_failure(operation)
+
+
+def finished(recording: Recording, continued: StoredAnswer | None) -> FinishedAnswer:
+    """What an ended answer's row holds: its whole text (a Continue's too), its blocks
+    and usage, and the files it changed (with their diffs) and their new versions."""
+    relay = recording.relay
+    text = recording.text()
+    usage = relay.usage
+    if continued is not None and continued.usage and usage:
+        usage = {k: usage.get(k, 0) + continued.usage.get(k, 0) for k in usage}
+    final, end = relay.final, relay.end
+    changed: list[dict[str, object]] | None = None
+    if isinstance(end, Done) and continued is None:
+        # The client was told these; the same text, so the same blocks.
+        blocks, timing, changed = end.code_blocks, end.timing, end.files
+    else:  # a Continue's blocks span the stored text too; a failure sent none
+        blocks, timing = extract_code_blocks(text), relay.timing()
+        if relay.attachments and relay.outcome == "ok":
+            changed = changes(text, blocks, relay.attachments)
+    results: list[Attachment] = []
+    if changed:
+        names = {entry["name"] for entry in changed}
+        versions = new_versions(blocks, relay.attachments)
+        results = [file for file in versions if file.name in names]
+    return FinishedAnswer(
+        recording.answer_id,
+        text,
+        blocks,
+        final.finish_reason if final else None,
+        relay.outcome,
+        usage,
+        relay.cost_usd,
+        timing,
+        changed if relay.attachments else None,
+        tuple(results),
+    )
 
 
 def _files_of(

@@ -669,11 +669,7 @@ class GenerationService:
                     f"prompt, over the limit of {cfg.max_prompt_tokens}.",
                     code="prompt_too_long",
                 )
-        kept = list(turns or ())
-        sizes = [self.count_tokens(earlier) + self.count_tokens(answer) for earlier, answer in kept]
-        while kept and prompt_tokens + sum(sizes) > cfg.max_prompt_tokens:
-            kept.pop(0)
-            sizes.pop(0)
+        kept, turn_tokens = self._fitting(turns or [], prompt_tokens)
         request = GenerationRequest(
             build_messages(prompt, language, cfg.system_prompt, kept, files),
             model or self.provider.models[0],
@@ -689,13 +685,23 @@ class GenerationService:
             cfg,
             request_id,
             self.count_tokens,
-            prompt_tokens + sum(sizes) + self._system_tokens,
+            prompt_tokens + turn_tokens + self._system_tokens,
             hooks=self.hooks,
             client=client,
             attachments=tuple(files),
         )
         relay.trimmed_turns = len(turns or ()) - len(kept)
         return relay
+
+    def _fitting(self, turns: list[Turn], prompt_tokens: int) -> tuple[list[Turn], int]:
+        """The latest of a conversation's `turns` that fit MAX_PROMPT_TOKENS with the
+        prompt (the oldest left out first), and their tokens."""
+        kept = list(turns)
+        sizes = [self.count_tokens(earlier) + self.count_tokens(answer) for earlier, answer in kept]
+        while kept and prompt_tokens + sum(sizes) > self.config.max_prompt_tokens:
+            kept.pop(0)
+            sizes.pop(0)
+        return kept, sum(sizes)
 
     def _with_files(self, prompt_tokens: int, files: Sequence[Attachment]) -> int:
         """The prompt's tokens with its files shown to the model, or the BadRequest
