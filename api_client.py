@@ -14,6 +14,9 @@ Non-interactive:
   python api_client.py "..." --no-stream --url http://localhost:8000
   python api_client.py --history                      your stored answers, newest first
   python api_client.py "Now add type hints" --follow-up ANSWER_ID
+  python api_client.py "Add type hints" --file calc.py --format sse --patch changes.patch
+                       (then `git apply changes.patch`; the plain-text format has no
+                       end event, so it cannot say which files changed)
 
 Each answer's id is printed after it ("[answer ... in conversation ...]").
 Without API keys the server knows you by its session cookie, which is kept in
@@ -112,7 +115,22 @@ def _error_exit(response: requests.Response) -> int:
     return CLIENT_ERROR if response.status_code < 500 else SERVER_ERROR
 
 
-def _stream_events(response: requests.Response, fmt: str, deadline: float | None) -> int:
+def _report_files(final: dict[str, Any], patch: str | None) -> None:
+    """Which attached files the answer changed (or made), and their patch in `patch`."""
+    changes = final.get("files") or []
+    if not changes:
+        return
+    listed = ", ".join(f"{entry['status']} {entry['name']}" for entry in changes)
+    if patch:
+        with open(patch, "w", encoding="utf-8") as out:
+            out.write("".join(entry.get("diff") or "" for entry in changes))
+        listed += f": patch in {patch} (git apply {patch})"
+    print(f"[files] {listed}", file=sys.stderr)
+
+
+def _stream_events(
+    response: requests.Response, fmt: str, deadline: float | None, patch: str | None = None
+) -> int:
     """Print deltas as they come; report the end or the error event."""
     final: dict[str, Any] | None = None
     if fmt == "ndjson":
@@ -148,6 +166,7 @@ def _stream_events(response: requests.Response, fmt: str, deadline: float | None
         f"request {final.get('request_id')}",
         file=sys.stderr,
     )
+    _report_files(final, patch)
     return OK
 
 
@@ -159,9 +178,11 @@ def generate(
     timeout: float = 300.0,
     total_timeout: float | None = None,
     client: requests.Session | None = None,
+    patch: str | None = None,
 ) -> int:
     """POST the body and print the answer; `timeout` bounds each wait for the
-    server (the first byte included), `total_timeout` the whole answer."""
+    server (the first byte included), `total_timeout` the whole answer; `patch`
+    receives the diffs of the attached files the answer changed."""
     endpoint = url.rstrip("/") + "/generate-code/"
     headers = {"Accept": ACCEPT[fmt]}
     if not stream and isinstance(body, dict):
@@ -188,9 +209,10 @@ def generate(
                 answer = response.json()
                 print(answer["text"])
                 print(f"[done] {answer['usage']}", file=sys.stderr)
+                _report_files(answer, patch)
                 return OK
             if fmt != "text":
-                return _stream_events(response, fmt, deadline)
+                return _stream_events(response, fmt, deadline, patch)
             chunks = response.iter_content(chunk_size=None, decode_unicode=True)
             for chunk in _until(chunks, deadline):
                 print(chunk, end="", flush=True)
@@ -322,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--follow-up", metavar="ID", help="refine the answer ID (its conversation comes along)"
     )
+    parser.add_argument(
+        "--file", action="append", default=[], help="attach a text file (repeat for more)"
+    )
+    parser.add_argument("--patch", metavar="PATH", help="write the changed files' diffs here")
     parser.add_argument("--key", default=os.environ.get("CODEGEN_API_KEY"), help="API key")
     args = parser.parse_args(_glue_follow_up(sys.argv[1:] if argv is None else argv))
     client = session(args.key)
@@ -335,6 +361,15 @@ def main(argv: list[str] | None = None) -> int:
             body["language"] = args.language
         if args.model:
             body["model"] = args.model
+        if args.file:
+            try:
+                body["files"] = [
+                    {"name": os.path.basename(path), "content": Path(path).read_text("utf-8")}
+                    for path in args.file
+                ]
+            except (OSError, UnicodeDecodeError) as exc:
+                print(f"[cannot attach: {exc}]", file=sys.stderr)
+                return CLIENT_ERROR
         if args.follow_up:
             conversation = conversation_of(args.url, client, args.follow_up)
             if conversation is None:
@@ -348,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             args.timeout,
             args.total_timeout,
             client,
+            args.patch,
         )
     except KeyboardInterrupt:
         print("\n[interrupted] bye", file=sys.stderr)

@@ -192,3 +192,24 @@ def test_ctrl_c_during_an_answer_ends_cleanly(server: Server, fake: FakeUpstream
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     assert b"interrupted" in err and b"Traceback" not in err
+
+
+def test_attach_a_file_and_get_the_patch(
+    server: Server, fake: FakeUpstream, tmp_path: Path
+) -> None:
+    calc = tmp_path / "calc.py"
+    calc.write_text("def add(a, b):\n    return a + b\n")
+    patch = tmp_path / "changes.patch"
+    done = client(
+        prompt("answer=edit", "Add type hints"),
+        "--url", server.url, "--format", "sse", "--file", str(calc), "--patch", str(patch),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "[files] changed calc.py, new test_calc.py: patch in" in done.stderr
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "apply", "changes.patch"], cwd=tmp_path, check=True)
+    assert "-> int:" in calc.read_text() and (tmp_path / "test_calc.py").exists()
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(b"\xff\xfe")
+    refused = client("x", "--url", server.url, "--file", str(binary))
+    assert refused.returncode == 2 and "cannot attach" in refused.stderr
