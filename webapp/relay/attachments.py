@@ -31,6 +31,8 @@ class Attachment:
 # A name is one path segment: no folders, no control characters, not `.` or `..`.
 _BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 MAX_NAME_CHARS = 255
+# Files one answer's `done` lists at most: an answer could name thousands of blocks.
+MAX_CHANGED_FILES = 32
 ASK = (
     "To change an attached file, answer with its whole new content in one fenced code "
     "block whose opening line names the file, for example ```{language} {name}"
@@ -166,28 +168,39 @@ def changes(
 ) -> list[dict[str, Any]]:
     """Per file the answer gives a new version of: its name, `changed` or `new`, and a
     unified diff `git apply` accepts. Tags `blocks` (see `tag_blocks`); unchanged files
-    are left out, and a later block for the same file wins."""
+    are left out, a later block for the same file wins, and past MAX_CHANGED_FILES
+    files the rest are not diffed (each attached file is, first)."""
     tag_blocks(text, blocks, files)
     attached = {file.name: file.content for file in files}
     latest: dict[str, str] = {}
     for block in blocks:
         if "file" in block:
             latest[block["file"]] = block.get("code", "")
+    named = [name for name in latest if name in attached]
+    named += [name for name in latest if name not in attached][: MAX_CHANGED_FILES - len(named)]
     found: list[dict[str, Any]] = []
-    for name, code in latest.items():
-        old = attached.get(name)
+    for name in named:
+        old, code = attached.get(name), latest[name]
         new = code + "\n" if old is None or old.endswith("\n") or not old else code
         if old == new:
             continue
-        entry: dict[str, Any] = {"name": name, "status": "changed" if old is not None else "new"}
+        if old is None:  # a new file: its diff needs no diff program
+            found.append({"name": name, "status": "new", "diff": _created(name, new)})
+            continue
+        entry: dict[str, Any] = {"name": name, "status": "changed"}
         try:
-            entry["diff"] = diffs.unified(
-                old or "", new, f"a/{name}" if old is not None else "/dev/null", f"b/{name}"
-            )
+            entry["diff"] = diffs.unified(old, new, f"a/{name}", f"b/{name}")
         except diffs.DiffUnavailable as exc:
             entry["diff"], entry["error"] = None, str(exc)
         found.append(entry)
     return found
+
+
+def _created(name: str, content: str) -> str:
+    """The unified diff that creates `content` (which ends with a newline)."""
+    lines = content.splitlines(keepends=True)
+    body = "".join("+" + line for line in lines)
+    return f"--- /dev/null\n+++ b/{name}\n@@ -0,0 +1,{len(lines)} @@\n{body}"
 
 
 def new_versions(blocks: list[dict[str, str]], files: Sequence[Attachment]) -> list[Attachment]:
