@@ -19,6 +19,8 @@
   const regenButton = document.getElementById("regenerate");
   const generateButton = document.getElementById("generate");
   const notice = document.getElementById("notice");
+  // Looked up when used: the answer's page replaces it when the answer ends (refreshActions).
+  const changesBox = () => document.getElementById("changes");
   // On an answer's page: its id, and its stored text, which a Continue carries on.
   const pageAnswer = answer.dataset.answerId || "";
   const source = document.getElementById("answer-source");
@@ -389,19 +391,21 @@
   const BODY_MARGIN = 1024; // room for the request's other fields
   const kb = (bytes) => `${Math.ceil(bytes / 1024)} KB`;
 
+  const attached = window.attachments;
+
   function promptSize() {
     const value = promptBox.value;
-    // An estimate of the server's count (cl100k): a token a word or sign, one more per
-    // 8 letters of a long word. The server's count has the last word.
-    let tokens = 0;
-    for (const m of value.matchAll(/[\p{L}\p{N}]+|\S/gu)) tokens += 1 + Math.floor((m[0].length - 1) / 8);
+    // An estimate of the server's count (cl100k), the attached files' with the prompt's
+    // (static/attachments.js). The server's count has the last word.
+    const tokens = attached.tokensOf(value) + attached.tokens();
+    const withFiles = attached.files().length ? " with its files" : "";
     const maxTokens = Number(promptBox.dataset.maxTokens) || Infinity;
     const maxBytes = Number(promptBox.dataset.maxBytes) || Infinity;
-    const bytes = encoder.encode(value).length;
+    const bytes = encoder.encode(value).length + attached.bytes();
     let over = "";
-    if (bytes + BODY_MARGIN > maxBytes) over = `The prompt is ${kb(bytes)}, over this server's limit of ${kb(maxBytes - BODY_MARGIN)}: shorten it.`;
-    else if (tokens > maxTokens) over = `About ${tokens} tokens: over the limit of ${maxTokens}. Shorten the prompt.`;
-    return { tokens, maxTokens, over, tooBig: bytes + BODY_MARGIN > maxBytes };
+    if (bytes + BODY_MARGIN > maxBytes) over = `The prompt${withFiles} is ${kb(bytes)}, over this server's limit of ${kb(maxBytes - BODY_MARGIN)}: shorten it.`;
+    else if (tokens > maxTokens) over = `About ${tokens} tokens: over the limit of ${maxTokens}. Shorten the prompt${withFiles ? " or remove a file" : ""}.`;
+    return { tokens, maxTokens, over, tooBig: bytes + BODY_MARGIN > maxBytes, withFiles };
   }
 
   let sizeScheduled = false;
@@ -412,7 +416,8 @@
     if (examples) examples.hidden = Boolean(promptBox.value.trim());
     if (!sizeNote) return;
     const size = promptSize();
-    sizeNote.textContent = size.over || (promptBox.value.trim() ? `About ${size.tokens} of ${size.maxTokens} tokens.` : `Up to ${size.maxTokens} tokens.`);
+    const typed = promptBox.value.trim() || size.withFiles;
+    sizeNote.textContent = size.over || (typed ? `About ${size.tokens} of ${size.maxTokens} tokens${size.withFiles}.` : `Up to ${size.maxTokens} tokens.`);
     sizeNote.classList.toggle("over", Boolean(size.over));
   }
   promptBox.addEventListener("input", () => {
@@ -437,6 +442,8 @@
     if (mt !== null && mt !== "") p.max_tokens = Number(mt);
     const conversation = data.get("conversation_id");
     if (conversation) p.conversation_id = String(conversation);
+    const files = attached.files();
+    if (files.length) p.files = files;
     return p;
   }
 
@@ -462,6 +469,7 @@
     blocks = [];
     final = false;
     stats.hidden = true;
+    if (changesBox()) changesBox().replaceChildren();
     announce("The answer is arriving.");
   }
 
@@ -555,6 +563,8 @@
         }
         savedLink(fresh.answerId);
         stats.hidden = false;
+        // Its changes to the attached files, as diffs (static/changes.js).
+        if (changesBox() && event.files && event.files.length) window.fileChanges.show(changesBox(), event.files, fresh.answerId);
         if (source) source.textContent = text;
         if (continueForm() && event.finish_reason !== "length") continueForm().hidden = true;
         announce("The answer is complete.");
@@ -644,8 +654,8 @@
     }
   }
 
-  // The answer this page shows has ended: its Continue, downloads and share as the server
-  // now has them (server HTML, as the page's own).
+  // The answer this page shows has ended: its Continue, downloads, share and changed files
+  // as the server now has them (server HTML, as the page's own).
   async function refreshActions(fresh) {
     const actions = document.querySelector(".answer-actions");
     if (!actions || !fresh.ended || fresh.answerId !== pageAnswer) return;
@@ -653,8 +663,11 @@
       const response = await fetch(window.location.pathname, { headers: { Accept: "text/html" } });
       if (!response.ok) return;
       const html = new DOMParser().parseFromString(await response.text(), "text/html");
-      const current = html.querySelector(".answer-actions");
-      if (current) actions.replaceWith(document.adoptNode(current));
+      for (const selector of [".answer-actions", "#changes"]) {
+        const current = html.querySelector(selector);
+        const shown = document.querySelector(selector);
+        if (current && shown) shown.replaceWith(document.adoptNode(current));
+      }
     } catch (_) { /* offline: a reload shows them */ }
   }
 
@@ -705,6 +718,7 @@
     set("model", p.model);
     set("temperature", p.temperature);
     set("max_tokens", p.max_tokens);
+    attached.restore(p.files);
     promptBox.dispatchEvent(new Event("input"));
   }
 

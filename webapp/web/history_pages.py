@@ -85,6 +85,9 @@ def _answer_view(answer_id: str, form: PromptForm, listing: dict[str, Any]) -> s
         versions=versions,
         numbers=_version_numbers(versions),
         files=exports.code_files(answer.code_blocks),
+        # The files it was given (attached, or its conversation's latest) and its changes.
+        attachments=answers().files_of(answer.id, owner()).attached,
+        changes=answer.file_changes or [],
         # Still being written: the page follows it live (static/app.js), as a reader.
         running=answer.outcome in ("pending", CANCELLING),
         **listing,
@@ -293,6 +296,20 @@ def _download(answer: StoredAnswer, number: int | None) -> Response:
         name = file.name
         response = Response(file.content, mimetype="text/plain")
     response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
+@bp.get("/a/<answer_id>/patch/<name>")
+@needs(HISTORY_PAGE)
+def file_patch(answer_id: str, name: str) -> Response:
+    """One changed file's patch (`git apply` takes it in the file's folder); all of them
+    are /answers/<id>/changes.patch."""
+    answer = answer_of(answer_id, ended=True)
+    change = next((c for c in answer.file_changes or [] if c.get("name") == name), None)
+    if change is None or not change.get("diff"):
+        raise NotFound(f"This answer did not change a file named {name!r}.", code="file_not_found")
+    response = Response(change["diff"], mimetype="text/x-diff")
+    response.headers.set("Content-Disposition", "attachment", filename=f"{name}.patch")
     return response
 
 

@@ -44,6 +44,7 @@ from webapp.answers.store import now
 from webapp.config import Config
 from webapp.errors import AppError, BadRequest, ClientTooSlow
 from webapp.relay import formats
+from webapp.relay.attachments import decoded
 from webapp.relay.codeblocks import FENCE
 from webapp.relay.events import PING, Done, Failed, Ping, RelayEvent, close_source
 from webapp.relay.generation import Relay
@@ -185,6 +186,26 @@ OUTCOME_WORDS = {
 }
 
 
+@bp.app_template_filter("size")
+def size_words(count: int) -> str:
+    """A file's size as the page says it (static/attachments.js says it the same way)."""
+    if count < 1000:
+        return f"{count} byte{'' if count == 1 else 's'}"
+    kilo = count / 1000
+    return f"{kilo:.1f} KB".replace(".0 ", " ") if kilo < 10 else f"{round(kilo):,} KB"
+
+
+@bp.app_template_filter("diff_lines")
+def diff_lines(diff: str) -> list[tuple[str, str]]:
+    """A unified diff's lines, each with its colour's class (the compare page's: `file`,
+    `hunk`, `add`, `del`, `same`); the template escapes the text."""
+    kinds = {"@": "hunk", "+": "add", "-": "del"}
+    return [
+        ("file" if line.startswith(("--- ", "+++ ")) else kinds.get(line[:1], "same"), line)
+        for line in diff.splitlines()
+    ]
+
+
 @bp.app_template_filter("outcome")
 def outcome_words(code: str) -> str:
     """An answer's outcome in words: a code the page has no words for reads as a failure."""
@@ -198,13 +219,16 @@ CUT_CONTINUE = "stopped at the Max tokens limit: Continue carries it on"
 
 
 _FIELD_NAMED = re.compile(r"^(\w+): (.*)$", re.DOTALL)
-_FIELDS = ("prompt", "language", "model", "temperature", "max_tokens")
+# An attached file's problem names the file (`files[0] 'x.bin': ...`): the page says it by name.
+_FILE_NAMED = re.compile(r"^files\[\d+\] (['\"])(.*?)\1: (.*)$", re.DOTALL)
+_FIELDS = ("prompt", "language", "model", "temperature", "max_tokens", "files")
 _SUBJECTS = {
     "prompt": "The prompt",
     "language": "Language",
     "model": "Model",
     "temperature": "Temperature",
     "max_tokens": "Max tokens",
+    "files": "Attached files",
 }
 # The API's (pydantic's, WTForms') wording of a field's problem, as the page says it.
 _WORDING = (
@@ -231,6 +255,10 @@ _WORDING = (
 def readable(message: str) -> tuple[str | None, str]:
     """The form's field that an API message names (`temperature: Input should be ...`), and
     the message in words a person reads ("Temperature must be at most 2.")."""
+    file = _FILE_NAMED.match(message)
+    if file is not None:
+        _, name, problem = file.groups()
+        return "files", f"The file “{name}”: {problem}"
     named = _FIELD_NAMED.match(message)
     if named is None or named.group(1) not in _FIELDS:
         return None, message
@@ -273,6 +301,8 @@ def page(template: str, **context: Any) -> str:
         max_prompt_tokens=config.max_prompt_tokens,
         max_body_bytes=config.max_body_bytes,
         max_output_tokens=config.max_output_tokens,
+        max_files=config.max_files,
+        max_file_bytes=config.max_file_bytes,
         pyodide=pyodide_url(),
         markdown_script=markdown_script(),
         **context,
@@ -411,6 +441,7 @@ def submit() -> Response | tuple[str, int]:
 def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
     failure: AppError | None = None
     cut = False
+    changes: list[dict[str, Any]] = []
     # A Continue shows the stored text first; the new text follows it.
     prefix = g.get("continued_text", "")
     recorded = g.get("recorded")
@@ -426,6 +457,7 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
                 failure = event.error
             elif isinstance(event, Done):
                 cut = event.finish_reason == "length"
+                changes = event.files
     finally:
         # A client gone during the page head never reaches events(): stop here too.
         relay.close()
@@ -440,6 +472,7 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
             answer_id=recorded.answer_id if recorded else None,
             max_tokens=relay.request.max_tokens,
             trimmed=g.get("history_trimmed", 0),
+            changes=changes,
         )
     ).encode()
     yield tail.encode()
@@ -598,11 +631,24 @@ def _relay_from_form(form: PromptForm) -> Relay:
                 "max_tokens": form.max_tokens.data,
                 "conversation_id": form.conversation_id.data or None,
                 "continue_answer": form.continue_answer.data or None,
+                "files": _uploaded_files() or None,
             }.items()
             if v is not None
         },
     )
     return new_relay(params)
+
+
+def _uploaded_files() -> list[dict[str, str]]:
+    """The form's files without the script (a multipart post), as the API's `files`; one
+    that is not UTF-8 text is a 400 that names it. An empty file input sends one part with
+    no name and no bytes: nothing attached."""
+    parts = [(part.filename or "", part.read()) for part in request.files.getlist("files")]
+    uploads = [(name, raw) for name, raw in parts if name or raw]
+    return [
+        {"name": name, "content": decoded(name, raw, number)}
+        for number, (name, raw) in enumerate(uploads)
+    ]
 
 
 def _form_error(form: PromptForm) -> str:
