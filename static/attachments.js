@@ -5,9 +5,17 @@
 // from the form's data attributes), checked here too so a refusal comes before sending.
 "use strict";
 window.attachments = (function () {
+  // The page's estimate of a text's tokens (a word or a sign each, one more per 8 letters
+  // of a long word), the same for the prompt and its files. The server counts exactly.
+  function tokensOf(text) {
+    let tokens = 0;
+    for (const m of text.matchAll(/[\p{L}\p{N}]+|\S/gu)) tokens += 1 + Math.floor((m[0].length - 1) / 8);
+    return tokens;
+  }
+
   const box = document.getElementById("attach");
-  const none = { files: () => [], tokens: () => 0, bytes: () => 0, restore: () => {}, tokensOf: () => 0 };
-  if (!box) return none;
+  // MAX_FILES=0: no picker, nothing attached.
+  if (!box) return { files: () => [], tokens: () => 0, bytes: () => 0, restore: () => {}, tokensOf };
   const form = box.closest("form");
   const picker = document.getElementById("files");
   const list = document.getElementById("attachments");
@@ -27,14 +35,6 @@ window.attachments = (function () {
   const bounds = [...note.childNodes]; // what the note says when nothing went wrong
   let files = []; // { name, content, bytes }
   let pasted = 0;
-
-  // The page's estimate of a text's tokens (a word or a sign each, one more per 8 letters
-  // of a long word), the same for the prompt and its files. The server counts exactly.
-  function tokensOf(text) {
-    let tokens = 0;
-    for (const m of text.matchAll(/[\p{L}\p{N}]+|\S/gu)) tokens += 1 + Math.floor((m[0].length - 1) / 8);
-    return tokens;
-  }
 
   // As the server's `size` filter says it.
   function sizeOf(bytes) {

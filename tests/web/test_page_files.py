@@ -6,7 +6,7 @@ script, the same form posts them as multipart."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -212,3 +212,20 @@ def test_a_reload_before_the_answer_is_named_brings_the_files_back(
     assert json.loads(page.evaluate("JSON.stringify(window.attachments.files())")) == [
         {"name": "calc.py", "content": CALC}
     ]
+
+
+def test_with_attaching_turned_off_there_is_no_picker_and_the_counter_still_counts(
+    chromium: Any, serve: Callable[..., Server], fake: FakeUpstream
+) -> None:
+    server = serve(MAX_FILES="0")
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.goto(server.url + "/")
+        assert page.query_selector("#files") is None
+        page.fill("#prompt", "one two three")
+        wait_until(
+            page, "document.getElementById('prompt-size').textContent === 'About 3 of 200 tokens.'"
+        )
+    finally:
+        context.close()
