@@ -52,6 +52,14 @@ _sys.addaudithook(_fence)
 del _fence
 """
 
+# After the fence: the program, read from stdin and compiled on its own, so that its
+# `from __future__` imports stay first (an edited file may well start with one).
+RUN = r"""
+import builtins as _builtins
+_program = compile(_sys.stdin.read(), "<answer>", "exec")
+exec(_program, {"__name__": "__main__", "__builtins__": _builtins})
+"""
+
 CLONE_NEWNET = 0x40000000
 
 
@@ -89,7 +97,8 @@ def run_program(
     with tempfile.TemporaryDirectory(prefix="codegen-eval-") as folder:
         try:
             result = subprocess.run(
-                [sys.executable, "-I", "-c", GUARD + "\n" + program],
+                [sys.executable, "-I", "-c", GUARD + RUN],
+                input=program,
                 cwd=folder,
                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
                 capture_output=True,

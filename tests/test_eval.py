@@ -59,6 +59,13 @@ def test_an_endless_loop_is_stopped() -> None:
     assert run_program("while True:\n    pass\n", timeout=3, cpu_seconds=2).kind == "timeout"
 
 
+def test_a_program_may_start_with_a_future_import() -> None:
+    """As an edited file that adds type hints often does: the fence must not come first."""
+    program = "from __future__ import annotations\ndef f(x: Later) -> int:\n    return 1\n"
+    assert run_program(program + "assert f(0) == 1\n").kind == "passed"
+    assert run_program(program + "assert f(0) == 2\n").kind == "wrong_answer"
+
+
 def test_writes_outside_its_folder_and_the_network_are_refused(tmp_path: Path) -> None:
     target = ROOT / "tests" / "artifacts" / "sandbox-escape.txt"
     target.unlink(missing_ok=True)
