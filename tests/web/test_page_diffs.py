@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import subprocess
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +177,19 @@ def test_an_answers_page_lists_its_files_and_refine_twice_diffs_against_the_last
     assert page.query_selector('article.change[data-file="test_calc.py"]') is None
     names = page.eval_on_selector_all("#attached li code", "cs => cs.map((c) => c.textContent)")
     assert names == ["calc.py", "test_calc.py"]  # version 2's files, which it worked on
+
+
+def test_with_the_history_off_the_diff_shows_without_downloads(
+    chromium: Any, serve: Callable[..., Server], fake: FakeUpstream
+) -> None:
+    server = serve(HISTORY="off")
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.goto(server.url + "/")
+        ask(page, "Add type hints [[fake answer=edit]]", {"calc.py": CALC})
+        page.wait_for_selector("article.change")
+        assert ("add", "+def add(a: int, b: int) -> int:") in diff_lines(page, "calc.py")
+        assert page.query_selector("#changes a") is None  # nothing stored to download
+    finally:
+        context.close()
