@@ -157,3 +157,18 @@ def test_an_owners_files_are_bounded(make_app: Callable[..., Flask], database_ur
     error = refused.get_json()["error"]
     assert error["code"] == "files_full"
     assert "limit of 200" in error["message"]
+
+
+def test_re_attaching_to_an_ended_answer_replays_its_diffs(
+    make_app: Callable[..., Flask], database_url: str
+) -> None:
+    app = make_app(database_url)
+    client = app.test_client()
+    response, done = generate(client, "answer=edit", files=[{"name": "calc.py", "content": CALC}])
+    replay = client.get(
+        f"/answers/{response.headers['X-Answer-ID']}/events?after=0",
+        headers={"Accept": "application/x-ndjson"},
+    )
+    events = [json.loads(line) for line in replay.get_data(as_text=True).splitlines()]
+    assert events[-1]["type"] == "done"
+    assert events[-1]["files"] == done["files"]

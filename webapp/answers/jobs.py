@@ -343,6 +343,7 @@ def end_of(answer: StoredAnswer) -> Done | Failed:
             "",
             answer.timing or {},
             answer.cost_usd,
+            answer.file_changes or [],
         )
     if answer.outcome == INTERRUPTED:
         message = (
