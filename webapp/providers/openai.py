@@ -18,7 +18,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import gevent
 import httpx2
@@ -552,6 +552,69 @@ def in_band_error(error: Any, secrets: Iterable[str] = ()) -> UpstreamError:
     return UpstreamError(f"The model server reported an error{suffix}.", code="upstream_error")
 
 
+class Answered(NamedTuple):
+    """An upstream's error status, as `status_error` names it."""
+
+    status: int
+    suffix: str  # " (model_not_found)": the upstream's code, if it is safe to name
+    retryable: bool
+    retry_after: float | None
+
+
+def _key_rejected(answered: Answered) -> AppError:
+    return UpstreamAuthError(
+        "The model server rejected this server's API key; ask the operator to check "
+        "OPENAI_API_KEY.",
+    )
+
+
+# The app's error for an upstream status; any other status is `_other_status`.
+_STATUS_ERRORS: dict[int, Callable[[Answered], AppError]] = {
+    400: lambda a: BadRequest(
+        f"The model server refused the request{a.suffix}.", code="upstream_bad_request"
+    ),
+    401: _key_rejected,
+    403: _key_rejected,
+    429: lambda a: RateLimited(
+        "The model server is rate limiting requests; try again shortly.",
+        retry_after=a.retry_after,
+        retryable=a.retryable,
+    ),
+    503: lambda a: UpstreamUnavailable(
+        f"The model server is unavailable ({a.status}).",
+        retry_after=a.retry_after,
+        retryable=a.retryable,
+    ),
+}
+
+
+def _other_status(answered: Answered) -> AppError:
+    return UpstreamError(
+        f"The model server answered {answered.status}{answered.suffix}.",
+        code="upstream_error",
+        retryable=answered.retryable,
+        retry_after=answered.retry_after,
+    )
+
+
+def retry_policy(status: int, headers: Any, retry_after_max: float) -> tuple[bool, float | None]:
+    """Whether an error status may be retried, and after how long the upstream asked
+    (for 429 and 5xx). `x-should-retry` overrides the status; a Retry-After beyond
+    `retry_after_max` is cut to it and makes the error final."""
+    should_retry = headers.get("x-should-retry")
+    retryable = (
+        should_retry == "true" if should_retry in ("true", "false") else status in _RETRYABLE_STATUS
+    )
+    hint: float | None = None
+    if status == 429 or status >= 500:
+        hint = retry_after(headers)
+        if hint is not None and hint > retry_after_max:
+            # Longer than we would wait: stop now, and tell our client the most
+            # we would have waited (not an hour, not infinity).
+            hint, retryable = retry_after_max, False
+    return retryable, hint
+
+
 def status_error(
     status: int,
     headers: Any,
@@ -576,45 +639,9 @@ def status_error(
             ident or "no code",
             redact(detail, secrets),
         )
-    suffix = f" ({ident})" if ident else ""
-    should_retry = headers.get("x-should-retry")
-    retryable = (
-        should_retry == "true" if should_retry in ("true", "false") else status in _RETRYABLE_STATUS
-    )
-    if status in (401, 403):
-        return UpstreamAuthError(
-            "The model server rejected this server's API key; ask the operator to check "
-            "OPENAI_API_KEY.",
-        )
-    if status == 400:
-        return BadRequest(
-            f"The model server refused the request{suffix}.", code="upstream_bad_request"
-        )
-    hint: float | None = None
-    if status == 429 or status >= 500:
-        hint = retry_after(headers)
-        if hint is not None and hint > retry_after_max:
-            # Longer than we would wait: stop now, and tell our client the most
-            # we would have waited (not an hour, not infinity).
-            hint, retryable = retry_after_max, False
-    if status == 429:
-        return RateLimited(
-            "The model server is rate limiting requests; try again shortly.",
-            retry_after=hint,
-            retryable=retryable,
-        )
-    if status == 503:
-        return UpstreamUnavailable(
-            f"The model server is unavailable ({status}).",
-            retry_after=hint,
-            retryable=retryable,
-        )
-    return UpstreamError(
-        f"The model server answered {status}{suffix}.",
-        code="upstream_error",
-        retryable=retryable,
-        retry_after=hint,
-    )
+    retryable, hint = retry_policy(status, headers, retry_after_max)
+    answered = Answered(status, f" ({ident})" if ident else "", retryable, hint)
+    return _STATUS_ERRORS.get(status, _other_status)(answered)
 
 
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
