@@ -17,6 +17,7 @@ judged by one rule.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ EDIT_REQUEST = (
     "Do not change what the code does."
 )
 PYTHON_TAGS = ("", "python", "py", "python3")
+# An added line in a body that is a comment, or a variable given a type (`total: int = 0`).
+ASKED_FOR = re.compile(r"[ \t]+(#|[A-Za-z_]\w*[ \t]*:[^=\n]+=[^=])")
 
 
 def attachment(problem: dict[str, Any]) -> str:
@@ -107,6 +110,15 @@ def only_blanks(old: str, new: str) -> bool:
         return [line.rstrip() for line in text.splitlines() if line.strip()]
 
     return lines(old) == lines(new)
+
+
+def as_asked(diff: str) -> bool:
+    """Whether a diff looks like the change asked for: it adds a comment or an annotated
+    variable inside a function body, or changes a `def` line (its type hints). A
+    heuristic, reported beside the pass rate: any diff that keeps the tests passing
+    counts as an edit."""
+    added = [line[1:] for line in diff.splitlines() if line[:1] == "+" and line[:3] != "+++"]
+    return any(ASKED_FOR.match(line) or line.lstrip().startswith("def ") for line in added)
 
 
 def run_file(problem: dict[str, Any], code: str) -> Outcome:

@@ -321,6 +321,9 @@ def report(answers: list[Answer], args: argparse.Namespace, label: str) -> dict[
     }
     if args.task == "edit":
         summary["named"] = sum(bool(a.named) for a in answers)
+        summary["passed_as_asked"] = sum(
+            a.kind == "passed" and edit.as_asked(a.diff) for a in answers
+        )
     subset = ("all" if args.subset == "all" else f"{args.subset} half") + (
         f", first {args.limit}" if args.limit else ""
     )
@@ -336,8 +339,10 @@ def report(answers: list[Answer], args: argparse.Namespace, label: str) -> dict[
     )
     if args.task == "edit":
         print(
-            f"({summary['named']} of {len(answers)} answers gave a block attributed to "
-            f"{edit.NAME}; the others were judged on their first Python block)"
+            f"({summary['passed_as_asked']} of the {passed} passed added a comment in a body "
+            f"or changed a signature; {summary['named']} of {len(answers)} answers gave a "
+            f"block attributed to {edit.NAME}, the others were judged on their first Python "
+            "block)"
         )
     elif args.cut:
         print(

@@ -157,6 +157,12 @@ def test_an_edit_passes_when_its_file_changed_and_still_passes(
     assert (good.kind, good.named) == ("passed", True)
     assert "+    # Compare every pair of numbers." in good.diff
     assert good.diff.startswith("--- a/solution.py\n+++ b/solution.py\n")
+    assert edit.as_asked(good.diff)
+    # A header comment is an edit that passes, but not the change asked for.
+    header = verdict(problem, edited("# solution.py\n" + edit.attachment(problem)))
+    assert header.kind == "passed" and not edit.as_asked(header.diff)
+    hinted = edit.attachment(problem).replace("distance = ", "distance: float = ")
+    assert edit.as_asked(verdict(problem, edited(hinted)).diff)
 
     broken = commented(problem).replace("return True", "return False")
     assert verdict(problem, edited(broken)).kind == "wrong_answer"
@@ -241,6 +247,7 @@ def test_the_edit_task_through_the_api(
     )
     assert asked == [edit.EDIT_REQUEST] * 2
     assert (summary["passed"], summary["failures"], summary["named"]) == (1, {"unchanged": 1}, 2)
+    assert summary["passed_as_asked"] == 1
     assert summary["interval"][0] < 50.0 < summary["interval"][1]
     first = written["answers"][0]
     assert first["kind"] == "passed" and "+    # Compare every pair" in first["diff"]
