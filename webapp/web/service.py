@@ -149,10 +149,6 @@ def new_relay(params: GenerateCodeRequest) -> Relay:
     )
     values = g._get_current_object()  # once: each use of the proxy looks it up
     values.answer = started
-    # The page's routes still read these three (webapp/web/ui.py).
-    values.recorded = started.recorded
-    values.history_trimmed = started.trimmed
-    values.continued_text = started.continued_text
     return started.relay
 
 

@@ -40,6 +40,7 @@ from wtforms import (
 from wtforms.validators import DataRequired, Length, Optional
 
 from webapp.answers.jobs import FOLLOWER_WRITE_STALL, Numbered
+from webapp.answers.starting import Started
 from webapp.answers.store import now
 from webapp.config import Config
 from webapp.errors import AppError, BadRequest, ClientTooSlow
@@ -443,8 +444,8 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
     cut = False
     changes: list[dict[str, Any]] = []
     # A Continue shows the stored text first; the new text follows it.
-    prefix = g.get("continued_text", "")
-    recorded = g.get("recorded")
+    answer: Started = g.answer
+    prefix, recorded = answer.continued_text, answer.recorded
     try:
         yield head.encode()
         yield b'<pre class="raw" id="noscript-answer">'
@@ -471,7 +472,7 @@ def _html_stream(head: str, tail: str, relay: Relay) -> Iterator[bytes]:
             timing=relay.timing(),
             answer_id=recorded.answer_id if recorded else None,
             max_tokens=relay.request.max_tokens,
-            trimmed=g.get("history_trimmed", 0),
+            trimmed=answer.trimmed,
             changes=changes,
         )
     ).encode()
@@ -498,7 +499,7 @@ def stream() -> Response:
     # page learns its id (X-Answer-ID) and puts it in the address, so a reload before
     # the first token finds it.
     relay.start(commit_after=min(PAGE_COMMIT, heartbeat) if resumable else heartbeat)
-    prefix = g.get("continued_text", "")
+    prefix = g.answer.continued_text
     if resumable:
         job = run_detached(relay)
         events, text = _at_once(formats.numbered(job.driven(), job.start)), job.text
