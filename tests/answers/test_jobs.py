@@ -14,7 +14,8 @@ import pytest
 from gevent.event import Event
 
 from tests.relay.test_relay import relay_for
-from webapp.answers.jobs import Job, Numbered, writes_bounded
+from webapp.answers.joblog import Numbered
+from webapp.answers.jobs import Job, writes_bounded
 from webapp.errors import ClientTooSlow
 from webapp.providers.base import Final
 from webapp.relay.events import Done, Failed

@@ -50,8 +50,7 @@ import gevent
 from webapp.answers.eventlog import EventLog
 from webapp.answers.fanout import Fanout
 from webapp.answers.handoff import Driver, Grace
-from webapp.answers.joblog import JobLog
-from webapp.answers.joblog import Numbered as Numbered  # life.py and ui.py import it here
+from webapp.answers.joblog import JobLog, Numbered
 from webapp.answers.store import CANCELLING, INTERRUPTED, StoredAnswer
 from webapp.errors import AppError, ClientTooSlow
 from webapp.relay.events import PING, Done, Failed, RelayEvent, close_source

@@ -29,7 +29,8 @@ import gevent
 
 from webapp.answers.eventlog import EventLog, RedisUnavailable
 from webapp.answers.files import AnswerFiles, FileStore
-from webapp.answers.jobs import FOLLOWER_WRITE_STALL, Jobs, Numbered, follow_stored, writes_bounded
+from webapp.answers.joblog import Numbered
+from webapp.answers.jobs import FOLLOWER_WRITE_STALL, Jobs, follow_stored, writes_bounded
 from webapp.answers.recording import COALESCE, QUIET_WAIT, SAVE_INTERVAL, Recorder
 from webapp.answers.starting import Started, Starter
 from webapp.answers.store import (

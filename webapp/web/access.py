@@ -27,7 +27,8 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, g, request
 
 from webapp.errors import Forbidden, Unauthorized
-from webapp.web.guard import Guard, bearer_token
+from webapp.web.guard import Guard
+from webapp.web.keys import bearer_token
 from webapp.web.signins import session_key
 
 GENERATE = "generate"

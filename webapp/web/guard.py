@@ -20,7 +20,6 @@ from typing import Any
 from webapp.config import Config
 from webapp.errors import TooManyRequests
 from webapp.web.keys import ApiKeys
-from webapp.web.keys import bearer_token as bearer_token  # access.py, observability.py
 from webapp.web.limits import LimitStore, RateLimit, StreamCounter
 
 log = logging.getLogger("webapp.web.guard")

@@ -28,7 +28,8 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from webapp.errors import Unauthorized
 from webapp.relay.generation import RelayHooks
 from webapp.web.access import GENERATE, need_of_request
-from webapp.web.guard import Guard, bearer_token
+from webapp.web.guard import Guard
+from webapp.web.keys import bearer_token
 
 if TYPE_CHECKING:
     from webapp.relay.generation import Answer

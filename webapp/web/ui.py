@@ -39,7 +39,8 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, Length, Optional
 
-from webapp.answers.jobs import FOLLOWER_WRITE_STALL, Numbered
+from webapp.answers.joblog import Numbered
+from webapp.answers.jobs import FOLLOWER_WRITE_STALL
 from webapp.answers.starting import Started
 from webapp.answers.store import now
 from webapp.config import Config
