@@ -261,7 +261,7 @@ def register_routes(app: Flask) -> None:
     from webapp.web import (
         api,
         history_api,
-        history_pages,  # noqa: F401 - its routes join ui.bp before it registers
+        history_pages,
         observability,
         openapi,
         ui,
@@ -272,6 +272,7 @@ def register_routes(app: Flask) -> None:
     app.register_blueprint(history_api.bp)
     csrf.exempt(history_api.bp)
     app.register_blueprint(ui.bp)
+    app.register_blueprint(history_pages.bp)
     app.register_blueprint(openapi.bp)
     observability.init_app(app)
 

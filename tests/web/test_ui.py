@@ -180,3 +180,11 @@ def test_answer_headings_follow_the_page_outline() -> None:
     assert levels("# Title\n\n### Skipped a level\n\n## Back") == [2, 3, 2]
     fenced = "#### A\n\n```python\nx = 1\n```\n\n###### B\n\n### C"
     assert levels(fenced) == [2, 3, 2]  # across code blocks too
+
+
+def test_an_answer_page_that_is_not_found_is_a_page(client: FlaskClient) -> None:
+    # The answers' pages are their own blueprint (history_pages): their errors are pages.
+    response = client.get("/a/nothing-here", headers={"Accept": "text/html,*/*;q=0.8"})
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+    assert "no answer of yours" in response.get_data(as_text=True)

@@ -138,7 +138,7 @@ def share_answer(answer_id: str) -> Response:
     share_id = store().share(owner(), answer_id)
     if share_id is None:
         raise NotFound("There is no answer of yours with that id.")
-    url = url_for("ui.shared", share_id=share_id, _external=True)
+    url = url_for("history_pages.shared", share_id=share_id, _external=True)
     return _json({"share_id": share_id, "share_url": url})
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import gevent
 from flask import (
+    Blueprint,
     Response,
     abort,
     flash,
@@ -46,12 +47,17 @@ from webapp.web.service import STREAM_HEADERS, answer_of, answers, guard, owner,
 from webapp.web.ui import (
     EXAMPLES,
     PromptForm,
-    bp,
     page,
     prompt_form,
     pyodide_url,
     recent_answers,
+    require_sign_in,
 )
+
+# The answers' own pages, beside the prompt page (ui.py): signed-out visitors of a
+# keyed server go to the sign-in form as they do there.
+bp = Blueprint("history_pages", __name__)
+bp.before_request(require_sign_in)
 
 
 def _rendered(answer: StoredAnswer) -> Markup:
@@ -92,7 +98,7 @@ def _answer_view(answer_id: str, form: PromptForm, listing: dict[str, Any]) -> s
         running=answer.outcome in ("pending", CANCELLING),
         **listing,
         share_url=(
-            url_for("ui.shared", share_id=answer.share_id, _external=True)
+            url_for("history_pages.shared", share_id=answer.share_id, _external=True)
             if answer.share_id
             else None
         ),
@@ -208,7 +214,7 @@ def stop(answer_id: str) -> BaseResponse:
         if time.monotonic() >= until:
             break
         gevent.sleep(0.05)
-    return redirect(url_for("ui.answer_page", answer_id=answer_id), code=303)
+    return redirect(url_for("history_pages.answer_page", answer_id=answer_id), code=303)
 
 
 @bp.get("/c/<conversation_id>/compare")
@@ -318,7 +324,9 @@ def file_patch(answer_id: str, name: str) -> Response:
 def share(answer_id: str) -> BaseResponse:
     if store().share(owner(), answer_id) is None:
         raise NotFound("There is no answer of yours with that id.")
-    return redirect(url_for("ui.answer_page", answer_id=answer_id, _anchor="share"), code=303)
+    return redirect(
+        url_for("history_pages.answer_page", answer_id=answer_id, _anchor="share"), code=303
+    )
 
 
 @bp.post("/a/<answer_id>/unshare")
@@ -326,7 +334,9 @@ def share(answer_id: str) -> BaseResponse:
 def unshare(answer_id: str) -> BaseResponse:
     if not store().unshare(owner(), answer_id):
         raise NotFound("There is no answer of yours with that id.")
-    return redirect(url_for("ui.answer_page", answer_id=answer_id, _anchor="share"), code=303)
+    return redirect(
+        url_for("history_pages.answer_page", answer_id=answer_id, _anchor="share"), code=303
+    )
 
 
 def _deleting(answer_id: str) -> tuple[StoredAnswer, int]:
@@ -353,8 +363,8 @@ def confirm_delete(answer_id: str) -> str:
         "delete.html",
         question=f"Delete version {number}?",
         prompt=answer.prompt,
-        action=url_for("ui.delete", answer_id=answer_id),
-        back=url_for("ui.answer_page", answer_id=answer_id),
+        action=url_for("history_pages.delete", answer_id=answer_id),
+        back=url_for("history_pages.answer_page", answer_id=answer_id),
     )
 
 
@@ -366,8 +376,8 @@ def confirm_delete_conversation(conversation_id: str) -> str:
         "delete.html",
         question=f"Delete this conversation ({_versions(versions)})?",
         prompt=versions[0].prompt,
-        action=url_for("ui.delete_conversation", conversation_id=conversation_id),
-        back=url_for("ui.answer_page", answer_id=versions[-1].id),
+        action=url_for("history_pages.delete_conversation", conversation_id=conversation_id),
+        back=url_for("history_pages.answer_page", answer_id=versions[-1].id),
     )
 
 
@@ -380,7 +390,7 @@ def delete(answer_id: str) -> BaseResponse:
     # Said on the page it lands on (a message kept in the session for that one page).
     flash(f"Version {number} ({_quoted(answer.prompt)}) was deleted.")
     if left:
-        return redirect(url_for("ui.answer_page", answer_id=left[-1].id), code=303)
+        return redirect(url_for("history_pages.answer_page", answer_id=left[-1].id), code=303)
     return redirect(url_for("ui.index"), code=303)
 
 

@@ -16,13 +16,17 @@ from werkzeug.exceptions import HTTPException
 from webapp.errors import AppError, InternalError
 
 
+# The blueprints of pages a person reads: their errors are pages too.
+PAGES = ("ui", "history_pages")
+
+
 def wants_json_response() -> bool:
     """JSON for the API and the page's script; HTML for the page, and for a browser
     that asked for an address nobody serves (its Accept prefers text/html)."""
     if request.endpoint == "ui.stream":
         return True  # the page's streaming route speaks JSON whatever Accept says
     accept = request.accept_mimetypes
-    if request.blueprint == "ui":
+    if request.blueprint in PAGES:
         return accept["application/json"] > accept["text/html"]
     if request.url_rule is None:
         return not accept["text/html"] > accept["application/json"]
