@@ -52,7 +52,6 @@
   function pageFor(fig) {
     const blocks = blocksOf(fig);
     const at = blocks.indexOf(fig);
-    const of = (lang) => blocks.filter((b) => language(b) === lang || (lang === "js" && SCRIPTS.has(language(b))));
     if (isSvg(fig)) {
       return `<!doctype html><html><head><meta charset="utf-8"><style>html,body{margin:0}</style></head><body>${codeOf(fig)}</body></html>`;
     }
@@ -62,10 +61,11 @@
       html = pages.reduce((best, b) => (Math.abs(blocks.indexOf(b) - at) < Math.abs(blocks.indexOf(best) - at) ? b : best));
     }
     const markup = codeOf(html);
-    const styles = language(fig) === "css" ? [fig] : of("css");
+    const styles = language(fig) === "css" ? [fig] : blocks.filter((b) => language(b) === "css");
     let extra = styles.map((b) => `<style>${codeOf(b).replace(/<\/style/gi, "<\\/style")}</style>`).join("");
     if (/<script\b[^>]*\bsrc\s*=/i.test(markup)) {
-      extra += of("js").map((b) => `<script>${codeOf(b).replace(/<\/script/gi, "<\\/script")}</script>`).join("");
+      const scripts = blocks.filter((b) => SCRIPTS.has(language(b)));
+      extra += scripts.map((b) => `<script>${codeOf(b).replace(/<\/script/gi, "<\\/script")}</script>`).join("");
     }
     return markup + extra;
   }

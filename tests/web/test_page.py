@@ -114,7 +114,8 @@ def test_the_docs_and_the_no_script_answer_pass_the_audit(
 def test_copy_works_mid_stream_and_the_block_survives_it(
     open_page: Any, fake: FakeUpstream, server: Server
 ) -> None:
-    page = open_page(permissions=["clipboard-read", "clipboard-write"])
+    # Room for the block and what follows it, so the page need not scroll under the press.
+    page = open_page(permissions=["clipboard-read", "clipboard-write"], viewport=DESKTOP)
     submit(page, "Code then more [[fake answer=code forever=1 delay=0.03]]")
     figure = page.wait_for_selector("#answer figure.codeblock:not(.streaming)")
     button = figure.query_selector("button.copy")

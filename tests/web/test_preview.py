@@ -48,6 +48,13 @@ ANSWERS.update(
             '```xml\n<svg xmlns="http://www.w3.org/2000/svg" width="120" height="120">'
             '<circle id="dot" cx="60" cy="60" r="50" fill="teal"/></svg>\n```\n'
         ),
+        # A page in three files: its stylesheet and script come from the other blocks.
+        "preview_three_files": (
+            '```html\n<link rel="stylesheet" href="style.css">\n<p id="count">0</p>\n'
+            '<script src="app.js"></script>\n```\n\n'
+            "```css\n#count { font-size: 40px; }\n```\n\n"
+            "```javascript\ndocument.getElementById('count').textContent = String(6 * 7);\n```\n"
+        ),
         "preview_html_loop": "```html\n<h1>Loop</h1>\n<script>while (true) {}</script>\n```\n",
         "run_js": (
             "```javascript\nconsole.log('hi', 1 + 1, { a: 1 });\n"
@@ -136,7 +143,7 @@ def test_a_preview_draws_its_page_while_cookie_app_top_and_network_are_refused(
     assert page.inner_text("#answer button.preview") == "Preview"
 
 
-def test_a_css_block_previews_with_the_html_beside_it_and_an_svg_draws_alone(
+def test_css_and_javascript_blocks_join_the_html_beside_them_and_an_svg_draws_alone(
     open_page: Any, fake: FakeUpstream
 ) -> None:
     page = open_page()
@@ -146,6 +153,12 @@ def test_a_css_block_previews_with_the_html_beside_it_and_an_svg_draws_alone(
     buttons[1].click()
     title = page.frame_locator("#answer div.preview iframe").locator("#title")
     assert title.evaluate("h => getComputedStyle(h).color", timeout=10_000) == "rgb(200, 0, 0)"
+    answer_with(page, "preview_three_files")
+    page.click("#answer button.preview")  # the HTML block's (the JavaScript's is Run)
+    count = page.frame_locator("#answer div.preview iframe").locator("#count")
+    assert count.inner_text(timeout=10_000) == "42"
+    assert count.evaluate("p => getComputedStyle(p).fontSize") == "40px"
+    page.click("#answer button.preview")
     answer_with(page, "preview_svg")
     page.click("#answer button.preview")
     dot = page.frame_locator("#answer div.preview iframe").locator("#dot")
