@@ -338,11 +338,13 @@ def report(answers: list[Answer], args: argparse.Namespace, label: str) -> dict[
         f"{summary['tokens_per_s']} | {failures} |"
     )
     if args.task == "edit":
+        others = ", the others were judged on their first Python block"
         print(
-            f"({summary['passed_as_asked']} of the {passed} passed added a comment in a body "
-            f"or changed a signature; {summary['named']} of {len(answers)} answers gave a "
-            f"block attributed to {edit.NAME}, the others were judged on their first Python "
-            "block)"
+            f"({summary['passed_as_asked']} of the {passed} passed look like the change asked "
+            f"for: a comment or a type hint added; {summary['named']} of {len(answers)} answers "
+            f"gave a block attributed to {edit.NAME}"
+            + (others if summary["named"] < len(answers) else "")
+            + ")"
         )
     elif args.cut:
         print(
