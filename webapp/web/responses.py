@@ -15,7 +15,6 @@ from werkzeug.exceptions import HTTPException
 
 from webapp.errors import AppError, InternalError
 
-
 # The blueprints of pages a person reads: their errors are pages too.
 PAGES = ("ui", "history_pages")
 
