@@ -106,7 +106,12 @@ def unified_diff(
         new_name,
         timeout=timeout,
     )
-    return [_tagged(line) for line in text.splitlines()]
+    return tagged_lines(text)
+
+
+def tagged_lines(diff: str) -> list[DiffLine]:
+    """A unified diff's lines, each tagged for the page to colour (and escape)."""
+    return [_tagged(line) for line in diff.splitlines()]
 
 
 def _tagged(line: str) -> DiffLine:

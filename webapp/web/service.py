@@ -200,14 +200,20 @@ def form_body() -> dict[str, object]:
         except ValueError:
             wanted = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
             raise BadRequest(f"{name}: must be {wanted}.") from None
-    # A form's empty file input sends one part with no name and no bytes: nothing attached.
+    body["files"] = uploaded_files()
+    return body
+
+
+def uploaded_files() -> list[dict[str, str]]:
+    """A multipart request's `files` parts as the JSON body's `files`; one that is not
+    UTF-8 text is a 400 that names it. A form's empty file input sends one part with no
+    name and no bytes: nothing attached."""
     parts = [(part.filename or "", part.read()) for part in request.files.getlist("files")]
     uploads = [(name, raw) for name, raw in parts if name or raw]
-    body["files"] = [
+    return [
         {"name": name, "content": decoded(name, raw, number)}
         for number, (name, raw) in enumerate(uploads)
     ]
-    return body
 
 
 def read_json_body() -> object:

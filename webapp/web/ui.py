@@ -39,6 +39,7 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, Length, Optional
 
+from webapp.answers import exports
 from webapp.answers.joblog import Numbered
 from webapp.answers.jobs import FOLLOWER_WRITE_STALL
 from webapp.answers.starting import Started
@@ -46,7 +47,6 @@ from webapp.answers.store import now
 from webapp.config import Config
 from webapp.errors import AppError, BadRequest, ClientTooSlow
 from webapp.relay import formats
-from webapp.relay.attachments import decoded
 from webapp.relay.codeblocks import FENCE
 from webapp.relay.events import PING, Done, Failed, Ping, RelayEvent, close_source
 from webapp.relay.generation import Relay
@@ -66,6 +66,7 @@ from webapp.web.service import (
     recorder,
     run_detached,
     store,
+    uploaded_files,
 )
 from webapp.web.signins import session_key
 
@@ -201,11 +202,7 @@ def size_words(count: int) -> str:
 def diff_lines(diff: str) -> list[tuple[str, str]]:
     """A unified diff's lines, each with its colour's class (the compare page's: `file`,
     `hunk`, `add`, `del`, `same`); the template escapes the text."""
-    kinds = {"@": "hunk", "+": "add", "-": "del"}
-    return [
-        ("file" if line.startswith(("--- ", "+++ ")) else kinds.get(line[:1], "same"), line)
-        for line in diff.splitlines()
-    ]
+    return [(line.kind, line.text) for line in exports.tagged_lines(diff)]
 
 
 @bp.app_template_filter("outcome")
@@ -633,24 +630,12 @@ def _relay_from_form(form: PromptForm) -> Relay:
                 "max_tokens": form.max_tokens.data,
                 "conversation_id": form.conversation_id.data or None,
                 "continue_answer": form.continue_answer.data or None,
-                "files": _uploaded_files() or None,
+                "files": uploaded_files() or None,
             }.items()
             if v is not None
         },
     )
     return new_relay(params)
-
-
-def _uploaded_files() -> list[dict[str, str]]:
-    """The form's files without the script (a multipart post), as the API's `files`; one
-    that is not UTF-8 text is a 400 that names it. An empty file input sends one part with
-    no name and no bytes: nothing attached."""
-    parts = [(part.filename or "", part.read()) for part in request.files.getlist("files")]
-    uploads = [(name, raw) for name, raw in parts if name or raw]
-    return [
-        {"name": name, "content": decoded(name, raw, number)}
-        for number, (name, raw) in enumerate(uploads)
-    ]
 
 
 def _form_error(form: PromptForm) -> str:
