@@ -168,10 +168,18 @@ def follow_counted(answer_id: str, after: int, respond: Callable[[Followed], Res
     """`respond(followed)` for a reader of the answer (webapp/answers/life.py), who
     holds one of its client's stream slots (MAX_CONCURRENT_STREAMS_PER_CLIENT) while
     it reads, as the answers it starts do: following is no way around the bound."""
+    return holding_a_slot(
+        lambda: respond(answers().follow(answer_id, owner(), after, client_gone()))
+    )
+
+
+def holding_a_slot(respond: Callable[[], Response]) -> Response:
+    """`respond()`'s streamed response, holding one of the client's stream slots from
+    before it is made until the server closes its body, however the stream ends."""
     limits = guard()
     slot = limits.acquire_stream(g.client_id)
     try:
-        response = respond(answers().follow(answer_id, owner(), after, client_gone()))
+        response = respond()
     except BaseException:
         limits.release_stream(slot)
         raise

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
@@ -23,7 +23,6 @@ from flask import (
     Response,
     abort,
     flash,
-    g,
     redirect,
     render_template,
     request,
@@ -41,9 +40,9 @@ from webapp.answers.store import CANCELLING, StoredAnswer
 from webapp.errors import AppError, NotFound
 from webapp.relay.events import Failed, close_source
 from webapp.web.access import HISTORY_PAGE, STOP, needs, public
-from webapp.web.history_api import follow_counted
+from webapp.web.history_api import follow_counted, holding_a_slot
 from webapp.web.render import render_answer
-from webapp.web.service import STREAM_HEADERS, answer_of, answers, guard, owner, store
+from webapp.web.service import STREAM_HEADERS, answer_of, answers, owner, store
 from webapp.web.ui import (
     EXAMPLES,
     PromptForm,
@@ -443,9 +442,9 @@ def shared(share_id: str) -> Response:
         )
         return Response(html, mimetype="text/html", headers=SHARED_HEADERS)
     head, tail = render_template("shared.html", **context, running=True).split("<!--answer-->", 1)
-    limits = guard()
-    slot = limits.acquire_stream(g.client_id)  # as any reader's: no way around the bound
-    try:
+
+    # A reader holds a stream slot as any reader does: no way around the bound.
+    def respond() -> Response:
         config, history = answers().config, store()
         events = follow_stored(
             lambda: history.shared(share_id),
@@ -468,34 +467,11 @@ def shared(share_id: str) -> Response:
         followed = Followed(
             writes_bounded(events, FOLLOWER_WRITE_STALL), lambda: answer.text, "store"
         )
-        response = _streaming_page(
+        return _streaming_page(
             _streamed(head, tail, followed, end, pre_id="live-answer"), **SHARED_HEADERS
         )
-    except BaseException:
-        limits.release_stream(slot)
-        raise
-    response.response = _Released(response.response, lambda: limits.release_stream(slot))
-    return response
 
-
-class _Released:
-    """A response body that calls `release` once, when the server closes it (even if
-    no byte of it was ever sent)."""
-
-    def __init__(self, body: Iterable[Any], release: Callable[[], None]) -> None:
-        self._body: Iterator[Any] = iter(body)
-        self._release: Callable[[], None] | None = release
-
-    def __iter__(self) -> Iterator[Any]:
-        return self._body
-
-    def close(self) -> None:
-        try:
-            close_source(self._body)
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
+    return holding_a_slot(respond)
 
 
 @bp.get("/s/<share_id>/download")
